@@ -1,0 +1,182 @@
+"""The `edgeeval` command line: demo, models, tasks, run, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import edgeeval
+from edgeeval.config import Project, load_models_config, load_task, resolve_model_path
+from edgeeval.engine import EngineSettings
+from edgeeval.errors import ConfigError, EdgeevalError
+
+DEMO_PAIR = "demo"
+DEMO_TASK = "case_challenges"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_config() -> Path:
+    """./models.toml when there is one, else the one beside the edgeeval checkout."""
+    local = Path("models.toml")
+    return local if local.exists() else PACKAGE_ROOT / "models.toml"
+
+
+def load_project(args) -> Project:
+    return load_models_config(Path(args.config) if args.config else default_config(), args.models_dir)
+
+
+def engine_factory(backend: str):
+    from edgeeval.engine.worker import WorkerEngine
+
+    def make(path: Path, settings: EngineSettings):
+        return WorkerEngine(path, settings)
+
+    return make
+
+
+def parse_data_overrides(items: list[str]) -> dict[str, Path]:
+    overrides = {}
+    for item in items:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            raise ConfigError(f"--data expects TASK=PATH, got '{item}'")
+        overrides[task] = Path(path).expanduser()
+    return overrides
+
+
+def cmd_run(args, pair: str | None = None, tasks: list[str] | None = None) -> int:
+    from edgeeval.report import build_report
+    from edgeeval.runner import prepare_task, run_models
+
+    project = load_project(args)
+    pair = pair or args.pair
+    if pair not in project.config.pairs:
+        known = ", ".join(project.config.pairs) or "none"
+        raise ConfigError(f"{project.config_path}: unknown pair '{pair}' (pairs: {known})")
+    tasks = tasks or args.task
+    overrides = parse_data_overrides(getattr(args, "data", []) or [])
+    unknown = set(overrides) - set(tasks)
+    if unknown:
+        raise ConfigError(f"--data names task(s) not being run: {', '.join(sorted(unknown))}")
+    prepared = [prepare_task(project, t, overrides.get(t), args.limit, args.max_tokens) for t in tasks]
+    spec = project.config.pairs[pair]
+    out = Path(args.out) if args.out else Path("runs") / pair
+    settings = EngineSettings(n_threads=args.threads, seed=args.seed, backend=args.engine)
+    started = time.perf_counter()
+    summary = run_models(project, pair, [spec.baseline, spec.candidate], prepared, out, settings,
+                         engine_factory(args.engine), progress=not args.quiet)
+    report = build_report(out, seed=args.seed)
+    wall = time.perf_counter() - started
+    rate = f", {summary.done / summary.seconds:.2f} examples/s" if summary.done and summary.seconds else ""
+    print(f"{summary.done} examples generated, {summary.skipped} already done, {summary.errors} errors; "
+          f"{wall:.1f} s{rate}")
+    print(f"report: {report.resolve()}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    args.config = args.config or str(PACKAGE_ROOT / "models.toml")
+    args.out = args.out or "runs/demo"
+    return cmd_run(args, pair=DEMO_PAIR, tasks=[DEMO_TASK])
+
+
+def cmd_report(args) -> int:
+    from edgeeval.report import build_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "manifest.json").is_file():
+        raise EdgeevalError(f"{run_dir} is not an edgeeval run directory (no manifest.json)")
+    print(f"report: {build_report(run_dir, seed=args.seed).resolve()}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from edgeeval.gguf_file import read_gguf_metadata, sha256_file
+
+    project = load_project(args)
+    failures = 0
+    for name, spec in project.config.models.items():
+        where = spec.path or f"package {spec.package} ({spec.file})"
+        print(f"{name:24} {spec.family:10} {spec.chat_template:28} {where}")
+        if not args.verify:
+            continue
+        try:
+            path = resolve_model_path(project, name)
+            info = read_gguf_metadata(path)
+            sha = sha256_file(path)
+        except EdgeevalError as exc:
+            failures += 1
+            print(f"    MISSING/INVALID: {exc}")
+            continue
+        ok = spec.sha256 is None or spec.sha256.lower() == sha
+        failures += not ok
+        template = "embedded" if info.chat_template else "none in file"
+        print(f"    {path}\n    {info.architecture}, {info.quantization}, {info.size_bytes / 1e6:.0f} MB, "
+              f"chat template in GGUF: {template}\n    sha256 {sha} {'OK' if ok else 'MISMATCH (expected ' + spec.sha256 + ')'}")
+    return 1 if failures else 0
+
+
+def cmd_tasks(args) -> int:
+    from edgeeval.runner import TASKS_DIR, prepare_task
+
+    project = load_project(args)
+    for path in sorted((project.root / TASKS_DIR).glob("*.toml")):
+        spec = load_task(path)
+        task = prepare_task(project, spec.name, None, None)
+        print(f"{spec.name:22} {spec.kind:16} {','.join(spec.metrics):34} {len(task.examples):5} examples  {spec.data.path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="models.toml to read (default: ./models.toml)")
+    common.add_argument("--models-dir", help="directory relative model paths resolve against "
+                        "(default: $EDGEEVAL_MODELS_DIR or ~/models)")
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--out", help="run directory (re-running the same command resumes it)")
+    running.add_argument("--limit", type=int, help="first N examples of each task only")
+    running.add_argument("--max-tokens", type=int, help="override the tasks' max new tokens")
+    running.add_argument("--threads", type=int, default=0, help="CPU threads (default: physical cores)")
+    running.add_argument("--seed", type=int, default=0, help="seed for the bootstrap (decoding is greedy)")
+    running.add_argument("--engine", choices=["llama", "fake"], default="llama", help=argparse.SUPPRESS)
+    running.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    parser = argparse.ArgumentParser(prog="edgeeval", description=edgeeval.__doc__)
+    parser.add_argument("--version", action="version", version=f"edgeeval {edgeeval.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", parents=[common, running], help="the whole pipeline on the bundled small models")
+    demo.set_defaults(func=cmd_demo)
+    models = sub.add_parser("models", parents=[common], help="list models.toml (--verify checks the files)")
+    models.add_argument("--verify", action="store_true")
+    models.set_defaults(func=cmd_models)
+    tasks = sub.add_parser("tasks", parents=[common], help="list the tasks in benchmarks/clinical/")
+    tasks.set_defaults(func=cmd_tasks)
+    run = sub.add_parser("run", parents=[common, running], help="evaluate both models of a pair")
+    run.add_argument("--pair", required=True)
+    run.add_argument("--task", action="append", required=True, help="task name (repeatable)")
+    run.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="real data file for a task")
+    run.set_defaults(func=cmd_run)
+    report = sub.add_parser("report", parents=[common], help="re-score a run directory and write the reports")
+    report.add_argument("run_dir")
+    report.add_argument("--seed", type=int, default=0)
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeevalError as exc:
+        print(f"edgeeval: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeeval: interrupted; finished examples are saved, re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The runner: plan (model x task x example) units, skip what is done, generate the rest, record each."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+import edgeeval
+from edgeeval.chat import ChatTemplate, load_chat_template, prompt_hash
+from edgeeval.config import Project, TaskSpec, load_task, resolve_model_path, task_hash
+from edgeeval.data import Example, load_multiple_choice
+from edgeeval.engine import Engine, EngineSettings, Generation
+from edgeeval.errors import ConfigError, DataError, TemplateError
+from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
+from edgeeval.prompts import TaskPrompt
+from edgeeval.store import Record, RunStore, now_iso
+
+TASKS_DIR = Path("benchmarks/clinical")
+
+EngineFactory = Callable[[Path, EngineSettings], Engine]
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task ready to run: its spec, hash, and examples (the template is checked on all of them)."""
+
+    spec: TaskSpec
+    hash: str
+    data_path: Path
+    data_sha256: str
+    examples: list[Example]
+    prompt: TaskPrompt
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    name: str
+    path: Path
+    sha256: str
+    gguf: GGUFInfo
+    chat: ChatTemplate
+    n_ctx: int
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    done: int = 0
+    skipped: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    per_model: dict = field(default_factory=dict)
+
+
+def task_path(project: Project, name: str) -> Path:
+    path = project.root / TASKS_DIR / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (project.root / TASKS_DIR).glob("*.toml")))
+        raise ConfigError(f"unknown task '{name}' (no {path}; tasks: {known})")
+    return path
+
+
+def prepare_task(project: Project, name: str, data_override: Path | None, limit: int | None,
+                 max_tokens: int | None = None) -> PreparedTask:
+    spec = load_task(task_path(project, name))
+    if max_tokens is not None:
+        spec = spec.model_copy(update={"max_tokens": max_tokens})
+    data_path = data_override if data_override is not None else project.root / spec.data.path
+    examples = load_multiple_choice(data_path)
+    if limit is not None:
+        examples = examples[:limit]
+    prompt = TaskPrompt(project.root / spec.prompt)
+    data_sha = sha256_file(data_path)
+    return PreparedTask(spec, task_hash(spec, prompt.text, data_sha), data_path, data_sha, examples, prompt)
+
+
+def prepare_model(project: Project, name: str, sha_cache: dict | None = None) -> PreparedModel:
+    spec = project.config.models[name]
+    path = resolve_model_path(project, name)
+    info = read_gguf_metadata(path)
+    sha = cached_sha256(path, sha_cache if sha_cache is not None else {})
+    if spec.sha256 and spec.sha256.lower() != sha:
+        raise ConfigError(f"model '{name}': {path} has sha256 {sha}, but models.toml expects {spec.sha256}")
+    # llama.cpp adds the BOS token itself when it tokenizes, so templates get an empty bos_token.
+    chat = load_chat_template(spec.chat_template, info.chat_template, "", "", project.root)
+    n_ctx = min(spec.n_ctx, info.context_length or spec.n_ctx)
+    return PreparedModel(name, path, sha, info, chat, n_ctx)
+
+
+def cached_sha256(path: Path, cache: dict) -> str:
+    """sha256 of a model file, remembered per (path, size, mtime) so big files are hashed once."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    if key not in cache:
+        cache[key] = sha256_file(path)
+    return cache[key]
+
+
+def build_prompt(chat: ChatTemplate, system: str, user: str) -> tuple[str, bool]:
+    """The full prompt text; returns (text, system_folded). Templates that reject a system role
+    (Mistral-Instruct, for one) get the system text folded into the user turn, and we say so."""
+    if not system:
+        return chat.render([{"role": "user", "content": user}]), False
+    try:
+        return chat.render([{"role": "system", "content": system}, {"role": "user", "content": user}]), False
+    except TemplateError:
+        return chat.render([{"role": "user", "content": f"{system}\n\n{user}"}]), True
+
+
+@dataclass(frozen=True)
+class Unit:
+    example: Example
+    prompt: str
+    prompt_hash: str
+
+
+def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bool]:
+    units, folded = [], False
+    for example in task.examples:
+        text, was_folded = build_prompt(model.chat, task.spec.system, task.prompt.render(example))
+        folded = folded or was_folded
+        units.append(Unit(example, text, prompt_hash(text)))
+    return units, folded
+
+
+def make_record(model: PreparedModel, task: PreparedTask, unit: Unit, gen: Generation) -> Record:
+    return Record(
+        model=model.name,
+        model_sha256=model.sha256,
+        task=task.spec.name,
+        task_hash=task.hash,
+        example_id=unit.example.id,
+        prompt_hash=unit.prompt_hash,
+        prompt=unit.prompt,
+        gold=unit.example.gold,
+        options=unit.example.fields.get("options"),
+        output=gen.text if gen.error is None else None,
+        error=gen.error,
+        finish_reason=gen.finish_reason,
+        n_prompt_tokens=gen.n_prompt_tokens,
+        n_output_tokens=gen.n_output_tokens,
+        seconds=round(gen.seconds, 4),
+        created=now_iso(),
+    )
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpu": cpu,
+            "machine": platform.machine()}
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def model_manifest(model: PreparedModel, project: Project, folded: bool) -> dict:
+    spec = project.config.models[model.name]
+    return {
+        "path": str(model.path), "sha256": model.sha256, "size_bytes": model.gguf.size_bytes,
+        "architecture": model.gguf.architecture, "name": model.gguf.name,
+        "quantization": model.gguf.quantization, "context_length": model.gguf.context_length,
+        "family": spec.family, "base": spec.base, "source": spec.source,
+        "chat_template": model.chat.source,
+        "chat_template_sha256": hashlib.sha256(model.chat.text.encode()).hexdigest(),
+        "system_folded_into_user": folded,
+    }
+
+
+def task_manifest(task: PreparedTask) -> dict:
+    return {"hash": task.hash, "data": str(task.data_path), "data_sha256": task.data_sha256,
+            "examples": len(task.examples), "kind": task.spec.kind, "metrics": task.spec.metrics,
+            "max_tokens": task.spec.max_tokens, "prompt": task.spec.prompt}
+
+
+def load_manifest(run_dir: Path) -> dict:
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+
+
+def run_models(project: Project, pair_name: str, models: list[str], tasks: list[PreparedTask],
+               out_dir: Path, settings: EngineSettings, engine_factory: EngineFactory,
+               progress: bool = True) -> RunSummary:
+    """Evaluate every model on every task into `out_dir`, resuming whatever is already there."""
+    started = time.perf_counter()
+    summary = RunSummary(run_dir=out_dir)
+    prepared = [prepare_model(project, name) for name in models]  # fail fast, before any inference
+    with RunStore(out_dir) as store:
+        manifest = load_manifest(out_dir)
+        manifest.update({
+            "edgeeval": edgeeval.__version__,
+            "llama_cpp_python": package_version("llama_cpp_python"),
+            "machine": machine_info(),
+            "settings": asdict(settings.resolved()),
+            "config": str(project.config_path),
+        })
+        manifest.setdefault("pairs", {})[pair_name] = {
+            "baseline": project.config.pairs[pair_name].baseline if pair_name in project.config.pairs else models[0],
+            "candidate": project.config.pairs[pair_name].candidate if pair_name in project.config.pairs else models[-1],
+        }
+        manifest.setdefault("tasks", {}).update({t.spec.name: task_manifest(t) for t in tasks})
+        manifest.setdefault("models", {})
+        manifest.setdefault("engine", {})
+        for model in prepared:
+            plans = [(task, *plan_units(model, task)) for task in tasks]
+            manifest["models"][model.name] = model_manifest(model, project, any(f for _, _, f in plans))
+            store.write_manifest(manifest)
+            info = _run_model(store, model, plans, settings, engine_factory, summary, progress)
+            if info:
+                manifest["engine"][model.name] = info
+        summary.seconds = time.perf_counter() - started
+        manifest.setdefault("invocations", []).append({
+            "finished": now_iso(), "wall_seconds": round(summary.seconds, 2), "generated": summary.done,
+            "skipped_done": summary.skipped, "errors": summary.errors, "argv": sys.argv[1:],
+        })
+        store.write_manifest(manifest)
+    return summary
+
+
+def _run_model(store: RunStore, model: PreparedModel, plans, settings: EngineSettings,
+               engine_factory: EngineFactory, summary: RunSummary, progress: bool) -> dict | None:
+    pending = []
+    for task, units, _ in plans:
+        done = {r.key() for r in store.load(model.name, task.spec.name)}
+        todo = [u for u in units if (model.sha256, task.hash, u.example.id, u.prompt_hash) not in done]
+        summary.skipped += len(units) - len(todo)
+        pending.extend((task, unit) for unit in todo)
+    if not pending:
+        return None  # nothing to do: the model is not even loaded
+    engine = engine_factory(model.path, replace(settings, n_ctx=model.n_ctx))
+    started = time.perf_counter()
+    try:
+        bar = tqdm(pending, desc=f"{model.name}", unit="ex", disable=not progress, dynamic_ncols=True)
+        for task, unit in bar:
+            gen = engine.generate(unit.prompt, task.spec.max_tokens, list(task.spec.stop))
+            store.append(make_record(model, task, unit, gen))
+            summary.done += 1
+            summary.errors += gen.error is not None
+        bar.close()
+        info = engine.info()
+    finally:
+        engine.close()
+    elapsed = time.perf_counter() - started
+    summary.per_model[model.name] = {"examples": len(pending), "seconds": round(elapsed, 2),
+                                     "examples_per_s": round(len(pending) / elapsed, 3) if elapsed else None}
+    return {**info, **summary.per_model[model.name]}

@@ -1,0 +1,140 @@
+"""Paired statistics: exact McNemar, paired bootstrap CIs, Holm correction."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+Statistic = Callable[..., object]
+
+# Upper bound on the size of one (resamples x items) block, so 10^4 x 10^4 resampling stays
+# within a few tens of MB instead of allocating the full matrix at once.
+_BLOCK_ELEMENTS = 2_000_000
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts b and c."""
+    b, c = _count(b, "b"), _count(c, "c")
+    n, k = b + c, min(b, c)
+    if n == 0 or 2 * k >= n:
+        # The smaller tail already holds at least half the mass, so 2 * P >= 1.
+        return 1.0
+    # Exact integers: the tail sum and 2^n are big ints, and int / int division is
+    # correctly rounded, so nothing overflows or loses precision for large n.
+    tail, term = 0, 1
+    for i in range(k + 1):
+        tail += term
+        term = term * (n - i) // (i + 1)
+    return min(1.0, (2 * tail) / (1 << n))
+
+
+def paired_bootstrap(
+    baseline: np.ndarray,
+    candidate: np.ndarray,
+    statistic: Statistic = np.mean,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """(delta, ci_low, ci_high) of statistic(candidate) - statistic(baseline), paired by item."""
+    base, cand = _as_1d(baseline, "baseline"), _as_1d(candidate, "candidate")
+    if base.shape != cand.shape:
+        raise ValueError(f"paired arrays differ in length: {base.size} vs {cand.size}")
+    _check_settings(n_resamples, confidence)
+    if base.size == 0:
+        return (math.nan, math.nan, math.nan)
+    delta = float(statistic(cand)) - float(statistic(base))
+
+    def resampled(idx: np.ndarray) -> np.ndarray:
+        # The same indices for both models: that is what makes the interval paired.
+        return _apply(statistic, cand[idx]) - _apply(statistic, base[idx])
+
+    low, high = _percentile_interval(resampled, base.size, n_resamples, seed, confidence)
+    return (delta, low, high)
+
+
+def bootstrap_ci(
+    values: np.ndarray,
+    statistic: Statistic = np.mean,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """(value, ci_low, ci_high) of statistic(values) with a percentile bootstrap interval."""
+    data = _as_1d(values, "values")
+    _check_settings(n_resamples, confidence)
+    if data.size == 0:
+        return (math.nan, math.nan, math.nan)
+    value = float(statistic(data))
+    low, high = _percentile_interval(
+        lambda idx: _apply(statistic, data[idx]), data.size, n_resamples, seed, confidence
+    )
+    return (value, low, high)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values in input order; NaNs stay NaN and are not counted."""
+    p = np.asarray(p_values, dtype=float).reshape(-1)
+    valid = ~np.isnan(p)
+    if np.any((p[valid] < 0) | (p[valid] > 1)):
+        raise ValueError("p-values must lie in [0, 1]")
+    adjusted = np.full(p.shape, math.nan)
+    order = np.flatnonzero(valid)[np.argsort(p[valid], kind="stable")]
+    m = order.size
+    scaled = (m - np.arange(m)) * p[order]
+    # The running maximum keeps the adjusted values monotone in the sorted order.
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return [float(x) for x in adjusted]
+
+
+def _count(value: int, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _as_1d(values: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    return array
+
+
+def _check_settings(n_resamples: int, confidence: float) -> None:
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+
+
+def _apply(statistic: Statistic, samples: np.ndarray) -> np.ndarray:
+    """statistic over each row of a (resamples x items) block."""
+    try:
+        result = np.asarray(statistic(samples, axis=1), dtype=float)
+    except TypeError:
+        # A statistic without an axis argument: fall back to one call per resample.
+        return np.array([float(statistic(row)) for row in samples])
+    if result.shape != (samples.shape[0],):
+        raise ValueError("statistic(samples, axis=1) must return one value per resample")
+    return result
+
+
+def _percentile_interval(
+    resampled: Callable[[np.ndarray], np.ndarray],
+    n_items: int,
+    n_resamples: int,
+    seed: int,
+    confidence: float,
+) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    block = max(1, _BLOCK_ELEMENTS // n_items)
+    stats = np.empty(n_resamples)
+    for start in range(0, n_resamples, block):
+        size = min(block, n_resamples - start)
+        idx = rng.integers(0, n_items, size=(size, n_items))
+        stats[start : start + size] = resampled(idx)
+    alpha = 1.0 - confidence
+    low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return (float(low), float(high))

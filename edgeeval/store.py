@@ -1,0 +1,165 @@
+"""The run directory: manifest, append-only JSONL records, a lock, owner-only permissions."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgeeval.errors import EdgeevalError
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+class Record(BaseModel):
+    """One model's answer (or error) for one example of one task."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    model_sha256: str
+    task: str
+    task_hash: str
+    example_id: str
+    prompt_hash: str
+    prompt: str
+    gold: str
+    options: dict[str, str] | None = None
+    """Multiple choice: the options offered ({letter: text}), so scoring needs no data file."""
+    output: str | None
+    """The raw generated text; None when `error` is set."""
+    error: str | None = None
+    """Why there is no answer (native crash, prompt too long, ...). Errors are never answers."""
+    finish_reason: str | None = None
+    n_prompt_tokens: int | None = None
+    n_output_tokens: int | None = None
+    seconds: float = 0.0
+    created: str = ""
+
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.model_sha256, self.task_hash, self.example_id, self.prompt_hash)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def make_private_dir(path: Path) -> None:
+    """Create a directory (and parents) readable by the owner only, whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    os.chmod(path, DIR_MODE)
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """Write a whole file atomically (temp file + rename), owner-only."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, path)
+
+
+class RunStore:
+    """A run directory, locked for the lifetime of this object so two runs never interleave."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        try:
+            make_private_dir(root)
+            make_private_dir(root / "records")
+        except OSError as exc:
+            raise EdgeevalError(f"cannot create run directory {root}: {exc.strerror}") from None
+        self._lock_handle = self._lock()
+        self._handles: dict[Path, object] = {}
+
+    def _lock(self):
+        path = self.root / ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as exc:
+            raise EdgeevalError(f"cannot write to run directory {self.root}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise EdgeevalError(
+                    f"run directory {self.root} is in use by another edgeeval process; "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return fd
+
+    def records_path(self, model: str, task: str) -> Path:
+        return self.root / "records" / model / f"{task}.jsonl"
+
+    def load(self, model: str, task: str) -> list[Record]:
+        """Every complete record of (model, task); a torn last line from a crash is cut off."""
+        path = self.records_path(model, task)
+        return read_records(path, repair=True) if path.exists() else []
+
+    def append(self, record: Record) -> None:
+        """Append one record and push it to disk before returning (a kill loses nothing written)."""
+        path = self.records_path(record.model, record.task)
+        handle = self._handles.get(path)
+        if handle is None:
+            make_private_dir(path.parent)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            os.chmod(path, FILE_MODE)
+            handle = self._handles[path] = os.fdopen(fd, "a", encoding="utf-8")
+        line = record.model_dump_json() + "\n"
+        try:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            raise EdgeevalError(f"cannot write records to {path}: {exc.strerror}; records written so far are kept") from None
+
+    def write_manifest(self, manifest: dict) -> None:
+        write_private_text(self.root / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+        if self._lock_handle is not None:
+            os.close(self._lock_handle)
+            self._lock_handle = None
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_records(path: Path, repair: bool = False) -> list[Record]:
+    """Parse a records file. An unterminated final line (the process died mid-write) is dropped, and
+    with `repair` cut from the file; a bad complete line is an error naming file and line."""
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    records = []
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(Record.model_validate_json(line))
+        except ValidationError as exc:
+            raise EdgeevalError(f"{path}:{number}: corrupt record ({exc.errors()[0]['msg']})") from None
+    if tail.strip() and repair:
+        good = sum(len(line) + 1 for line in complete)
+        with open(path, "r+b") as handle:
+            handle.truncate(good)
+    return records

