@@ -161,7 +161,7 @@ def _format_estimate(fmt: str, args: Iterable[Any]) -> int:
     widths = sum(int(d) for d in _DIGITS.findall(fmt) if len(d) < 12) + sum(
         10**12 for d in _DIGITS.findall(fmt) if len(d) >= 12
     )
-    placeholders = fmt.count("{") + fmt.count("%") + 1
+    placeholders = max(1, fmt.count("{") + fmt.count("%"))
     arg_size = sum(_weight(a)[0] + (a if isinstance(a, int) and not isinstance(a, bool) else 0) for a in args)
     return len(fmt) + widths + placeholders * arg_size
 

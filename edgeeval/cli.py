@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,7 +64,8 @@ def cmd_run(args, pair: str | None = None, tasks: list[str] | None = None) -> in
     prepared = [prepare_task(project, t, overrides.get(t), args.limit, args.max_tokens) for t in tasks]
     spec = project.config.pairs[pair]
     out = Path(args.out) if args.out else Path("runs") / pair
-    settings = EngineSettings(n_threads=args.threads, seed=args.seed, backend=args.engine)
+    settings = EngineSettings(n_threads=args.threads, seed=args.seed, backend=args.engine,
+                              fake_delay_s=float(os.environ.get("EDGEEVAL_FAKE_DELAY_S", "0")))
     started = time.perf_counter()
     summary = run_models(project, pair, [spec.baseline, spec.candidate], prepared, out, settings,
                          engine_factory(args.engine), progress=not args.quiet)

@@ -19,6 +19,7 @@ metadata of a 10 GB model fits in a few kilobytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
@@ -229,6 +230,10 @@ class GGUFInfo:
     """general.alignment, or the default 32."""
     data_offset: int
     """Byte offset of the tensor data section."""
+    bos_token: str | None = None
+    """Text of tokenizer.ggml.bos_token_id in tokenizer.ggml.tokens (e.g. '<bos>'), None if absent."""
+    eos_token: str | None = None
+    """Text of tokenizer.ggml.eos_token_id in tokenizer.ggml.tokens (e.g. '<eos>'), None if absent."""
 
 
 def read_gguf_metadata(path: Path | str) -> GGUFInfo:
@@ -302,6 +307,7 @@ class _Parser:
         self.pos = 0
         self.retained = 0
         self.walked = 0
+        self.vocab: tuple[int, int] | None = None  # (offset of the first token string, count)
 
     # --- low-level reads -------------------------------------------------------------------------
 
@@ -371,7 +377,9 @@ class _Parser:
                     f"truncated: expected at least {expected} bytes, file has {self.size} "
                     "(an incomplete download?)"
                 )
-        return self.info(version, tensor_count, metadata, types, alignment, data_offset)
+        info = self.info(version, tensor_count, metadata, types, alignment, data_offset)
+        bos, eos = self.special_tokens(metadata, types)
+        return dataclasses.replace(info, bos_token=bos, eos_token=eos)
 
     def header(self) -> tuple[int, int, int]:
         head = self.f.read(min(self.size, 4))
@@ -411,6 +419,8 @@ class _Parser:
             vtype = self.u32(f"value type of {key!r}")
             if vtype not in _TYPE_NAMES:
                 raise self.fail(f"metadata key {key!r} has unknown value type {vtype} at offset {vtype_at}")
+            if key == "tokenizer.ggml.tokens" and vtype == _ARRAY:
+                self.vocab = (self.pos + 12, -1)  # strings start after item type and count
             metadata[key] = self.value(vtype, key, depth=0, keep=True)
             types[key] = vtype
         return metadata, types
@@ -434,6 +444,8 @@ class _Parser:
         if itype not in _TYPE_NAMES:
             raise self.fail(f"metadata key {key!r} has an array of unknown value type {itype} at offset {at}")
         count = self.u64(f"length of array {key!r}")
+        if depth == 1 and key == "tokenizer.ggml.tokens" and self.vocab and self.vocab[0] == self.pos:
+            self.vocab = (self.pos, count) if itype == _STRING else None
         if itype in _SCALAR_FORMATS:
             fmt, n = _SCALAR_FORMATS[itype]
             self.need(count * n, f"array {key!r} of {count} {_TYPE_NAMES[itype]}", at=at)
@@ -490,6 +502,27 @@ class _Parser:
         except EOFError:
             raise self.fail(f"truncated or corrupt at offset {pos}: inside string array {key!r}") from None
         self.pos = pos
+
+    def special_tokens(self, metadata: dict[str, Any], types: dict[str, int]) -> tuple[str | None, str | None]:
+        """Look up the BOS and EOS token texts in the vocabulary (already validated by the first pass)."""
+        if not self.vocab or self.vocab[1] < 0:
+            return None, None
+        start, count = self.vocab
+        ids = {}
+        for which in ("bos", "eos"):
+            key = f"tokenizer.ggml.{which}_token_id"
+            if types.get(key) in _INT_TYPES and 0 <= metadata[key] < count:
+                ids[which] = metadata[key]
+        texts: dict[int, str | None] = {}
+        self.f.seek(start)
+        self.pos = start
+        current = 0
+        for index in sorted(set(ids.values())):
+            if index > current:
+                self.skip_strings(index - current, "tokenizer.ggml.tokens")
+            texts[index] = self.string(f"token {index}", max_bytes=1024 * 1024)
+            current = index + 1
+        return texts.get(ids.get("bos", -1)), texts.get(ids.get("eos", -1))
 
     def alignment(self, metadata: dict[str, Any], types: dict[str, int]) -> int:
         if "general.alignment" not in metadata:

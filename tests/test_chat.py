@@ -386,3 +386,71 @@ def test_state_is_clean_after_a_failed_render() -> None:
             SYSTEM_USER
         )
     assert template.render(SYSTEM_USER) == GOLDEN_SYSTEM_USER["chatml"]
+
+
+# --- real-world templates (llama.cpp's collection, when its source tree is present) -------------------------
+
+LLAMA_CPP_TEMPLATES = Path("/tmp/src/llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates")
+REAL_TEMPLATES = [
+    "meta-llama-Llama-3.1-8B-Instruct.jinja",
+    "meta-llama-Llama-3.2-3B-Instruct.jinja",
+    "Qwen-Qwen2.5-7B-Instruct.jinja",
+    "Qwen-Qwen3-0.6B.jinja",
+    "google-gemma-2-2b-it.jinja",
+    "microsoft-Phi-3.5-mini-instruct.jinja",
+    "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+    "HuggingFaceTB-SmolLM3-3B.jinja",
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
+    "ibm-granite-granite-3.3-2B-Instruct.jinja",
+]
+
+
+def hf_reference_render(source: str, messages: list[dict[str, str]]) -> str:
+    """How transformers' apply_chat_template renders: a plain ImmutableSandboxedEnvironment."""
+    import json
+
+    import jinja2.ext
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):  # type: ignore[no-untyped-def]
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return nodes.CallBlock(self.call_method("_r"), [], [], body).set_lineno(lineno)
+
+        def _r(self, caller):  # type: ignore[no-untyped-def]
+            return caller()
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(source).render(messages=messages, add_generation_prompt=True, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.mark.skipif(not LLAMA_CPP_TEMPLATES.is_dir(), reason="llama.cpp source tree not present")
+@pytest.mark.parametrize("name", REAL_TEMPLATES)
+def test_real_world_templates_render_like_hf(name: str) -> None:
+    path = LLAMA_CPP_TEMPLATES / name
+    if not path.exists():
+        pytest.skip(f"{name} not in this llama.cpp version")
+    source = path.read_text()
+    template = ChatTemplate("gguf", source, "<s>", "</s>")
+    for messages in (SYSTEM_USER, SYSTEM_USER[1:], MULTI_TURN):
+        try:
+            expected = hf_reference_render(source, messages)
+        except jinja2.TemplateError:
+            with pytest.raises(TemplateError):
+                template.render(messages)
+        else:
+            assert template.render(messages) == expected

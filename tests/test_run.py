@@ -1,0 +1,196 @@
+"""The whole pipeline through the CLI on the fake engine (in its worker process): run, resume,
+crashes, bad input, and re-scoring without the models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeeval.cli import main
+from edgeeval.store import read_records
+
+N_SAMPLE = 36
+
+
+def run_cli(project: Path, *args: str) -> int:
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        return main(list(args))
+    finally:
+        os.chdir(cwd)
+
+
+def fake_run(project: Path, out: Path, *extra: str) -> int:
+    return run_cli(project, "run", "--pair", "test", "--task", "case_challenges", "--engine", "fake",
+                   "--models-dir", str(project.parent / "models"), "--out", str(out), "--quiet", *extra)
+
+
+def records(out: Path, model: str) -> list:
+    return read_records(out / "records" / model / "case_challenges.jsonl")
+
+
+def test_run_writes_records_manifest_and_reports(project_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert fake_run(project_dir, out) == 0
+    for model in ("general-small", "bio-small"):
+        recs = records(out, model)
+        assert len(recs) == N_SAMPLE and len({r.example_id for r in recs}) == N_SAMPLE
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["bio-small"]["family"] == "biomedical"
+    assert len(manifest["models"]["bio-small"]["sha256"]) == 64
+    assert manifest["tasks"]["case_challenges"]["examples"] == N_SAMPLE
+    assert manifest["settings"]["backend"] == "fake"
+    with open(out / "comparison.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    accuracy = next(r for r in rows if r["metric"] == "accuracy")
+    assert accuracy["test"] == "mcnemar_exact" and 0.0 <= float(accuracy["p_value"]) <= 1.0
+    assert int(accuracy["n_paired"]) == N_SAMPLE
+    text = (out / "report.md").read_text()
+    assert "Paired comparison: test" in text and "bio-small" in text
+    assert f"report: {(out / 'report.md').resolve()}" in capsys.readouterr().out
+
+
+def test_rerun_does_no_new_work(project_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    fake_run(project_dir, out)
+    before = (out / "records" / "bio-small" / "case_challenges.jsonl").read_bytes()
+    capsys.readouterr()
+    assert fake_run(project_dir, out) == 0
+    assert f"0 examples generated, {2 * N_SAMPLE} already done" in capsys.readouterr().out
+    assert (out / "records" / "bio-small" / "case_challenges.jsonl").read_bytes() == before
+
+
+def test_runs_are_deterministic(project_dir, tmp_path):
+    fake_run(project_dir, tmp_path / "a")
+    fake_run(project_dir, tmp_path / "b")
+    for model in ("general-small", "bio-small"):
+        a = [(r.example_id, r.output, r.prompt_hash) for r in records(tmp_path / "a", model)]
+        b = [(r.example_id, r.output, r.prompt_hash) for r in records(tmp_path / "b", model)]
+        assert a == b
+    assert (tmp_path / "a" / "comparison.csv").read_text() == (tmp_path / "b" / "comparison.csv").read_text()
+
+
+def test_report_rebuilds_from_records_alone(project_dir, tmp_path):
+    out = tmp_path / "run"
+    fake_run(project_dir, out)
+    expected = (out / "comparison.csv").read_text()
+    for name in ("results.csv", "comparison.csv", "report.md"):
+        (out / name).unlink()
+    assert run_cli(project_dir, "report", str(out)) == 0
+    assert (out / "comparison.csv").read_text() == expected
+    assert (out / "report.md").exists() and (out / "results.csv").exists()
+
+
+def test_kill_mid_run_then_resume_completes_without_duplicates(project_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgeeval.cli", "run", "--pair", "test", "--task", "case_challenges",
+           "--engine", "fake", "--models-dir", str(project_dir.parent / "models"), "--out", str(out), "--quiet"]
+    env = {**os.environ, "EDGEEVAL_FAKE_DELAY_S": "0.05"}
+    proc = subprocess.Popen(cmd, cwd=project_dir, env=env)
+    path = out / "records" / "general-small" / "case_challenges.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not path.exists() or len(path.read_bytes().splitlines()) < 10):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read_records(path))
+    assert 10 <= done_before < N_SAMPLE
+    result = subprocess.run(cmd, cwd=project_dir, env={**os.environ}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"{2 * N_SAMPLE - done_before} examples generated, {done_before} already done" in result.stdout
+    for model in ("general-small", "bio-small"):
+        ids = [r.example_id for r in records(out, model)]
+        assert len(ids) == N_SAMPLE == len(set(ids))
+
+
+def test_native_crash_costs_one_example(project_dir, tmp_path, monkeypatch):
+    # The worker segfaults whenever the prompt holds this phrase (one vignette has it).
+    monkeypatch.setenv("EDGEEVAL_FAULT_INJECT", "segv:crushing substernal chest pain")
+    out = tmp_path / "run"
+    assert fake_run(project_dir, out) == 0
+    for model in ("general-small", "bio-small"):
+        recs = records(out, model)
+        assert len(recs) == N_SAMPLE
+        crashed = [r for r in recs if r.error]
+        assert [r.example_id for r in crashed] == ["cc-001"]
+        assert "SIGSEGV" in crashed[0].error and crashed[0].output is None
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engine"]["bio-small"]["restarts"] == 2  # retried once, then recorded
+    with open(out / "results.csv") as handle:
+        rates = {(r["model"], r["metric"]): float(r["value"]) for r in csv.DictReader(handle)}
+    assert rates[("bio-small", "error_rate")] == pytest.approx(1 / N_SAMPLE)
+
+
+def test_prompt_longer_than_context_is_recorded_not_truncated(project_dir, tmp_path):
+    data = tmp_path / "long.jsonl"
+    long_case = "The patient reports fatigue. " * 2000
+    rows = [{"question": long_case, "options": {"A": "x", "B": "y"}, "answer_idx": "A"},
+            {"question": "Short case?", "options": {"A": "x", "B": "y"}, "answer_idx": "B"}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "run"
+    assert fake_run(project_dir, out, "--data", f"case_challenges={data}") == 0
+    recs = {r.example_id: r for r in records(out, "bio-small")}
+    assert recs["long-1"].error.startswith("prompt_too_long") and recs["long-1"].output is None
+    assert recs["long-2"].error is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--pair", "nope", "--task", "case_challenges"], "unknown pair 'nope'"),
+        (["run", "--pair", "test", "--task", "nope"], "unknown task 'nope'"),
+        (["run", "--pair", "test", "--task", "case_challenges", "--data", "case_challenges=/nonexistent.csv"],
+         "/nonexistent.csv"),
+        (["run", "--pair", "test", "--task", "case_challenges", "--data", "oops"], "TASK=PATH"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(project_dir, capsys, args, message):
+    code = run_cli(project_dir, *args, "--engine", "fake", "--models-dir", str(project_dir.parent / "models"))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_and_invalid_model_files(project_dir, tmp_path, capsys):
+    models = project_dir.parent / "models"
+    (models / "bio.gguf").unlink()
+    assert fake_run(project_dir, tmp_path / "run") == 2
+    assert "bio.gguf" in capsys.readouterr().err
+    (models / "bio.gguf").write_bytes(b"PK\x03\x04 this is a zip file, not a model")
+    assert fake_run(project_dir, tmp_path / "run") == 2
+    assert "not a GGUF" in capsys.readouterr().err
+    (models / "bio.gguf").write_bytes((models / "general.gguf").read_bytes()[:200])
+    assert fake_run(project_dir, tmp_path / "run") == 2
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_row_missing_a_field_names_file_and_line(project_dir, tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "q", "options": {"A": "x", "B": "y"}, "answer_idx": "A"}\n'
+                    '{"question": "q2", "options": {"A": "x", "B": "y"}}\n')
+    assert fake_run(project_dir, tmp_path / "run", "--data", f"case_challenges={data}") == 2
+    err = capsys.readouterr().err
+    assert f"{data}:2" in err and "answer_idx" in err
+
+
+def test_template_with_undefined_variable(project_dir, tmp_path, capsys):
+    (project_dir / "prompts" / "case_challenge.j2").write_text("{{ question }} {{ vignette_age }}")
+    assert fake_run(project_dir, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "vignette_age" in err and "case_challenge.j2" in err
+
+
+def test_models_verify_and_tasks_listing(project_dir, capsys):
+    assert run_cli(project_dir, "models", "--verify", "--models-dir", str(project_dir.parent / "models")) == 0
+    out = capsys.readouterr().out
+    assert "general-small" in out and "Q4_K_M" in out and "sha256" in out
+    assert run_cli(project_dir, "tasks") == 0
+    assert "case_challenges" in capsys.readouterr().out
