@@ -90,8 +90,9 @@ def prepare_model(project: Project, name: str, sha_cache: dict | None = None) ->
     sha = cached_sha256(path, sha_cache if sha_cache is not None else {})
     if spec.sha256 and spec.sha256.lower() != sha:
         raise ConfigError(f"model '{name}': {path} has sha256 {sha}, but models.toml expects {spec.sha256}")
-    # llama.cpp adds the BOS token itself when it tokenizes, so templates get an empty bos_token.
-    chat = load_chat_template(spec.chat_template, info.chat_template, "", "", project.root)
+    # llama.cpp adds the BOS token itself when it tokenizes, so templates get an empty bos_token;
+    # the EOS text is real (multi-turn Llama-2/Mistral prompts close earlier turns with it).
+    chat = load_chat_template(spec.chat_template, info.chat_template, "", info.eos_token or "", project.root)
     n_ctx = min(spec.n_ctx, info.context_length or spec.n_ctx)
     return PreparedModel(name, path, sha, info, chat, n_ctx)
 

@@ -42,6 +42,8 @@ def write_tiny_gguf(path: Path, *, template: str | None = TEMPLATE, arch: str = 
     w.add_tokenizer_model("llama")
     w.add_token_list([f"tok{i}" for i in range(100)])
     w.add_token_scores([float(i) for i in range(100)])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(99)
     w.add_array("test.nested", [[1, 2], [3, 4, 5]])
     w.add_array("test.strings", ["a", "bé"])
     w.add_float64("test.f64", 1.5)
@@ -124,6 +126,7 @@ def test_reads_tiny_gguf(tiny: Path) -> None:
     assert info.has_tokenizer is True
     assert info.alignment == 32
     assert info.data_offset + 128 == info.size_bytes
+    assert (info.bos_token, info.eos_token) == ("tok1", "tok99")
     md = info.metadata
     assert md["tokenizer.ggml.tokens"] == {"type": "array", "item_type": "string", "len": 100}
     assert md["tokenizer.ggml.scores"] == {"type": "array", "item_type": "float32", "len": 100}
@@ -137,6 +140,29 @@ def test_reads_tiny_gguf(tiny: Path) -> None:
 
 def test_agrees_with_gguf_reader(tiny: Path) -> None:
     assert_agrees_with_gguf_reader(tiny)
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        ([kv("tokenizer.ggml.bos_token_id", U32, struct.pack("<I", 0)), kv("tokenizer.ggml.eos_token_id", U32, struct.pack("<I", 2))], ("<b>", "</e>")),
+        ([kv("tokenizer.ggml.bos_token_id", U32, struct.pack("<I", 3))], (None, None)),
+        ([kv("tokenizer.ggml.bos_token_id", I32, struct.pack("<i", -1))], (None, None)),
+        ([kv("tokenizer.ggml.bos_token_id", STRING, s("0"))], (None, None)),
+        ([], (None, None)),
+    ],
+)
+def test_special_token_texts(tmp_path: Path, entries: list[bytes], expected: tuple) -> None:
+    vocab = kv("tokenizer.ggml.tokens", ARRAY, struct.pack("<IQ", STRING, 3) + s("<b>") + s("mid") + s("</e>"))
+    info = read_gguf_metadata(write(tmp_path, build([ARCH, vocab, *entries])))
+    assert (info.bos_token, info.eos_token) == expected
+
+
+def test_special_tokens_need_a_string_vocabulary(tmp_path: Path) -> None:
+    vocab = kv("tokenizer.ggml.tokens", ARRAY, struct.pack("<IQ", U8, 2) + b"\1\2")
+    bos = kv("tokenizer.ggml.bos_token_id", U32, struct.pack("<I", 0))
+    info = read_gguf_metadata(write(tmp_path, build([ARCH, vocab, bos])))
+    assert info.bos_token is None
 
 
 def test_accepts_str_path_and_no_template(tmp_path: Path) -> None:
@@ -451,6 +477,11 @@ def assert_agrees_with_gguf_reader(path: Path) -> None:
     assert list(info.metadata) == list(fields)
     assert info.tensor_count == len(reader.tensors)
     assert info.data_offset == reader.data_offset
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    for which in ("bos", "eos"):
+        token_id = reader.fields.get(f"tokenizer.ggml.{which}_token_id")
+        if tokens is not None and token_id is not None:
+            assert getattr(info, f"{which}_token") == tokens.contents(int(token_id.contents()))
     for key, field in fields.items():
         ours = info.metadata[key]
         if field.types[0] == gguf.GGUFValueType.ARRAY and len(field.data) > 64:
@@ -472,6 +503,7 @@ def test_real_smollm2() -> None:
     assert info.chat_template and "<|im_start|>" in info.chat_template
     assert info.context_length == 8192
     assert info.metadata["tokenizer.ggml.tokens"]["len"] == 49152
+    assert (info.bos_token, info.eos_token) == ("<|im_start|>", "<|im_end|>")
     assert_agrees_with_gguf_reader(SMOLLM2)
 
 
@@ -481,4 +513,5 @@ def test_real_gemma3() -> None:
     assert info.architecture == "gemma3"
     assert info.quantization == "Q4_K_M"
     assert info.has_tokenizer
+    assert (info.bos_token, info.eos_token) == ("<bos>", "<eos>")
     assert_agrees_with_gguf_reader(GEMMA3)
