@@ -63,8 +63,11 @@ SPEC_GGUF = "gguf"
 SPEC_NONE = "none"
 
 
-class _LimitExceeded(Exception):
+class RenderLimitError(Exception):
     """Raised inside a render when a template exceeds a work or size limit."""
+
+
+_LimitExceeded = RenderLimitError
 
 
 class _TemplateRaised(Exception):
@@ -308,26 +311,17 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
-class _Environment(ImmutableSandboxedEnvironment):
-    """ImmutableSandboxedEnvironment with bounded work and memory (see the module docstring)."""
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """ImmutableSandboxedEnvironment with bounded work and memory (see the module docstring). Task prompts
+    (edgeeval.prompts) use it with Jinja's own defaults; render with `render_bounded`."""
 
     code_generator_class = _CodeGenerator
     intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
     concat = staticmethod(_bounded_concat)  # type: ignore[assignment]
 
-    def __init__(self, undefined: type[Undefined]) -> None:
-        super().__init__(
-            trim_blocks=True,
-            lstrip_blocks=True,
-            extensions=[_GenerationTag, loopcontrols],
-            undefined=undefined,
-            autoescape=False,
-            finalize=_finalize,
-        )
+    def __init__(self, undefined: type[Undefined], **options: Any) -> None:
+        super().__init__(undefined=undefined, autoescape=False, finalize=_finalize, **options)
         self.globals.pop("lipsum", None)
-        self.globals["raise_exception"] = _raise_exception
-        self.globals["strftime_now"] = _strftime_now
-        self.filters["tojson"] = _tojson
         self.filters = {name: _guard_filter(name, f) for name, f in self.filters.items()}
         self.filters[_LOOP_GUARD] = _loop_guard
 
@@ -402,6 +396,33 @@ class _Environment(ImmutableSandboxedEnvironment):
         return _check_value(super().call(__context, __obj, *args, **kwargs), what)
 
 
+class _Environment(BoundedSandbox):
+    """The bounded sandbox set up like Hugging Face's apply_chat_template, for chat templates."""
+
+    def __init__(self, undefined: type[Undefined]) -> None:
+        super().__init__(undefined, trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols])
+        self.globals["raise_exception"] = _raise_exception
+        self.globals["strftime_now"] = _strftime_now
+        self.filters["tojson"] = _guard_filter("tojson", _tojson)
+
+
+def render_bounded(template: jinja2.Template, context: dict[str, Any]) -> str:
+    """Render a template compiled by a BoundedSandbox within one render's budget of steps, time and
+    output size; RenderLimitError when it is exceeded (other failures propagate as they are)."""
+    token = _BUDGET.set(_Budget())
+    try:
+        chunks: list[str] = []
+        total = 0
+        for chunk in template.generate(**context):
+            total += len(chunk)
+            if total > MAX_RENDER_CHARS:
+                raise RenderLimitError(f"the rendered text is over {MAX_RENDER_CHARS} characters")
+            chunks.append(chunk)
+        return "".join(chunks)
+    finally:
+        _BUDGET.reset(token)
+
+
 _LENIENT_ENV = _Environment(jinja2.Undefined)
 _STRICT_ENV = _Environment(jinja2.StrictUndefined)
 
@@ -443,21 +464,10 @@ class ChatTemplate:
         messages = _validate_messages(messages, self.source)
         if self.source == SPEC_NONE:
             return "\n\n".join(m["content"] for m in messages)
-        token = _BUDGET.set(_Budget())
+        context = {"messages": messages, "add_generation_prompt": bool(add_generation_prompt),
+                   "bos_token": self.bos_token, "eos_token": self.eos_token}
         try:
-            chunks: list[str] = []
-            total = 0
-            for chunk in self._compiled.generate(
-                messages=messages,
-                add_generation_prompt=bool(add_generation_prompt),
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
-            ):
-                total += len(chunk)
-                if total > MAX_RENDER_CHARS:
-                    raise _LimitExceeded(f"the rendered text is over {MAX_RENDER_CHARS} characters")
-                chunks.append(chunk)
-            return "".join(chunks)
+            return render_bounded(self._compiled, context)
         except _TemplateRaised as e:
             raise TemplateError(f"chat template {self.source} refused the conversation: {e}") from None
         except _LimitExceeded as e:
@@ -472,8 +482,6 @@ class ChatTemplate:
             raise TemplateError(f"chat template {self.source}: out of memory") from None
         except Exception as e:  # noqa: BLE001 - a hostile template can raise anything; report it as ours
             raise TemplateError(f"chat template {self.source}: {type(e).__name__}: {str(e)[:500]}") from None
-        finally:
-            _BUDGET.reset(token)
 
 
 def _validate_messages(messages: Any, source: str) -> list[dict[str, str]]:
@@ -500,7 +508,8 @@ def load_chat_template(
 
     * "gguf": the model file's tokenizer.chat_template (`gguf_template`); TemplateError if it has none;
     * "none": no chat format (base models): the messages' contents joined by blank lines;
-    * anything else: a Jinja file relative to `root`, e.g. "prompts/chat/gemma.j2".
+    * anything else: a Jinja file relative to `root`, e.g. "prompts/chat/gemma.j2", which must stay inside
+      `root` (no "..", absolute path or symlink leading out).
     """
     if spec == SPEC_GGUF:
         if gguf_template is None or not gguf_template.strip():
@@ -510,7 +519,7 @@ def load_chat_template(
         return ChatTemplate(SPEC_GGUF, gguf_template, bos_token, eos_token)
     if spec == SPEC_NONE:
         return ChatTemplate(SPEC_NONE, "", bos_token, eos_token)
-    path = Path(root) / spec
+    path = inside_root(root, spec, "chat template")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -524,16 +533,31 @@ def load_chat_template(
     return ChatTemplate(spec, text, bos_token, eos_token)
 
 
+def inside_root(root: Path, relative: Path | str, what: str) -> Path:
+    """`root / relative`, refusing a path that leaves `root` (by '..', an absolute path or a symlink): a
+    task or model entry names files of the project, never /etc/passwd or another user's files."""
+    path = Path(root) / relative
+    try:
+        path.resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        raise TemplateError(f"{what} {str(relative)!r} is outside the project directory {root}") from None
+    return path
+
+
 def prompt_hash(text: str) -> str:
     """SHA-256 hex digest of a rendered prompt (UTF-8)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 __all__ = [
+    "BoundedSandbox",
     "MAX_RENDER_CHARS",
     "MAX_RENDER_STEPS",
     "RENDER_TIMEOUT_S",
     "ChatTemplate",
+    "RenderLimitError",
+    "inside_root",
     "load_chat_template",
     "prompt_hash",
+    "render_bounded",
 ]

@@ -1,4 +1,4 @@
-"""The `edgeeval` command line: demo, models, tasks, run, report."""
+"""The `edgeeval` command line: demo, models, tasks, run, report, compare."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def cmd_run(args, pair: str | None = None, tasks: list[str] | None = None) -> in
     started = time.perf_counter()
     summary = run_models(project, pair, [spec.baseline, spec.candidate], prepared, out, settings,
                          engine_factory(args.engine), progress=not args.quiet)
-    report = build_report(out, seed=args.seed)
+    report = build_report(out, seed=args.seed, no_text=args.no_text)
     wall = time.perf_counter() - started
     rate = f", {summary.done / summary.seconds:.2f} examples/s" if summary.done and summary.seconds else ""
     print(f"{summary.done} examples generated, {summary.skipped} already done, {summary.errors} errors; "
@@ -90,7 +90,18 @@ def cmd_report(args) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "manifest.json").is_file():
         raise EdgeevalError(f"{run_dir} is not an edgeeval run directory (no manifest.json)")
-    print(f"report: {build_report(run_dir, seed=args.seed).resolve()}")
+    out = Path(args.out) if args.out else None
+    report = build_report(run_dir, seed=args.seed, no_text=args.no_text, out_dir=out)
+    print(f"report: {report.resolve()}\nhtml: {report.with_name('report.html').resolve()}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from edgeeval.report import build_comparison, default_compare_dir
+
+    out = Path(args.out) if args.out else default_compare_dir()
+    report = build_comparison([Path(d) for d in args.run_dirs], out, seed=args.seed, no_text=args.no_text)
+    print(f"report: {report.resolve()}\nhtml: {report.with_name('report.html').resolve()}")
     return 0
 
 
@@ -127,7 +138,9 @@ def cmd_tasks(args) -> int:
     for path in sorted((project.root / TASKS_DIR).glob("*.toml")):
         spec = load_task(path)
         task = prepare_task(project, spec.name, None, None)
-        print(f"{spec.name:22} {spec.kind:16} {','.join(spec.metrics):34} {len(task.examples):5} examples  {spec.data.path}")
+        shots = f"{spec.few_shot.count}-shot" if spec.few_shot else "0-shot"
+        print(f"{spec.name:17} {spec.kind:16} {spec.data.format:16} {len(task.examples):5} examples  {shots:7} "
+              f"{spec.data.path}\n{'':17} metrics: {', '.join(spec.metrics)}")
     return 0
 
 
@@ -144,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument("--seed", type=int, default=0, help="seed for the bootstrap (decoding is greedy)")
     running.add_argument("--engine", choices=["llama", "fake"], default="llama", help=argparse.SUPPRESS)
     running.add_argument("--quiet", action="store_true", help="no progress bar")
+    running.add_argument("--no-text", action="store_true",
+                         help="write reports and exports without prompt or answer text (records keep it)")
 
     parser = argparse.ArgumentParser(prog="edgeeval", description=edgeeval.__doc__)
     parser.add_argument("--version", action="version", version=f"edgeeval {edgeeval.__version__}")
@@ -162,8 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", parents=[common], help="re-score a run directory and write the reports")
     report.add_argument("run_dir")
-    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--seed", type=int, default=0, help="seed for the bootstrap")
+    report.add_argument("--out", help="write the report files here instead of into the run directory")
+    report.add_argument("--no-text", action="store_true",
+                        help="leave every prompt and answer text out of the reports and exports (for sharing)")
     report.set_defaults(func=cmd_report)
+    compare = sub.add_parser("compare", help="the same models across several runs side by side")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", help="where to write the comparison (default: ./compare-<timestamp>)")
+    compare.add_argument("--seed", type=int, default=0, help="seed for the bootstrap")
+    compare.add_argument("--no-text", action="store_true", help="leave every prompt and answer text out")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -173,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except EdgeevalError as exc:
         print(f"edgeeval: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full or read-only disk where no closer message was given
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"edgeeval: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgeeval: interrupted; finished examples are saved, re-run the same command to resume",

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeeval.errors import ConfigError, ModelFileError
 
@@ -76,13 +76,101 @@ class ModelsConfig(Frozen):
     pairs: dict[str, Pair] = {}
 
 
+DataFormat = Literal[
+    "multiple_choice", "medmcqa", "pubmedqa", "mednli", "meqsum", "problem_summary", "medisumqa",
+    "medisumcode", "longhealth",
+]
+TaskKind = Literal["multiple_choice", "label", "summary", "icd_coding", "abstention"]
+MetricName = Literal[
+    "accuracy", "invalid_rate", "error_rate", "hallucination_rate", "confusion", "macro_f1",
+    "rouge1", "rouge2", "rougeL", "problem_f1", "abstention_rate",
+    "code_precision", "code_recall", "code_f1", "code_precision_micro", "code_recall_micro", "code_f1_micro",
+    "category_precision", "category_recall", "category_f1",
+]
+
+# Which metrics each kind of task can compute; a task declaring another one is a config error.
+_COMMON_METRICS = ("invalid_rate", "error_rate")
+KIND_METRICS: dict[str, tuple[str, ...]] = {
+    "multiple_choice": ("accuracy", "hallucination_rate", "confusion", *_COMMON_METRICS),
+    "label": ("accuracy", "macro_f1", "confusion", *_COMMON_METRICS),
+    "summary": ("rouge1", "rouge2", "rougeL", "problem_f1", *_COMMON_METRICS),
+    "icd_coding": (
+        "code_precision", "code_recall", "code_f1", "code_precision_micro", "code_recall_micro", "code_f1_micro",
+        "category_precision", "category_recall", "category_f1", "hallucination_rate", *_COMMON_METRICS,
+    ),
+    "abstention": ("abstention_rate", "hallucination_rate", *_COMMON_METRICS),
+}
+
+# Data keys that only one loader reads; setting them for another format is a mistake worth reporting.
+_FORMAT_KEYS = {
+    "answer_index_base": "medmcqa",
+    "documents": "longhealth",
+    "distractors": "longhealth",
+    "unanswerable_option": "longhealth",
+}
+
+
 class DataSpec(Frozen):
     """Where a task's examples come from."""
 
     path: str
     """The bundled sample, relative to the project root; `--data TASK=PATH` points at the real file."""
-    format: Literal["multiple_choice"] = "multiple_choice"
-    """Which loader reads it."""
+    format: DataFormat = "multiple_choice"
+    """Which loader reads it (edgeeval.formats.LOADERS)."""
+    answer_index_base: Literal[0, 1] = 1
+    """medmcqa: the number of the first option in `cop`. The released JSON-lines files number them 1-4;
+    a Hugging Face `datasets` export (ClassLabel a-d) numbers them 0-3."""
+    documents: Literal["patient", "answer_and_distractors", "distractors_only"] = "patient"
+    """longhealth: which documents accompany a question. 'patient': all of the patient's documents, those
+    holding the answer first (task 1); 'answer_and_distractors': the answer's documents plus other patients'
+    documents (task 2); 'distractors_only': other patients' documents only, so the question cannot be
+    answered (task 3)."""
+    distractors: int = Field(default=10, ge=0, le=200)
+    """longhealth: how many other patients' documents to add, chosen deterministically per question."""
+    unanswerable_option: str | None = None
+    """longhealth: text of an extra last option saying the documents do not answer the question."""
+
+    @model_validator(mode="after")
+    def _format_keys(self) -> "DataSpec":
+        for key, owner in _FORMAT_KEYS.items():
+            if key in self.model_fields_set and self.format != owner:
+                raise ValueError(f"'{key}' applies to format '{owner}' only (this data is '{self.format}')")
+        if self.documents == "distractors_only" and not self.unanswerable_option:
+            raise ValueError("documents 'distractors_only' needs 'unanswerable_option' (the answer to give)")
+        return self
+
+
+class FewShotSpec(Frozen):
+    """Solved examples shown before each question, as earlier user/assistant turns."""
+
+    path: str
+    """A small file in the task's data format, relative to the project root; never the test file."""
+    count: int = Field(ge=1, le=16)
+    """How many: the file's first `count` examples, in file order (deterministic)."""
+    answer: str = "{{ gold }}"
+    """Jinja text of the assistant's turn; sees the example's fields and `gold`."""
+
+
+class ContextSpec(Frozen):
+    """What to do with a prompt longer than the model's context window. Never silent: a cut prompt is
+    recorded in its record's `truncation`, a prompt that cannot fit is an error record."""
+
+    policy: Literal["skip", "truncate"] = "skip"
+    """'skip': send the prompt whole; one the model's tokenizer finds too long is recorded as a
+    `prompt_too_long` error. 'truncate': cut `field` by `rule` until the prompt fits (estimated)."""
+    field: str | None = None
+    """truncate: the template variable that is cut (the long documents, never the question)."""
+    rule: Literal["drop_middle", "drop_documents"] = "drop_middle"
+    """'drop_middle': keep the head and the tail of a text field, drop its middle. 'drop_documents': the
+    field is a list of documents; drop the least relevant ones, then cut the last kept one's tail."""
+    chars_per_token: float = Field(default=3.0, gt=0.5, le=10.0)
+    """The token estimate: characters per token (lower is more cautious; English prose runs 3.5-4.5)."""
+
+    @model_validator(mode="after")
+    def _field_for_truncate(self) -> "ContextSpec":
+        if self.policy == "truncate" and not self.field:
+            raise ValueError("policy 'truncate' needs 'field' (the template variable to cut)")
+        return self
 
 
 class TaskSpec(Frozen):
@@ -90,8 +178,12 @@ class TaskSpec(Frozen):
 
     name: str
     description: str = ""
-    kind: Literal["multiple_choice"]
-    """How outputs are parsed and scored."""
+    kind: TaskKind
+    """How outputs are parsed and scored: 'multiple_choice' (an option letter), 'label' (one word of
+    `labels`), 'summary' (free text vs a reference), 'icd_coding' (ICD-10-CM codes), 'abstention' (the
+    right answer is to say the documents do not answer the question)."""
+    labels: list[str] = []
+    """kind 'label': the allowed answers; a gold label outside them is a data error."""
     prompt: str
     """The Jinja template for the user message, relative to the project root."""
     system: str = ""
@@ -100,8 +192,28 @@ class TaskSpec(Frozen):
     """Maximum new tokens per answer."""
     stop: list[str] = []
     """Stop strings ending an answer (the model's end-of-turn token always stops)."""
-    metrics: list[Literal["accuracy", "invalid_rate", "error_rate"]] = ["accuracy", "invalid_rate"]
+    metrics: list[MetricName] = ["accuracy", "invalid_rate"]
+    """What is reported; each must suit the kind (config.KIND_METRICS)."""
+    few_shot: FewShotSpec | None = None
+    """Solved examples before each question; none when absent."""
+    context: ContextSpec = ContextSpec()
+    """What to do with prompts longer than the model's window."""
+    rouge_stemmer: bool = False
+    """kind 'summary': Porter-stem words before ROUGE. CLUE scored with Hugging Face evaluate's rouge,
+    whose default is no stemming."""
     data: DataSpec
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TaskSpec":
+        allowed = KIND_METRICS[self.kind]
+        wrong = [m for m in self.metrics if m not in allowed]
+        if wrong:
+            raise ValueError(f"metric(s) {wrong} do not apply to kind '{self.kind}' (allowed: {', '.join(allowed)})")
+        if self.kind == "label" and len(self.labels) < 2:
+            raise ValueError("kind 'label' needs 'labels' (at least two)")
+        if self.kind != "label" and self.labels:
+            raise ValueError("'labels' applies to kind 'label' only")
+        return self
 
 
 class Project(Frozen):

@@ -22,9 +22,12 @@ class Example(BaseModel):
     id: str
     """Stable identifier: the file's own id column when it has one, else '<file stem>-<row number>'."""
     fields: dict[str, Any]
-    """Variables the prompt template sees. Multiple choice: 'question' (str) and 'options' ({'A': text, ...})."""
+    """Variables the prompt template sees. Multiple choice: 'question' (str) and 'options' ({'A': text, ...});
+    the other formats' fields are listed in edgeeval.formats."""
     gold: str
-    """The correct answer: the option letter for multiple choice."""
+    """The correct answer: the option letter (multiple choice, LongHealth); the label (MedNLI, PubMedQA); the
+    reference text (summaries, MeDiSumQA); the ICD-10-CM codes joined by ';' (MeDiSumCode); for LongHealth
+    task 3, the letter of the 'cannot be answered' option."""
     source: str
     """Where the item came from, 'file:line' (or 'file:row N'), for error messages."""
 
@@ -34,27 +37,29 @@ class Example(BaseModel):
 _OPTION_COLUMNS = ("opa", "opb", "opc", "opd", "ope")
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _REQUIRED = ("question", "answer_idx")
+_CSV_COLUMNS = "question, opa, opb, opc, opd[, ope], answer_idx[, answer, explanation, id]"
 _JSON_LAYOUTS = (
     "a list of objects [{question, opa, opb, ..., answer_idx}, ...] or pandas column-oriented "
     "{column: {row: value}} (DataFrame.to_json())"
 )
 
 
-def load_multiple_choice(path: Path) -> list[Example]:
+def load_multiple_choice(path: Path, data: Any = None) -> list[Example]:
     """Load multiple-choice items from .csv (JAMA/Medbullets), .json (records or pandas columns) or .jsonl (MedQA).
 
     Every row becomes an `Example` or the whole load fails with a `DataError` naming the file and line/row.
+    `data` (the task's DataSpec) is accepted for the loader registry and not needed here.
     """
     path = Path(path)
-    loaders = {".csv": _load_csv, ".json": _load_json, ".jsonl": _load_jsonl}
+    loaders = {".csv": _load_csv, ".json": _load_json, ".jsonl": jsonl_rows}
     loader = loaders.get(path.suffix.lower())
     if loader is None:
         raise DataError(f"{path}: unsupported data file extension {path.suffix!r}; expected .csv, .json or .jsonl")
-    rows = loader(path, _read_text(path))
+    rows = loader(path, read_text(path))
     if not rows:
         raise DataError(f"{path}: no data rows")
     examples = [_example(record, source, f"{path.stem}-{n}") for n, (source, record) in enumerate(rows, 1)]
-    _check_unique_ids(path, examples)
+    check_unique_ids(path, examples)
     return examples
 
 
@@ -62,7 +67,7 @@ Row = tuple[str, dict[str, Any]]
 """(source, record): where the row came from ('file:line' / 'file:row K') and its raw key -> value mapping."""
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     """The file's text, refusing missing/unreadable files, NUL bytes, non-UTF-8 bytes and empty files."""
     try:
         data = path.read_bytes()
@@ -89,16 +94,21 @@ def _read_text(path: Path) -> str:
 
 
 def _load_csv(path: Path, text: str) -> list[Row]:
-    """Rows of a CSV with a header line; blank lines are skipped, ragged rows are errors."""
+    return csv_rows(path, text, _REQUIRED, _CSV_COLUMNS)
+
+
+def csv_rows(path: Path, text: str, required: tuple[str, ...] = (), expected: str = "") -> list[Row]:
+    """Rows of a CSV with a header line (which must name the `required` columns; `expected` describes
+    the format for the error); blank lines are skipped, ragged rows are errors."""
     old_limit = csv.field_size_limit()
-    csv.field_size_limit(2**31 - 1)  # huge fields (long vignettes) are fine
+    csv.field_size_limit(2**31 - 1)  # huge fields (long vignettes, whole discharge summaries) are fine
     try:
-        return _csv_rows(path, csv.reader(io.StringIO(text, newline="")))
+        return _csv_rows(path, csv.reader(io.StringIO(text, newline="")), required, expected)
     finally:
         csv.field_size_limit(old_limit)
 
 
-def _csv_rows(path: Path, reader: Any) -> list[Row]:
+def _csv_rows(path: Path, reader: Any, required: tuple[str, ...], expected: str) -> list[Row]:
     header: list[str] | None = None
     rows: list[Row] = []
     start = 1
@@ -108,7 +118,7 @@ def _csv_rows(path: Path, reader: Any) -> list[Row]:
             if not cells or (len(cells) == 1 and not cells[0].strip()):
                 continue
             if header is None:
-                header = _csv_header(path, line, cells)
+                header = _csv_header(path, line, cells, required, expected)
             elif len(cells) != len(header):
                 raise DataError(f"{path}:{line}: row has {len(cells)} cells but the header has {len(header)}")
             else:
@@ -120,54 +130,54 @@ def _csv_rows(path: Path, reader: Any) -> list[Row]:
     return rows
 
 
-def _csv_header(path: Path, line: int, cells: list[str]) -> list[str]:
+def _csv_header(path: Path, line: int, cells: list[str], required: tuple[str, ...], expected: str) -> list[str]:
     header = [c.strip() for c in cells]
     named = [c for c in header if c]
     for name in sorted(set(named)):
         if named.count(name) > 1:
-            raise DataError(f"{path}:{line}: column {_show(name)} appears more than once in the header")
-    for name in _REQUIRED:
+            raise DataError(f"{path}:{line}: column {show(name)} appears more than once in the header")
+    for name in required:
         if name not in header:
             raise DataError(
-                f"{path}:{line}: header has no {name!r} column; expected columns question, opa, opb, opc, opd[, ope], "
-                f"answer_idx[, answer, explanation, id], got {', '.join(_show(c) for c in named[:12])}"
+                f"{path}:{line}: header has no {name!r} column; expected columns {expected}, "
+                f"got {', '.join(show(c) for c in named[:12])}"
             )
     return header
 
 
-def _load_jsonl(path: Path, text: str) -> list[Row]:
+def jsonl_rows(path: Path, text: str) -> list[Row]:
     """One JSON object per non-blank line (split on '\\n' only: JSON strings may hold raw U+2028)."""
     rows: list[Row] = []
     for line, raw in enumerate(text.split("\n"), 1):
         if not raw.strip():
             continue
-        record = _parse_json(raw, path, line)
+        record = parse_json(raw, path, line)
         if not isinstance(record, dict):
-            raise DataError(f"{path}:{line}: expected a JSON object per line, got {_kind(record)}")
+            raise DataError(f"{path}:{line}: expected a JSON object per line, got {kind_name(record)}")
         rows.append((f"{path}:{line}", record))
     return rows
 
 
 def _load_json(path: Path, text: str) -> list[Row]:
     """A list of objects, or pandas' column-oriented {column: {row key: value}}."""
-    data = _parse_json(text, path, None)
+    data = parse_json(text, path, None)
     if isinstance(data, list):
         return [(f"{path}:row {i}", _record(path, i, r)) for i, r in enumerate(data)]
     if isinstance(data, dict) and all(isinstance(col, dict) for col in data.values()):
         return _columns_to_rows(path, data)
     hint = " (for JSON Lines name the file .jsonl)" if isinstance(data, dict) and "question" in data else ""
-    raise DataError(f"{path}: unrecognised JSON structure (top level is {_kind(data)}); expected {_JSON_LAYOUTS}{hint}")
+    raise DataError(f"{path}: unrecognised JSON structure (top level is {kind_name(data)}); expected {_JSON_LAYOUTS}{hint}")
 
 
 def _record(path: Path, index: int, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise DataError(f"{path}:row {index}: expected a JSON object, got {_kind(value)}")
+        raise DataError(f"{path}:row {index}: expected a JSON object, got {kind_name(value)}")
     return value
 
 
 def _columns_to_rows(path: Path, columns: dict[str, dict[str, Any]]) -> list[Row]:
     if columns and "question" not in columns:
-        names = ", ".join(_show(c) for c in list(columns)[:12])
+        names = ", ".join(show(c) for c in list(columns)[:12])
         raise DataError(
             f"{path}: column-oriented JSON has no 'question' column (columns: {names}); expected {_JSON_LAYOUTS}"
         )
@@ -175,7 +185,7 @@ def _columns_to_rows(path: Path, columns: dict[str, dict[str, Any]]) -> list[Row
     return [(f"{path}:row {k}", {c: col[k] for c, col in columns.items() if k in col}) for k in keys]
 
 
-def _parse_json(text: str, path: Path, line: int | None) -> Any:
+def parse_json(text: str, path: Path, line: int | None) -> Any:
     """json.loads with every failure (syntax, nesting bombs, over-long integers) as a DataError."""
     where = f"{path}:{line}" if line is not None else f"{path}"
     try:
@@ -186,7 +196,7 @@ def _parse_json(text: str, path: Path, line: int | None) -> Any:
     except RecursionError:
         raise DataError(f"{where}: invalid JSON: nested too deeply") from None
     except ValueError as e:  # e.g. an integer literal over Python's digit limit
-        raise DataError(f"{where}: invalid JSON: {_one_line(str(e))}") from None
+        raise DataError(f"{where}: invalid JSON: {one_line(str(e))}") from None
 
 
 def _example(record: dict[str, Any], source: str, default_id: str) -> Example:
@@ -194,13 +204,13 @@ def _example(record: dict[str, Any], source: str, default_id: str) -> Example:
     for name in _REQUIRED:
         if name not in record:
             raise DataError(f"{source}: missing required field {name!r}")
-    question = _text(record.get("question"), "question", source)
+    question = text_cell(record.get("question"), "question", source)
     if question is None:
         raise DataError(f"{source}: empty question")
     options = _options(record, source)
     gold = _gold(record, options, source)
     fields: dict[str, Any] = {"question": question, "options": options}
-    explanation = _text(record.get("explanation"), "explanation", source)
+    explanation = text_cell(record.get("explanation"), "explanation", source)
     if explanation is not None:
         fields["explanation"] = explanation
     return Example(id=_id(record, source, default_id), fields=fields, gold=gold, source=source)
@@ -211,7 +221,7 @@ def _options(record: dict[str, Any], source: str) -> dict[str, str]:
     if "options" in record:
         options = _options_object(record["options"], source)
     else:
-        cells = [_text(record.get(c), c, source) for c in _OPTION_COLUMNS]
+        cells = [text_cell(record.get(c), c, source) for c in _OPTION_COLUMNS]
         while cells and cells[-1] is None:
             cells.pop()
         for column, cell in zip(_OPTION_COLUMNS, cells):
@@ -225,14 +235,14 @@ def _options(record: dict[str, Any], source: str) -> dict[str, str]:
 
 def _options_object(value: Any, source: str) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise DataError(f"{source}: 'options' must be an object {{\"A\": text, ...}}, got {_kind(value)}")
+        raise DataError(f"{source}: 'options' must be an object {{\"A\": text, ...}}, got {kind_name(value)}")
     letters = sorted(value)
     if letters != list(_LETTERS[: len(letters)]):
-        shown = ", ".join(_show(k) for k in letters[:12])
+        shown = ", ".join(show(k) for k in letters[:12])
         raise DataError(f"{source}: 'options' keys must be the letters A, B, C, ... in sequence, got {shown}")
     options: dict[str, str] = {}
     for letter in letters:
-        text = _text(value[letter], f"options.{letter}", source)
+        text = text_cell(value[letter], f"options.{letter}", source)
         if text is None:
             raise DataError(f"{source}: option {letter!r} is empty")
         options[letter] = text
@@ -242,14 +252,14 @@ def _options_object(value: Any, source: str) -> dict[str, str]:
 def _gold(record: dict[str, Any], options: dict[str, str], source: str) -> str:
     """The answer letter, checked against the offered options and against 'answer' text when present."""
     offered = ", ".join(options)
-    raw = _text(record.get("answer_idx"), "answer_idx", source)
+    raw = text_cell(record.get("answer_idx"), "answer_idx", source)
     gold = raw.upper() if raw is not None else None
     if gold not in options:
-        raise DataError(f"{source}: answer_idx {_show(raw or '')} is not one of the offered options {offered}")
-    answer = _text(record.get("answer"), "answer", source)
+        raise DataError(f"{source}: answer_idx {show(raw or '')} is not one of the offered options {offered}")
+    answer = text_cell(record.get("answer"), "answer", source)
     if answer is not None and answer != options[gold]:
         raise DataError(
-            f"{source}: answer {_show(answer)} does not match option {gold} {_show(options[gold])} (answer_idx {gold})"
+            f"{source}: answer {show(answer)} does not match option {gold} {show(options[gold])} (answer_idx {gold})"
         )
     return gold
 
@@ -257,26 +267,26 @@ def _gold(record: dict[str, Any], options: dict[str, str], source: str) -> str:
 def _id(record: dict[str, Any], source: str, default_id: str) -> str:
     if "id" not in record:
         return default_id
-    value = _text(record["id"], "id", source)
+    value = text_cell(record["id"], "id", source)
     if value is None:
         raise DataError(f"{source}: empty 'id'")
     return value
 
 
-def _check_unique_ids(path: Path, examples: list[Example]) -> None:
+def check_unique_ids(path: Path, examples: list[Example]) -> None:
     seen: dict[str, str] = {}
     for ex in examples:
         if ex.id in seen:
-            raise DataError(f"{ex.source}: duplicated id {_show(ex.id)} (first at {seen[ex.id]})")
+            raise DataError(f"{ex.source}: duplicated id {show(ex.id)} (first at {seen[ex.id]})")
         seen[ex.id] = ex.source
 
 
-def _text(value: Any, key: str, source: str) -> str | None:
+def text_cell(value: Any, key: str, source: str) -> str | None:
     """A cell as stripped text; None for null / empty / NaN. Numbers are accepted (pandas may write them)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise DataError(f"{source}: field {key!r} must be text, got {_kind(value)}")
+        raise DataError(f"{source}: field {key!r} must be text, got {kind_name(value)}")
     if isinstance(value, float):
         if math.isnan(value):
             return None
@@ -289,16 +299,16 @@ def _text(value: Any, key: str, source: str) -> str | None:
     return text or None
 
 
-def _kind(value: Any) -> str:
+def kind_name(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-def _show(value: str, limit: int = 60) -> str:
+def show(value: str, limit: int = 60) -> str:
     """A value quoted for a one-line message (repr escapes newlines), truncated."""
     shown = repr(value)
     return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     return " ".join(message.split())

@@ -586,6 +586,10 @@ class _Parser:
 
         architecture = get("general.architecture", "str")
         file_type = get("general.file_type", "int")
+        context_length = get(f"{architecture}.context_length", "int") if architecture else None
+        if context_length is not None and context_length < 1:
+            # It caps n_ctx: a negative value would reach llama.cpp as a 4-billion-token context.
+            raise self.fail(f"metadata '{architecture}.context_length' is {context_length}, expected a positive integer")
         return GGUFInfo(
             path=self.path,
             size_bytes=self.size,
@@ -596,7 +600,7 @@ class _Parser:
             name=get("general.name", "str"),
             file_type=file_type,
             quantization=quantization_name(file_type),
-            context_length=get(f"{architecture}.context_length", "int") if architecture else None,
+            context_length=context_length,
             chat_template=get("tokenizer.chat_template", "str"),
             has_tokenizer="tokenizer.ggml.model" in metadata,
             alignment=alignment,

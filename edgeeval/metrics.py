@@ -1,18 +1,42 @@
-"""Metrics as Polars expressions over the records."""
+"""Metrics as Polars expressions over the records: per-example scores for every kind of task, per-model
+summaries with bootstrap CIs, and paired baseline-vs-candidate comparisons.
+
+Every metric but macro-F1 and the confusion table is a ratio of sums over examples, sum(numerator) /
+sum(denominator): a mean when the denominator is 1 (accuracy, ROUGE), a micro-average otherwise
+(code_precision_micro = true codes / generated codes). A ratio with nothing in its denominator is 0
+(no generated codes: precision 0, hallucination rate 0), as CLUE scores an empty prediction.
+
+Errors (engine crash, prompt too long) count against every quality metric, like a wrong answer, and are
+reported on their own as error_rate; they are never hallucinations.
+
+Paired comparisons: a paired bootstrap CI for every delta; the p-value is an exact McNemar test for the
+per-example yes/no metrics (accuracy, invalid_rate, abstention_rate, hallucination_rate of a
+multiple-choice or abstention task) and a paired permutation (sign-flip) test otherwise; Holm
+adjusts each metric's p-values across the tasks of the comparison.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from edgeeval import stats
+from edgeeval.icd import category, is_valid
+from edgeeval.parsing import normalize_problem, parse_problem_list
+from edgeeval.rouge import ROUGE_TYPES, rouge_f
 
 REQUIRED_COLUMNS = ("model", "task", "example_id", "gold", "parsed", "error")
-SUMMARY_METRICS = {"accuracy": "correct", "invalid_rate": "invalid", "error_rate": "errored"}
-# Only these are compared between models: error_rate reflects the engine, not the model.
-PAIRED_METRICS = {"accuracy": "correct", "invalid_rate": "invalid"}
+DEFAULT_KIND = "multiple_choice"
+DEFAULT_METRICS = ("accuracy", "invalid_rate", "error_rate")
+# Not compared between models: error_rate reflects the engine, not the model; the confusion table is
+# a description, not a single number.
+UNPAIRED = frozenset({"error_rate", "confusion"})
+# Per-example yes/no outcomes: compared with McNemar when every example weighs 1.
+FLAG_METRICS = frozenset({"accuracy", "invalid_rate", "abstention_rate", "hallucination_rate"})
 
 SUMMARY_SCHEMA = {
     "model": pl.String,
@@ -41,13 +65,43 @@ COMPARISON_SCHEMA = {
 }
 
 
+@dataclass(frozen=True)
+class Ratio:
+    """A metric worth sum(numerator) / sum(denominator) over the examples."""
+
+    numerator: pl.Expr
+    denominator: pl.Expr = pl.lit(1.0)
+
+
+def _col(name: str) -> pl.Expr:
+    return pl.col(name).cast(pl.Float64).fill_null(0.0)
+
+
+RATIOS: dict[str, Ratio] = {
+    "accuracy": Ratio(_col("correct")),
+    "invalid_rate": Ratio(_col("invalid")),
+    "error_rate": Ratio(_col("errored")),
+    "abstention_rate": Ratio(_col("abstained")),
+    "hallucination_rate": Ratio(_col("hallucinated"), _col("hallucination_units")),
+    **{name: Ratio(_col(name)) for name in (*ROUGE_TYPES, "problem_f1")},
+    **{f"{unit}_{part}": Ratio(_col(f"{unit}_{part}"))
+       for unit in ("code", "category") for part in ("precision", "recall", "f1")},
+    "code_precision_micro": Ratio(_col("code_tp"), _col("code_pred")),
+    "code_recall_micro": Ratio(_col("code_tp"), _col("code_gold")),
+    "code_f1_micro": Ratio(2 * _col("code_tp"), _col("code_pred") + _col("code_gold")),
+}
+
+
+# --- per-example scores ----------------------------------------------------------------------------------
+
+
 def errored_expr() -> pl.Expr:
     """The engine failed on this item (no answer text at all)."""
     return pl.col("error").is_not_null()
 
 
 def invalid_expr() -> pl.Expr:
-    """The engine answered but the parser could not tell which option was chosen."""
+    """The engine answered but the parser could not read an answer from it."""
     return pl.col("parsed").is_null() & pl.col("error").is_null()
 
 
@@ -57,61 +111,281 @@ def correct_expr() -> pl.Expr:
     return (same & pl.col("error").is_null()).fill_null(False)
 
 
-def score_multiple_choice(records: pl.DataFrame) -> pl.DataFrame:
-    """Add boolean columns `correct`, `invalid` and `errored` to the records."""
+def score_records(records: pl.DataFrame) -> pl.DataFrame:
+    """Add the per-example score columns of each row's task kind (column `kind`; multiple choice when
+    absent): correct/invalid/errored for answers, rouge*/problem_f1 for summaries, code_* and
+    category_* for ICD coding, abstained/hallucinated for abstention, and so on. Row order is kept."""
     _require_columns(records, REQUIRED_COLUMNS)
+    if "kind" not in records.columns:
+        records = records.with_columns(kind=pl.lit(DEFAULT_KIND))
+    records = records.with_columns(pl.col("kind").fill_null(DEFAULT_KIND)).with_row_index("_row")
+    parts = [_SCORERS[kind](part) for (kind,), part in records.group_by("kind", maintain_order=True)]
+    if not parts:
+        return records.drop("_row").with_columns(correct=correct_expr(), invalid=invalid_expr(), errored=errored_expr())
+    return pl.concat(parts, how="diagonal_relaxed").sort("_row").drop("_row")
+
+
+# The report calls the scorer by this name; it handles every kind, not only multiple choice.
+score_multiple_choice = score_records
+
+
+def _score_choice(records: pl.DataFrame) -> pl.DataFrame:
+    unoffered = pl.col("unoffered_choice") if "unoffered_choice" in records.columns else pl.lit(None)
     return records.with_columns(
-        correct=correct_expr(), invalid=invalid_expr(), errored=errored_expr()
+        correct=correct_expr(), invalid=invalid_expr(), errored=errored_expr(),
+        hallucinated=(unoffered.is_not_null() & pl.col("error").is_null()).cast(pl.Float64),
+        hallucination_units=pl.lit(1.0),
     )
 
 
+def _score_label(records: pl.DataFrame) -> pl.DataFrame:
+    return records.with_columns(correct=correct_expr(), invalid=invalid_expr(), errored=errored_expr())
+
+
+def _score_abstention(records: pl.DataFrame) -> pl.DataFrame:
+    """Gold is the 'cannot be answered' option: choosing it (or saying so) is abstaining; any other
+    reply that is not an engine error answers a question the documents cannot answer."""
+    abstained = correct_expr()
+    return records.with_columns(
+        abstained=abstained, correct=abstained, invalid=invalid_expr(), errored=errored_expr(),
+        hallucinated=(~abstained & pl.col("error").is_null()).cast(pl.Float64),
+        hallucination_units=pl.lit(1.0),
+    )
+
+
+def _score_summary(records: pl.DataFrame) -> pl.DataFrame:
+    stemmer = records["rouge_stemmer"].fill_null(False).to_list() if "rouge_stemmer" in records.columns \
+        else [False] * records.height
+    rows = zip(records["gold"].to_list(), records["parsed"].to_list(), records["error"].to_list(), stemmer)
+    scores = [_summary_scores(gold, text if error is None else None, stem) for gold, text, error, stem in rows]
+    columns = {name: pl.Series(name, [s[name] for s in scores], dtype=pl.Float64) for name in (*ROUGE_TYPES, "problem_f1")}
+    empty = pl.col("parsed").fill_null("").str.strip_chars() == ""
+    return records.with_columns(
+        errored=errored_expr(), invalid=empty & pl.col("error").is_null(), **columns
+    )
+
+
+def _summary_scores(gold: str, text: str | None, stemmer: bool) -> dict[str, float]:
+    if not text:
+        return {name: 0.0 for name in (*ROUGE_TYPES, "problem_f1")}
+    scores = {name: float(value) for name, value in rouge_f(gold, text, stemmer).items()}
+    return {**scores, "problem_f1": problem_f1(gold, text)}
+
+
+def problem_f1(gold: str, text: str) -> float:
+    """F1 of the set of problems a reply lists against the gold ';'-separated list: problems match when
+    equal after case-folding and turning punctuation into spaces (normalize_problem)."""
+    truth = {normalize_problem(p) for p in gold.split(";")} - {""}
+    found = {normalize_problem(p) for p in parse_problem_list(text)} - {""}
+    return _f1(len(truth & found), len(found), len(truth))
+
+
+def _score_icd(records: pl.DataFrame) -> pl.DataFrame:
+    rows = zip(records["gold"].to_list(), records["parsed"].to_list(), records["error"].to_list())
+    counts = [icd_counts(gold, parsed if error is None else None) for gold, parsed, error in rows]
+    columns = {name: pl.Series(name, [c[name] for c in counts], dtype=pl.Float64) for name in counts[0]}
+    return records.with_columns(correct=pl.lit(None, pl.Boolean), invalid=invalid_expr(), errored=errored_expr(),
+                                **columns)
+
+
+def icd_counts(gold: str, parsed: str | None) -> dict[str, float]:
+    """Exact-code and 3-character-category counts and P/R/F1 for one example, plus how many generated
+    codes are not ICD-10-CM codes. Codes are compared normalised (upper case, no dots), each once."""
+    truth = [c for c in gold.split(";") if c]
+    found = [c for c in (parsed or "").split(";") if c]
+    result = {"hallucinated": float(sum(not is_valid(c) for c in found)), "hallucination_units": float(len(found))}
+    for unit, norm in (("code", str), ("category", category)):
+        t, f = {norm(c) for c in truth}, {norm(c) for c in found}
+        tp = len(t & f)
+        result.update({f"{unit}_tp": tp, f"{unit}_pred": len(f), f"{unit}_gold": len(t),
+                       f"{unit}_precision": _safe(tp, len(f)), f"{unit}_recall": _safe(tp, len(t)),
+                       f"{unit}_f1": _f1(tp, len(f), len(t))})
+    return {k: float(v) for k, v in result.items()}
+
+
+def _safe(num: float, den: float) -> float:
+    return num / den if den else 0.0
+
+
+def _f1(tp: int, predicted: int, gold: int) -> float:
+    return _safe(2 * tp, predicted + gold)
+
+
+_SCORERS: dict[str, Callable[[pl.DataFrame], pl.DataFrame]] = {
+    "multiple_choice": _score_choice,
+    "label": _score_label,
+    "abstention": _score_abstention,
+    "summary": _score_summary,
+    "icd_coding": _score_icd,
+}
+
+
+# --- statistics of one metric ----------------------------------------------------------------------------
+
+IndexStatistic = Callable[..., object]
+
+
+def metric_statistic(metric: str, frame: pl.DataFrame) -> IndexStatistic:
+    """statistic(indices[, axis]) -> the metric over frame rows `indices` (one row of indices per
+    resample when 2-D), the form stats.bootstrap_ci and paired_bootstrap resample."""
+    if metric == "macro_f1":
+        return _macro_f1_statistic(frame)
+    ratio = RATIOS[metric]
+    values = frame.select(ratio.numerator.alias("num"), ratio.denominator.alias("den"))
+    return _ratio_statistic(values["num"].to_numpy(), values["den"].to_numpy())
+
+
+def _ratio_statistic(num: np.ndarray, den: np.ndarray) -> IndexStatistic:
+    def statistic(indices: np.ndarray, axis: int | None = None) -> np.ndarray:
+        idx = np.asarray(indices).astype(np.intp)
+        top, bottom = num[idx].sum(axis=-1), den[idx].sum(axis=-1)
+        return np.where(bottom != 0, top / np.where(bottom != 0, bottom, 1.0), 0.0)
+
+    return statistic
+
+
+def _macro_f1_statistic(frame: pl.DataFrame) -> IndexStatistic:
+    """Macro-F1 over the labels that occur (as gold or answer) among the examples drawn, as scikit-learn
+    computes it; an invalid answer or an error is a miss for its gold label and a false alarm for none."""
+    gold = frame["gold"].cast(pl.String).to_list()
+    answer = [p if e is None else None for p, e in zip(frame["parsed"].to_list(), frame["error"].to_list())]
+    labels = sorted({g for g in gold if g is not None} | {a for a in answer if a is not None})
+    code = {label: i for i, label in enumerate(labels)}
+    g = np.array([code.get(x, -1) for x in gold])
+    a = np.array([code.get(x, -2) if x is not None else -2 for x in answer])
+
+    def statistic(indices: np.ndarray, axis: int | None = None) -> np.ndarray:
+        idx = np.asarray(indices).astype(np.intp)
+        gi, ai = g[idx], a[idx]
+        total, present = 0.0, 0
+        for label in range(len(labels)):
+            tp = ((gi == label) & (ai == label)).sum(axis=-1)
+            support = (gi == label).sum(axis=-1) + (ai == label).sum(axis=-1)  # 2tp + fp + fn
+            total = total + np.where(support > 0, 2 * tp / np.maximum(support, 1), 0.0)
+            present = present + (support > 0)
+        return total / np.maximum(present, 1)
+
+    return statistic
+
+
+# --- summaries ---------------------------------------------------------------------------------------
+
+
 def summarize(scored: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
-    """One row per (model, task, metric) with a seeded bootstrap CI and the item count."""
-    _require_columns(scored, ("model", "task", *SUMMARY_METRICS.values()))
+    """One row per (model, task, metric) with a seeded bootstrap CI and the item count; the metrics are
+    the task's own (column `metrics`, comma-separated; accuracy, invalid_rate, error_rate when absent)."""
+    _require_columns(scored, ("model", "task"))
     rows = []
     for (model, task), group in scored.group_by(["model", "task"], maintain_order=True):
-        for metric, flag in SUMMARY_METRICS.items():
-            value, low, high = stats.bootstrap_ci(_flags(group, flag), seed=seed)
-            rows.append((model, task, metric, value, low, high, group.height))
+        for metric in task_metrics(group):
+            rows.extend(_summary_rows(model, task, metric, group, seed))
     return pl.DataFrame(rows, schema=SUMMARY_SCHEMA, orient="row")
+
+
+def task_metrics(group: pl.DataFrame) -> list[str]:
+    declared = group["metrics"].drop_nulls() if "metrics" in group.columns else pl.Series([], dtype=pl.String)
+    return declared[0].split(",") if declared.len() else list(DEFAULT_METRICS)
+
+
+def _summary_rows(model: str, task: str, metric: str, group: pl.DataFrame, seed: int) -> list[tuple]:
+    if metric == "confusion":
+        return confusion_rows(model, task, group, seed)
+    statistic = metric_statistic(metric, group)
+    value, low, high = stats.bootstrap_ci(np.arange(group.height), statistic, seed=seed)
+    return [(model, task, metric, value, low, high, group.height)]
+
+
+def answer_column(frame: pl.DataFrame) -> pl.Series:
+    """The answer as the confusion table shows it: the parsed answer, 'invalid', or 'error'."""
+    return frame.select(
+        pl.when(pl.col("error").is_not_null()).then(pl.lit("error"))
+        .otherwise(pl.col("parsed").cast(pl.String).fill_null("invalid")).alias("answer")
+    )["answer"]
+
+
+def confusion_rows(model: str, task: str, group: pl.DataFrame, seed: int) -> list[tuple]:
+    """Metric rows 'confusion_<gold>_as_<answer>': the share of the examples with that gold answer that
+    got that answer (each gold row of the table sums to 1), n = the examples with that gold answer."""
+    answers = answer_column(group).to_numpy()
+    golds = group["gold"].cast(pl.String).to_numpy()
+    rows = []
+    for gold in sorted(set(golds)):
+        mine = answers[golds == gold]
+        for answer in sorted(set(answers), key=lambda a: (a in ("invalid", "error"), a)):
+            value, low, high = stats.bootstrap_ci((mine == answer).astype(float), seed=seed)
+            rows.append((model, task, f"confusion_{gold}_as_{answer}", value, low, high, int(mine.size)))
+    return rows
+
+
+# --- paired comparisons ------------------------------------------------------------------------------
 
 
 def compare_pair(
     scored: pl.DataFrame, pair: str, baseline: str, candidate: str, seed: int = 0
 ) -> pl.DataFrame:
     """Paired baseline-vs-candidate differences per (task, metric), with Holm within each metric."""
-    _require_columns(scored, ("model", "task", "example_id", *PAIRED_METRICS.values()))
+    _require_columns(scored, ("model", "task", "example_id"))
     _require_models(scored, (baseline, candidate))
     base = _model_rows(scored, baseline)
     cand = _model_rows(scored, candidate)
     # Inner join: an item only one model has cannot be paired; n_paired records how many could.
-    joined = base.join(cand, on=["task", "example_id"], how="inner", suffix="_cand")
-    tasks = pl.concat([base["task"], cand["task"]]).unique(maintain_order=True)
-    rows = [
-        _compare_task(joined.filter(pl.col("task") == task), pair, task, metric, flag, seed)
-        for task in tasks
-        for metric, flag in PAIRED_METRICS.items()
-    ]
+    keys = base.select("task", "example_id").join(
+        cand.select("task", "example_id"), on=["task", "example_id"], how="inner", maintain_order="left"
+    )
+    rows = []
+    for task in pl.concat([base["task"], cand["task"]]).unique(maintain_order=True).to_list():
+        both = pl.concat([base.filter(pl.col("task") == task), cand.filter(pl.col("task") == task)],
+                         how="diagonal_relaxed")
+        task_keys = keys.filter(pl.col("task") == task)
+        arms = [task_keys.join(rows_, on=["task", "example_id"], how="left", maintain_order="left")
+                for rows_ in (base.filter(pl.col("task") == task), cand.filter(pl.col("task") == task))]
+        for metric in task_metrics(both):
+            if metric not in UNPAIRED:
+                rows.append(_compare_metric(arms[0], arms[1], pair, task, metric, seed))
     table = pl.DataFrame(rows, schema=COMPARISON_SCHEMA, orient="row")
     return _add_holm(table)
 
 
-def _compare_task(
-    paired: pl.DataFrame, pair: str, task: str, metric: str, flag: str, seed: int
-) -> tuple[object, ...]:
-    """One comparison row; b counts items flagged for baseline only, c for candidate only."""
-    if paired.height == 0:
+def _compare_metric(base: pl.DataFrame, cand: pl.DataFrame, pair: str, task: str, metric: str,
+                    seed: int) -> tuple[object, ...]:
+    """One comparison row; for McNemar, b counts items flagged for baseline only, c for candidate only."""
+    n = base.height
+    if n == 0:
         # Nothing paired: report the gap, not a p-value of 1.0 that reads as "no difference".
         nan = math.nan
-        return (pair, task, metric, nan, nan, nan, nan, nan, nan, "mcnemar_exact", 0, 0, 0, nan)
-    base, cand = _flags(paired, flag), _flags(paired, f"{flag}_cand")
+        test = "mcnemar_exact" if metric in FLAG_METRICS else "paired_permutation"
+        return (pair, task, metric, nan, nan, nan, nan, nan, nan, test, 0, 0, 0, nan)
+    flags = _flags_if_binary(metric, base, cand)
+    if flags is not None:
+        return _mcnemar_row(pair, task, metric, *flags, seed)
+    both = pl.concat([base, cand], how="diagonal_relaxed")
+    # Rows 0..n-1 hold the baseline's answers, n..2n-1 the candidate's: one statistic reads either arm,
+    # and resampling the same positions in both keeps the pairs together.
+    statistic = metric_statistic(metric, both)
+    base_idx, cand_idx = np.arange(n), np.arange(n, 2 * n)
+    delta, low, high = stats.paired_bootstrap(base_idx, cand_idx, statistic, seed=seed)
+    p_value = stats.paired_permutation(base_idx, cand_idx, statistic, seed=seed)
+    return (pair, task, metric, float(statistic(base_idx)), float(statistic(cand_idx)), delta, low, high,
+            p_value, "paired_permutation", n, None, None, math.nan)
+
+
+def _flags_if_binary(metric: str, base: pl.DataFrame, cand: pl.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """The per-example yes/no flags of both arms when the metric is one (every example weighs 1)."""
+    if metric not in FLAG_METRICS:
+        return None
+    ratio = RATIOS[metric]
+    arms = [frame.select(ratio.numerator.alias("num"), ratio.denominator.alias("den")) for frame in (base, cand)]
+    if any((arm["den"] != 1.0).any() or not arm["num"].is_in([0.0, 1.0]).all() for arm in arms):
+        return None
+    return arms[0]["num"].to_numpy() == 1.0, arms[1]["num"].to_numpy() == 1.0
+
+
+def _mcnemar_row(pair: str, task: str, metric: str, base: np.ndarray, cand: np.ndarray,
+                 seed: int) -> tuple[object, ...]:
     b, c = int(np.sum(base & ~cand)), int(np.sum(~base & cand))
     delta, low, high = stats.paired_bootstrap(base, cand, seed=seed)
-    p_value = stats.mcnemar_exact(b, c)
-    return (
-        pair, task, metric, float(base.mean()), float(cand.mean()), delta, low, high,
-        p_value, "mcnemar_exact", paired.height, b, c, math.nan,
-    )
+    return (pair, task, metric, float(base.mean()), float(cand.mean()), delta, low, high,
+            stats.mcnemar_exact(b, c), "mcnemar_exact", base.size, b, c, math.nan)
 
 
 def _add_holm(table: pl.DataFrame) -> pl.DataFrame:
@@ -119,27 +393,21 @@ def _add_holm(table: pl.DataFrame) -> pl.DataFrame:
     adjusted = np.full(table.height, math.nan)
     metrics = table["metric"].to_numpy()
     p_values = table["p_value"].to_numpy()
-    for metric in PAIRED_METRICS:
+    for metric in dict.fromkeys(metrics.tolist()):
         where = np.flatnonzero(metrics == metric)
         adjusted[where] = stats.holm(p_values[where].tolist())
     return table.with_columns(p_holm=pl.Series(adjusted, dtype=pl.Float64))
 
 
 def _model_rows(scored: pl.DataFrame, model: str) -> pl.DataFrame:
-    rows = scored.filter(pl.col("model") == model).select(
-        "task", "example_id", *PAIRED_METRICS.values()
-    )
+    rows = scored.filter(pl.col("model") == model)
     duplicated = rows.select("task", "example_id").is_duplicated()
     if duplicated.any():
-        example = rows.filter(duplicated).row(0)
+        example = rows.filter(duplicated).select("task", "example_id").row(0)
         raise ValueError(
             f"model {model!r} has several records for task {example[0]!r}, example {example[1]!r}"
         )
     return rows
-
-
-def _flags(frame: pl.DataFrame, column: str) -> np.ndarray:
-    return frame[column].fill_null(False).cast(pl.Boolean).to_numpy().astype(bool)
 
 
 def _require_columns(frame: pl.DataFrame, columns: tuple[str, ...]) -> None:

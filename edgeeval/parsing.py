@@ -231,3 +231,78 @@ def _phrase_pattern(phrase: str) -> str:
 
 def _contains_phrase(text: str, phrase: str) -> bool:
     return re.search(_phrase_pattern(phrase), text, flags=re.IGNORECASE) is not None
+
+
+# --- abstention (LongHealth task 3) ------------------------------------------------------------------
+
+# Ways of saying the documents do not hold the answer. Checked only when the reply names no option, so
+# "The answer is B; the dose is not mentioned elsewhere" still counts as choosing B.
+_ABSTAIN = re.compile(
+    r"\b(?:"
+    r"(?:can ?not|can't|could not|couldn't|unable to) (?:be )?(?:answer(?:ed)?|determined?|tell|find|found)"
+    r"|(?:is|are|was|were) not (?:mentioned|stated|documented|provided|given|available|found|reported|specified)"
+    r"|(?:does|do|did) not (?:contain|mention|provide|include|state|specify|say)"
+    r"|no (?:information|mention|data|documentation|record)"
+    r"|not enough information|insufficient information|unanswerable"
+    r")\b",
+    re.IGNORECASE,
+)
+
+
+def parse_abstention(text: str, options: Mapping[str, str], abstain_letter: str) -> str | None:
+    """The option letter the reply commits to; else `abstain_letter` if it says the documents do not
+    answer the question; else None."""
+    if not isinstance(text, str):
+        return None
+    letter = parse_choice(text, list(options), options)
+    if letter is not None:
+        return letter
+    flat = re.sub(r"\s+", " ", text)
+    return abstain_letter if _ABSTAIN.search(flat) else None
+
+
+# --- options that were never offered -----------------------------------------------------------------
+
+# "I" is left out: in a reply it is far more often the pronoun than an option letter.
+_ANY_LETTERS = "ABCDEFGHJ"
+
+
+def parse_unoffered_choice(text: str, offered: Sequence[str]) -> str | None:
+    """An option letter the reply commits to although it was not offered (a made-up option), or None."""
+    if not isinstance(text, str) or parse_choice(text, offered) is not None:
+        return None
+    letter = parse_choice(text, list(_ANY_LETTERS))
+    return letter if letter is not None and letter not in offered else None
+
+
+# --- ICD-10-CM codes ---------------------------------------------------------------------------------
+
+# CLUE's pattern, widened to categories with a letter in third place (C4A, D3A, M1A, Z3A); U codes are
+# left out as in CLUE. Upper case only, so ordinary words are not read as codes.
+_ICD_CODE = re.compile(r"(?<![A-Za-z0-9])[A-TV-Z][0-9][0-9A-Z](?:\.?[0-9A-Z]{1,4})?(?![A-Za-z0-9])")
+
+
+def parse_icd_codes(text: str) -> list[str]:
+    """The distinct ICD-10 codes written in `text`, normalised ('E11.9' -> 'E119'), in order of appearance."""
+    if not isinstance(text, str):
+        return []
+    codes = [match.group(0).replace(".", "") for match in _ICD_CODE.finditer(text)]
+    return list(dict.fromkeys(codes))
+
+
+# --- problem lists (BioNLP 2023 task 1A) -------------------------------------------------------------
+
+_LIST_MARKER = re.compile(r"^\s*(?:[-*•#]+|\(?\d{1,2}[.)])\s*")
+
+
+def parse_problem_list(text: str) -> list[str]:
+    """The problems a reply lists: split on ';' and line breaks, list markers ('-', '1.', '#') removed."""
+    if not isinstance(text, str):
+        return []
+    pieces = re.split(r"[;\n]", text)
+    return [p for p in (_LIST_MARKER.sub("", piece).strip() for piece in pieces) if p]
+
+
+def normalize_problem(problem: str) -> str:
+    """The matching key of a problem: case-folded, punctuation as spaces, whitespace collapsed."""
+    return " ".join(re.sub(r"[^\w\s]", " ", problem.casefold()).split())

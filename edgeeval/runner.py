@@ -17,11 +17,13 @@ from tqdm import tqdm
 import edgeeval
 from edgeeval.chat import ChatTemplate, load_chat_template, prompt_hash
 from edgeeval.config import Project, TaskSpec, load_task, resolve_model_path, task_hash
-from edgeeval.data import Example, load_multiple_choice
+from edgeeval.context import fit_example
+from edgeeval.data import Example
 from edgeeval.engine import Engine, EngineSettings, Generation
 from edgeeval.errors import ConfigError, DataError, TemplateError
+from edgeeval.formats import load_examples
 from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
-from edgeeval.prompts import TaskPrompt
+from edgeeval.prompts import AnswerTemplate, TaskPrompt
 from edgeeval.store import Record, RunStore, now_iso
 
 TASKS_DIR = Path("benchmarks/clinical")
@@ -39,6 +41,9 @@ class PreparedTask:
     data_sha256: str
     examples: list[Example]
     prompt: TaskPrompt
+    shots: tuple[tuple[str, str], ...] = ()
+    """Few-shot examples as (user message, assistant answer), shown before each question."""
+    few_shot_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,37 @@ def prepare_task(project: Project, name: str, data_override: Path | None, limit:
     if max_tokens is not None:
         spec = spec.model_copy(update={"max_tokens": max_tokens})
     data_path = data_override if data_override is not None else project.root / spec.data.path
-    examples = load_multiple_choice(data_path)
+    examples = load_examples(data_path, spec)
+    prompt = TaskPrompt(project.root / spec.prompt)
+    shots, shots_sha = few_shot_turns(project, spec, prompt, examples)
     if limit is not None:
         examples = examples[:limit]
-    prompt = TaskPrompt(project.root / spec.prompt)
     data_sha = sha256_file(data_path)
-    return PreparedTask(spec, task_hash(spec, prompt.text, data_sha), data_path, data_sha, examples, prompt)
+    # The few-shot file is part of every prompt, so it is part of the task's identity too.
+    identity = data_sha if shots_sha is None else f"{data_sha}+{shots_sha}"
+    return PreparedTask(spec, task_hash(spec, prompt.text, identity), data_path, data_sha, examples, prompt,
+                        tuple(shots), shots_sha)
+
+
+def few_shot_turns(project: Project, spec: TaskSpec, prompt: TaskPrompt,
+                   examples: list[Example]) -> tuple[list[tuple[str, str]], str | None]:
+    """The first `count` examples of the task's few-shot file as (user, assistant) turns, and the file's
+    sha256. A few-shot example that is also a test item (the same rendered prompt) is an error."""
+    if spec.few_shot is None:
+        return [], None
+    path = project.root / spec.few_shot.path
+    shots = load_examples(path, spec)
+    if len(shots) < spec.few_shot.count:
+        raise ConfigError(f"{path}: {len(shots)} example(s), but task '{spec.name}' asks for "
+                          f"{spec.few_shot.count} few-shot examples")
+    answer = AnswerTemplate(spec.few_shot.answer, f"task '{spec.name}' few_shot.answer")
+    turns = [(prompt.render(shot), answer.render(shot)) for shot in shots[: spec.few_shot.count]]
+    tested = {prompt.render(example): example for example in examples}
+    for shot, (user, _) in zip(shots, turns):
+        if user in tested:
+            raise DataError(f"{shot.source}: few-shot example is also the test item {tested[user].id} "
+                            f"({tested[user].source}); few-shot examples must come from another split")
+    return turns, sha256_file(path)
 
 
 def prepare_model(project: Project, name: str, sha_cache: dict | None = None) -> PreparedModel:
@@ -106,15 +136,25 @@ def cached_sha256(path: Path, cache: dict) -> str:
     return cache[key]
 
 
-def build_prompt(chat: ChatTemplate, system: str, user: str) -> tuple[str, bool]:
+def task_messages(task: PreparedTask, example: Example) -> list[dict[str, str]]:
+    """The conversation for one example: the system text, the few-shot turns, then the question."""
+    messages = [{"role": "system", "content": task.spec.system}] if task.spec.system else []
+    for user, assistant in task.shots:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return messages + [{"role": "user", "content": task.prompt.render(example)}]
+
+
+def build_prompt(chat: ChatTemplate, messages: list[dict[str, str]]) -> tuple[str, bool]:
     """The full prompt text; returns (text, system_folded). Templates that reject a system role
-    (Mistral-Instruct, for one) get the system text folded into the user turn, and we say so."""
-    if not system:
-        return chat.render([{"role": "user", "content": user}]), False
+    (Mistral-Instruct, for one) get the system text folded into the first user turn, and we say so."""
+    if not messages or messages[0]["role"] != "system":
+        return chat.render(messages), False
     try:
-        return chat.render([{"role": "system", "content": system}, {"role": "user", "content": user}]), False
+        return chat.render(messages), False
     except TemplateError:
-        return chat.render([{"role": "user", "content": f"{system}\n\n{user}"}]), True
+        system, first, *rest = messages
+        folded = {"role": "user", "content": f"{system['content']}\n\n{first['content']}"}
+        return chat.render([folded, *rest]), True
 
 
 @dataclass(frozen=True)
@@ -122,14 +162,24 @@ class Unit:
     example: Example
     prompt: str
     prompt_hash: str
+    truncation: dict | None = None
+    """How the context policy cut the prompt, when it did."""
+    error: str | None = None
+    """Why the prompt cannot be sent (it cannot fit the window even cut); recorded without generating."""
 
 
 def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bool]:
     units, folded = [], False
+    budget = model.n_ctx - task.spec.max_tokens
+
+    def render(example: Example) -> str:
+        return build_prompt(model.chat, task_messages(task, example))[0]
+
     for example in task.examples:
-        text, was_folded = build_prompt(model.chat, task.spec.system, task.prompt.render(example))
+        fitted = fit_example(example, task.spec.context, budget, render)
+        text, was_folded = build_prompt(model.chat, task_messages(task, fitted.example))
         folded = folded or was_folded
-        units.append(Unit(example, text, prompt_hash(text)))
+        units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.error))
     return units, folded
 
 
@@ -146,6 +196,7 @@ def make_record(model: PreparedModel, task: PreparedTask, unit: Unit, gen: Gener
         options=unit.example.fields.get("options"),
         output=gen.text if gen.error is None else None,
         error=gen.error,
+        truncation=unit.truncation,
         finish_reason=gen.finish_reason,
         n_prompt_tokens=gen.n_prompt_tokens,
         n_output_tokens=gen.n_output_tokens,
@@ -188,9 +239,15 @@ def model_manifest(model: PreparedModel, project: Project, folded: bool) -> dict
 
 
 def task_manifest(task: PreparedTask) -> dict:
+    """The task's entry in manifest.json: everything scoring needs (kind, labels, metrics) and what
+    shaped its prompts, so a run directory can be re-scored and understood without the task files."""
+    spec = task.spec
+    few_shot = None if spec.few_shot is None else {**spec.few_shot.model_dump(), "sha256": task.few_shot_sha256}
     return {"hash": task.hash, "data": str(task.data_path), "data_sha256": task.data_sha256,
-            "examples": len(task.examples), "kind": task.spec.kind, "metrics": task.spec.metrics,
-            "max_tokens": task.spec.max_tokens, "prompt": task.spec.prompt}
+            "format": spec.data.format, "examples": len(task.examples), "kind": spec.kind,
+            "labels": spec.labels, "metrics": spec.metrics, "rouge_stemmer": spec.rouge_stemmer,
+            "max_tokens": spec.max_tokens, "stop": spec.stop, "prompt": spec.prompt, "few_shot": few_shot,
+            "context": spec.context.model_dump()}
 
 
 def load_manifest(run_dir: Path) -> dict:
@@ -257,7 +314,8 @@ def _run_model(store: RunStore, model: PreparedModel, plans, settings: EngineSet
     try:
         bar = tqdm(pending, desc=f"{model.name}", unit="ex", disable=not progress, dynamic_ncols=True)
         for task, unit in bar:
-            gen = engine.generate(unit.prompt, task.spec.max_tokens, list(task.spec.stop))
+            gen = (Generation(text=None, finish_reason="error", error=unit.error) if unit.error is not None
+                   else engine.generate(unit.prompt, task.spec.max_tokens, list(task.spec.stop)))
             store.append(make_record(model, task, unit, gen))
             summary.done += 1
             summary.errors += gen.error is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -36,6 +37,9 @@ class Record(BaseModel):
     """The raw generated text; None when `error` is set."""
     error: str | None = None
     """Why there is no answer (native crash, prompt too long, ...). Errors are never answers."""
+    truncation: dict | None = None
+    """Set when the task's context policy cut the prompt to fit the model's window: the rule, the field,
+    what was dropped and the token estimate (the prompt itself shows the cut)."""
     finish_reason: str | None = None
     n_prompt_tokens: int | None = None
     n_output_tokens: int | None = None
@@ -51,21 +55,44 @@ def now_iso() -> str:
 
 
 def make_private_dir(path: Path) -> None:
-    """Create a directory (and parents) readable by the owner only, whatever the umask."""
-    path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    """Create a directory readable by the owner only, whatever the umask; missing parents are created
+    owner-only too (a world-writable parent would let another user swap the run directory).
+    EdgeevalError if the disk refuses."""
+    try:
+        _private_dir(path)
+    except OSError as exc:
+        raise EdgeevalError(f"cannot create directory {path}: {exc.strerror or exc}") from None
+
+
+def _private_dir(path: Path) -> None:
+    missing = []
+    for directory in [path, *path.parents]:
+        if directory.exists():
+            break
+        missing.append(directory)
+    for directory in reversed(missing):
+        directory.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.chmod(directory, DIR_MODE)
+    path.mkdir(mode=DIR_MODE, exist_ok=True)  # a file in the way is an error
     os.chmod(path, DIR_MODE)
 
 
 def write_private_text(path: Path, text: str) -> None:
-    """Write a whole file atomically (temp file + rename), owner-only."""
+    """Write a whole file atomically (temp file + rename), owner-only; EdgeevalError if the disk refuses
+    (full, read-only), leaving any earlier version of the file as it was."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, FILE_MODE)
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise EdgeevalError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 class RunStore:
@@ -74,12 +101,12 @@ class RunStore:
     def __init__(self, root: Path):
         self.root = root
         try:
-            make_private_dir(root)
-            make_private_dir(root / "records")
+            _private_dir(root)
+            _private_dir(root / "records")
         except OSError as exc:
             raise EdgeevalError(f"cannot create run directory {root}: {exc.strerror}") from None
         self._lock_handle = self._lock()
-        self._handles: dict[Path, object] = {}
+        self._fds: dict[Path, int] = {}
 
     def _lock(self):
         path = self.root / ".lock"
@@ -96,9 +123,10 @@ class RunStore:
                     f"run directory {self.root} is in use by another edgeeval process; "
                     "wait for it to finish or choose another --out"
                 ) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+            raise EdgeevalError(f"cannot lock run directory {self.root}: {exc.strerror}") from None
+        with contextlib.suppress(OSError):  # the pid is for people; a full disk must not stop the run here
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         return fd
 
     def records_path(self, model: str, task: str) -> Path:
@@ -110,29 +138,37 @@ class RunStore:
         return read_records(path, repair=True) if path.exists() else []
 
     def append(self, record: Record) -> None:
-        """Append one record and push it to disk before returning (a kill loses nothing written)."""
+        """Append one record and push it to disk before returning (a kill loses nothing written). If the
+        disk refuses (full, read-only), the partial line is cut off again and EdgeevalError says so."""
         path = self.records_path(record.model, record.task)
-        handle = self._handles.get(path)
-        if handle is None:
-            make_private_dir(path.parent)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-            os.chmod(path, FILE_MODE)
-            handle = self._handles[path] = os.fdopen(fd, "a", encoding="utf-8")
-        line = record.model_dump_json() + "\n"
+        line = (record.model_dump_json() + "\n").encode("utf-8")
+        start = None
         try:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+            fd = self._fds.get(path)
+            if fd is None:
+                _private_dir(path.parent)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+                os.chmod(path, FILE_MODE)
+                self._fds[path] = fd
+            start = os.lseek(fd, 0, os.SEEK_END)
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
         except OSError as exc:
+            if start is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
             raise EdgeevalError(f"cannot write records to {path}: {exc.strerror}; records written so far are kept") from None
 
     def write_manifest(self, manifest: dict) -> None:
         write_private_text(self.root / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):  # every record was already written and synced by append()
+                os.close(fd)
+        self._fds.clear()
         if self._lock_handle is not None:
             os.close(self._lock_handle)
             self._lock_handle = None

@@ -191,3 +191,181 @@ def test_compare_pair_rejects_unknown_model_and_duplicates() -> None:
     duplicated = pl.concat([scored, scored.filter(pl.col("model") == "gen").head(1)])
     with pytest.raises(ValueError, match="several records"):
         compare_pair(duplicated, "p", "gen", "bio")
+
+
+# --- every kind of task -------------------------------------------------------------------------------------
+
+from edgeeval.metrics import icd_counts, metric_statistic, problem_f1, score_records  # noqa: E402
+from edgeeval.rouge import rouge_f  # noqa: E402
+from edgeeval.stats import paired_permutation  # noqa: E402
+
+
+def _frame(rows: list[dict], kind: str, metrics: str) -> pl.DataFrame:
+    base = {"model": "m", "task": "t", "gold": None, "parsed": None, "error": None, "kind": kind, "metrics": metrics}
+    return pl.DataFrame([{**base, "example_id": str(i), **row} for i, row in enumerate(rows)],
+                        schema_overrides={"error": pl.String, "parsed": pl.String})
+
+
+def _values(summary: pl.DataFrame) -> dict[str, float]:
+    return {row["metric"]: row["value"] for row in summary.iter_rows(named=True)}
+
+
+def test_rouge_on_hand_computed_pairs() -> None:
+    # 5 of 6 unigrams shared (the x2, cat, on, mat); 3 of 5 bigrams; LCS "the cat on the mat" = 5.
+    scores = rouge_f("the cat sat on the mat", "the cat lay on the mat")
+    assert scores == pytest.approx({"rouge1": 5 / 6, "rouge2": 3 / 5, "rougeL": 5 / 6})
+    # Without stemming nothing matches; with it patient(s) and run(s/ning) do: P = 2/2, R = 2/3.
+    assert rouge_f("patients were running", "patient runs")["rouge1"] == 0.0
+    assert rouge_f("patients were running", "patient runs", stemmer=True)["rouge1"] == pytest.approx(0.8)
+    assert rouge_f("anything", "")["rougeL"] == 0.0
+
+
+def test_summary_scores_and_summary_rows() -> None:
+    rows = [{"gold": "the cat sat on the mat", "parsed": "the cat lay on the mat"},
+            {"gold": "a b", "parsed": "a b"},
+            {"gold": "a b", "parsed": None},  # empty reply: invalid, scores 0
+            {"gold": "a b", "parsed": "a b", "error": "prompt_too_long: ..."}]  # errors score 0
+    scored = score_records(_frame(rows, "summary", "rouge1,rougeL,invalid_rate,error_rate"))
+    assert scored["rouge1"].to_list() == pytest.approx([5 / 6, 1.0, 0.0, 0.0])
+    assert scored["invalid"].to_list() == [False, False, True, False]
+    values = _values(summarize(scored))
+    assert list(values) == ["rouge1", "rougeL", "invalid_rate", "error_rate"]
+    assert values["rouge1"] == pytest.approx((5 / 6 + 1) / 4)
+    assert (values["invalid_rate"], values["error_rate"]) == (0.25, 0.25)
+
+
+def test_problem_f1_matches_normalised_problems_exactly() -> None:
+    # "acute kidney injury (AKI)" is not "acute kidney injury": only sepsis matches. 2*1 / (3 + 3).
+    reply = "Sepsis\n- acute kidney injury (AKI)\nPneumonia"
+    assert problem_f1("Sepsis; Acute kidney injury; COPD", reply) == pytest.approx(1 / 3)
+    assert problem_f1("Sepsis; COPD;", "copd; SEPSIS.") == 1.0
+    assert problem_f1("Sepsis", "") == 0.0
+
+
+def test_icd_counts_on_a_constructed_case() -> None:
+    # Generated: I5023 (right), E1121 (wrong code, right category), N1830 and Z9999 (not in the table).
+    counts = icd_counts("I5023;E1122;N183", "I5023;E1121;N1830;Z9999")
+    assert (counts["code_tp"], counts["code_pred"], counts["code_gold"]) == (1, 4, 3)
+    assert counts["code_precision"] == 0.25 and counts["code_recall"] == pytest.approx(1 / 3)
+    assert counts["code_f1"] == pytest.approx(2 / 7)
+    assert (counts["category_tp"], counts["category_pred"]) == (3, 4)  # I50, E11, N18 of I50, E11, N18, Z99
+    assert counts["category_f1"] == pytest.approx(6 / 7)
+    assert (counts["hallucinated"], counts["hallucination_units"]) == (2, 4)
+    nothing = icd_counts("I10", None)
+    assert (nothing["code_precision"], nothing["code_recall"], nothing["hallucination_units"]) == (0.0, 0.0, 0.0)
+
+
+def test_icd_micro_averages_and_hallucination_rate() -> None:
+    rows = [{"gold": "I5023;E1122;N183", "parsed": "I5023;E1121;N1830;Z9999"},  # tp 1, pred 4, gold 3, 2 invalid
+            {"gold": "I10", "parsed": "I10"},                                  # tp 1, pred 1, gold 1
+            {"gold": "K3580", "parsed": None}]                                 # nothing generated
+    metrics = "code_f1,code_precision_micro,code_recall_micro,code_f1_micro,hallucination_rate,invalid_rate"
+    values = _values(summarize(score_records(_frame(rows, "icd_coding", metrics))))
+    assert values["code_precision_micro"] == pytest.approx(2 / 5)
+    assert values["code_recall_micro"] == pytest.approx(2 / 5)
+    assert values["code_f1_micro"] == pytest.approx(4 / 10)
+    assert values["code_f1"] == pytest.approx((2 / 7 + 1 + 0) / 3)
+    assert values["hallucination_rate"] == pytest.approx(2 / 5)
+    assert values["invalid_rate"] == pytest.approx(1 / 3)
+
+
+def test_macro_f1_hand_computed() -> None:
+    # entailment: tp 1, fn 1 -> 2/3; contradiction: tp 1, fp 1 -> 2/3; neutral: fn 1 -> 0.
+    rows = [{"gold": "entailment", "parsed": "entailment"}, {"gold": "entailment", "parsed": "contradiction"},
+            {"gold": "contradiction", "parsed": "contradiction"}, {"gold": "neutral", "parsed": None}]
+    values = _values(summarize(score_records(_frame(rows, "label", "accuracy,macro_f1"))))
+    assert values["accuracy"] == 0.5
+    assert values["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    statistic = metric_statistic("macro_f1", score_records(_frame(rows, "label", "macro_f1")))
+    resamples = statistic(np.array([[0, 0, 0, 0], [0, 2, 3, 1]]), axis=1)
+    assert resamples == pytest.approx([1.0, (2 / 3 + 2 / 3 + 0) / 3])
+
+
+def test_abstention_and_hallucination_in_task_3() -> None:
+    rows = [{"gold": "F", "parsed": "F"}, {"gold": "F", "parsed": "B"}, {"gold": "F", "parsed": None},
+            {"gold": "F", "error": "SIGSEGV"}]
+    scored = score_records(_frame(rows, "abstention", "abstention_rate,hallucination_rate,invalid_rate,error_rate"))
+    assert scored["abstained"].to_list() == [True, False, False, False]
+    assert scored["hallucinated"].to_list() == [0.0, 1.0, 1.0, 0.0]  # answering anyway; an error is neither
+    values = _values(summarize(scored))
+    assert (values["abstention_rate"], values["hallucination_rate"], values["error_rate"]) == (0.25, 0.5, 0.25)
+
+
+def test_multiple_choice_hallucination_counts_unoffered_options() -> None:
+    rows = [{"gold": "A", "parsed": "A"}, {"gold": "A", "parsed": None, "unoffered_choice": "F"},
+            {"gold": "A", "parsed": None}]
+    frame = _frame(rows, "multiple_choice", "accuracy,hallucination_rate,invalid_rate")
+    values = _values(summarize(score_records(frame.with_columns(pl.col("unoffered_choice").cast(pl.String)))))
+    assert values["hallucination_rate"] == pytest.approx(1 / 3) and values["invalid_rate"] == pytest.approx(2 / 3)
+
+
+def test_confusion_rows_sum_to_one_per_gold_answer() -> None:
+    rows = [{"gold": "yes", "parsed": "yes"}, {"gold": "yes", "parsed": "no"}, {"gold": "no", "parsed": "no"},
+            {"gold": "yes", "parsed": None}, {"gold": "no", "error": "timeout"}]
+    summary = summarize(score_records(_frame(rows, "label", "confusion")))
+    cells = {row["metric"]: (row["value"], row["n"]) for row in summary.iter_rows(named=True)}
+    assert cells["confusion_yes_as_yes"] == (pytest.approx(1 / 3), 3)
+    assert cells["confusion_yes_as_invalid"] == (pytest.approx(1 / 3), 3)
+    assert cells["confusion_no_as_error"] == (0.5, 2)
+    for gold in ("yes", "no"):
+        assert sum(v for m, (v, _) in cells.items() if m.startswith(f"confusion_{gold}_as_")) == pytest.approx(1.0)
+
+
+def test_mixed_kinds_keep_their_rows_and_order() -> None:
+    frame = pl.concat([_frame([{"gold": "A", "parsed": "A"}], "multiple_choice", "accuracy"),
+                       _frame([{"gold": "a b", "parsed": "a"}], "summary", "rouge1"),
+                       _frame([{"gold": "B", "parsed": "C"}], "multiple_choice", "accuracy")], how="diagonal_relaxed")
+    scored = score_records(frame.with_columns(task=pl.Series(["x", "y", "z"])))
+    assert scored["task"].to_list() == ["x", "y", "z"]
+    assert scored["correct"].to_list()[0] is True and scored["rouge1"].to_list()[1] == pytest.approx(2 / 3)
+
+
+def _paired(kind: str, metrics: str, gold: list[str], base: list[str | None], cand: list[str | None],
+            task: str = "t") -> pl.DataFrame:
+    frames = [_frame([{"gold": g, "parsed": p} for g, p in zip(gold, answers)], kind, metrics)
+              .with_columns(model=pl.lit(model), task=pl.lit(task))
+              for model, answers in (("gen", base), ("bio", cand))]
+    return score_records(pl.concat(frames))
+
+
+def test_continuous_metrics_use_a_paired_permutation_test() -> None:
+    gold = ["the patient has a fever"] * 12
+    table = compare_pair(_paired("summary", "rougeL,invalid_rate", gold, ["a fever"] * 12, gold), "p", "gen", "bio")
+    rouge = table.filter(pl.col("metric") == "rougeL").row(0, named=True)
+    assert rouge["test"] == "paired_permutation" and rouge["b"] is None and rouge["c"] is None
+    assert rouge["candidate"] == 1.0 and rouge["delta"] == pytest.approx(1.0 - rouge["baseline"])
+    # Every pair differs the same way: only the observed split (and its mirror) is as extreme, p ~ 2 / 2^12.
+    assert rouge["p_value"] < 0.002 and rouge["ci_low"] == pytest.approx(rouge["delta"])
+    assert table.filter(pl.col("metric") == "invalid_rate")["test"].to_list() == ["mcnemar_exact"]
+
+
+def test_ratio_metric_comparison_keeps_the_pairs() -> None:
+    gold = ["I10;E119"] * 6
+    table = compare_pair(_paired("icd_coding", "code_recall_micro,hallucination_rate", gold,
+                                 ["I10"] * 6, ["I10;E119;Z9999"] * 6), "p", "gen", "bio")
+    recall = table.filter(pl.col("metric") == "code_recall_micro").row(0, named=True)
+    assert (recall["baseline"], recall["candidate"], recall["test"]) == (0.5, 1.0, "paired_permutation")
+    hallucination = table.filter(pl.col("metric") == "hallucination_rate").row(0, named=True)
+    assert hallucination["candidate"] == pytest.approx(1 / 3) and hallucination["test"] == "paired_permutation"
+
+
+def test_holm_runs_within_each_metric_across_tasks() -> None:
+    gold = ["a b c d"] * 10
+    scored = pl.concat([_paired("summary", "rougeL", gold, ["a"] * 10, gold, task="one"),
+                        _paired("summary", "rougeL", gold, gold, gold, task="two")])
+    table = compare_pair(scored, "p", "gen", "bio")
+    assert table["p_holm"].to_list() == pytest.approx(holm(table["p_value"].to_list()))
+    assert table["p_value"].to_list()[1] == 1.0
+
+
+def test_paired_permutation_properties() -> None:
+    same = np.array([0.2, 0.5, 0.9, 0.1])
+    assert paired_permutation(same, same) == 1.0
+    assert math.isnan(paired_permutation(np.array([]), np.array([])))
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=40)
+    assert paired_permutation(base, base + 1.0) < 0.001
+    assert paired_permutation(base, base + 1.0, seed=7) == paired_permutation(base, base + 1.0, seed=7)
+    assert paired_permutation(base, base + rng.normal(0, 0.01, 40)) > 0.05
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_permutation(base, base[:3])

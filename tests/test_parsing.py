@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeeval.parsing import parse_choice, parse_label
+from edgeeval.parsing import (
+    normalize_problem,
+    parse_abstention,
+    parse_choice,
+    parse_icd_codes,
+    parse_label,
+    parse_problem_list,
+    parse_unoffered_choice,
+)
 
 LETTERS = ("A", "B", "C", "D", "E")
 OPTIONS = {
@@ -214,3 +222,76 @@ def test_parse_label_never_raises_and_stays_in_labels(reply: str, labels: list[s
 @given(letter=st.sampled_from(LETTERS), prefix=st.text(alphabet="xyz .\n", max_size=30))
 def test_explicit_answer_is_found_after_any_filler(letter: str, prefix: str) -> None:
     assert parse_choice(f"{prefix}\nThe answer is ({letter}).", LETTERS) == letter
+
+
+# --- LongHealth task 3: abstaining ---------------------------------------------------------------------
+
+T3_OPTIONS = {**{letter: f"Drug {letter}" for letter in "ABCDE"}, "F": "Question cannot be answered with provided documents"}
+
+
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ("The correct answer is F: Question cannot be answered with provided documents.", "F"),
+        ("The correct answer is B: Drug B.", "B"),
+        ("The documents do not mention which drug was given.", "F"),
+        ("This cannot be answered from the provided letters.", "F"),
+        ("There is not enough information in the documents.", "F"),
+        ("Unanswerable.", "F"),
+        ("The dose is not documented, but the answer is C.", "C"),  # a chosen option wins
+        ("Question cannot be answered with provided documents", "F"),  # the option's text, quoted
+        ("I think it was a blood thinner.", None),
+        ("", None),
+    ],
+)
+def test_parse_abstention(reply: str, expected: str | None) -> None:
+    assert parse_abstention(reply, T3_OPTIONS, "F") == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(reply=st.text(max_size=200))
+def test_parse_abstention_never_raises(reply: str) -> None:
+    assert parse_abstention(reply, T3_OPTIONS, "F") in (None, *T3_OPTIONS)
+
+
+# --- options that were never offered -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply, expected",
+    [("The answer is F.", "F"), ("**Answer: G**", "G"), ("The answer is B.", None), ("I am not sure.", None),
+     ("The answer is I.", None), ("F", "F"), ("The answer is B or F.", None)],
+)
+def test_parse_unoffered_choice(reply: str, expected: str | None) -> None:
+    assert parse_unoffered_choice(reply, list("ABCDE")) == expected
+
+
+# --- ICD-10 codes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ("ICD-10-CM codes: I50.23, E11.22, N18.3", ["I5023", "E1122", "N183"]),
+        ("I10\nE119\nI10", ["I10", "E119"]),  # each code once, in order
+        ("C4A.9 (Merkel cell carcinoma), M1A.00", ["C4A9", "M1A00"]),
+        ("U07.1 COVID-19", []),  # U codes are left out, as in CLUE
+        ("e11.9 and ICD10 and A1 and ABC12", []),  # lower case, words and near misses are not codes
+        ("(K35.80)", ["K3580"]),
+        ("", []),
+    ],
+)
+def test_parse_icd_codes(reply: str, expected: list[str]) -> None:
+    assert parse_icd_codes(reply) == expected
+
+
+# --- problem lists ---------------------------------------------------------------------------------------
+
+
+def test_parse_problem_list_splits_semicolons_lines_and_list_markers() -> None:
+    reply = "1. Sepsis; Acute kidney injury\n- Hypokalemia\n#COPD;\n\n(2) Delirium"
+    assert parse_problem_list(reply) == ["Sepsis", "Acute kidney injury", "Hypokalemia", "COPD", "Delirium"]
+
+
+def test_normalize_problem_ignores_case_punctuation_and_spacing() -> None:
+    assert normalize_problem("  Acute-on-chronic  heart failure (HFrEF). ") == "acute on chronic heart failure hfref"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 
-from edgeeval.engine import EngineSettings, Generation
+from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
 
 _OPTION = re.compile(r"^([A-J])[.)] ", re.MULTILINE)
 
@@ -21,10 +22,12 @@ class FakeModel:
         self.path = path
         self.settings = settings
         self.delay_s = delay_s
+        self.counters = {"prompt_tokens": 0, "prompt_tokens_decoded": 0, "generated_tokens": 0,
+                         "decode_calls": 0, "decode_seconds": 0.0}
 
     def info(self) -> dict:
         return {"backend": "fake", "system_info": "fake engine (no model)", "gpu_offload": False,
-                "n_ctx": self.settings.n_ctx, "settings": self.settings.__dict__}
+                "n_ctx": self.settings.n_ctx, "settings": self.settings.__dict__, "tokens": dict(self.counters)}
 
     def generate(self, prompt: str, max_tokens: int, stop: list[str]) -> Generation:
         if self.delay_s:
@@ -47,6 +50,52 @@ class FakeModel:
         words = text.split()[:max_tokens]
         return Generation(text=" ".join(words), n_prompt_tokens=n_prompt, n_output_tokens=len(words),
                           finish_reason="stop", seconds=self.delay_s)
+
+    def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str],
+                      n_parallel: int | None = None) -> list[Generation]:
+        """The answers `generate` gives, one per prompt (the fake has no batch effects)."""
+        return [self.generate(prompt, max_tokens, stop) for prompt in prompts]
+
+    def loglikelihood(self, context: str, continuations: list[str]) -> list[OptionScore]:
+        return self.loglikelihood_many([(context, continuations)])[0]
+
+    def loglikelihood_many(self, items: list[tuple[str, list[str]]]) -> list[list[OptionScore]]:
+        """Per option, a token count (its words) and per-token log-probabilities from a hash of
+        (model, context, option): stable across calls, packings and processes."""
+        return [[self._option_score(context, option) for option in options] for context, options in items]
+
+    def _option_score(self, context: str, option: str) -> OptionScore:
+        n_context = len(context.split())
+        n_tokens = len(option.split())
+        error = None
+        if not option.strip():
+            error = f"empty_continuation: {option!r} has no tokens"
+        elif n_context + n_tokens > self.settings.n_ctx:
+            error = f"prompt_too_long: {n_context + n_tokens} prompt tokens do not fit the {self.settings.n_ctx}-token context window"
+        if error:
+            return {"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
+                    "greedy": None, "is_greedy": None, "error": error}
+        self.counters["prompt_tokens"] += n_context + n_tokens
+        digest = hashlib.sha256(f"{self.path}\0{context}\0{option}".encode()).digest()
+        logprobs = [-0.05 - 4.0 * digest[i % 32] / 255 for i in range(n_tokens)]
+        greedy = [digest[(i + 7) % 32] < 64 for i in range(n_tokens)]
+        total = sum(logprobs)
+        return {"logprob": total, "mean_logprob": total / n_tokens, "n_tokens": n_tokens,
+                "n_context_tokens": n_context, "greedy": greedy, "is_greedy": all(greedy), "error": None}
+
+    def letter_logprobs(self, prompt: str, letters: list[str]) -> dict[str, float]:
+        """A softmax over the letters and one 'anything else' outcome, from a hash of the prompt."""
+        if len(prompt.split()) >= self.settings.n_ctx:
+            raise EngineError(f"prompt_too_long: {len(prompt.split())} prompt tokens do not fit the "
+                              f"{self.settings.n_ctx}-token context window")
+        for letter in letters:
+            if len(letter.split()) != 1:
+                raise EngineError(f"not_single_token: {letter!r} is not one token after this prompt; "
+                                  "score the options with loglikelihood instead")
+        digest = hashlib.sha256(f"{self.path}\0{prompt}".encode()).digest()
+        scores = [4.0 * digest[i % 32] / 255 for i in range(len(letters) + 1)]
+        log_total = math.log(sum(math.exp(x) for x in scores))
+        return {letter: score - log_total for letter, score in zip(letters, scores)}
 
     def close(self) -> None:
         pass

@@ -1,17 +1,30 @@
-"""llama.cpp through llama-cpp-python's low-level API: load a GGUF once, generate greedily."""
+"""llama.cpp through llama-cpp-python's low-level API: greedy generation, batched generation and
+log-likelihood scoring, with the shared prefix of a task decoded once and kept in the KV cache.
+
+One context holds `n_seq_max` sequences in a unified KV cache. Sequence 0 keeps the prefix: the
+tokens of the last prompt (or the common prefix of the last batch of items); every other sequence
+is a working sequence that starts as a copy of it (`llama_memory_seq_cp` shares the cells, it
+does not copy data) and is removed when its unit is done.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import time
+from collections import deque
+from dataclasses import dataclass, field
 
 import llama_cpp as L
 import numpy as np
 
-from edgeeval.engine import EngineSettings, Generation
+from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
 
 _LOG_ERROR = 4
+_PREFIX_SEQ = 0
+_LOGITS_BUDGET_BYTES = 64 << 20
+"""At most this much memory for the logits of one llama_decode: it bounds the rows asked for
+per call (64 rows of Gemma 3's 262k vocabulary), which bounds llama.cpp's output buffer too."""
 
 
 @L.llama_log_callback
@@ -28,6 +41,8 @@ class LlamaModel:
         if not os.environ.get("EDGEEVAL_LLAMA_LOG"):
             L.llama_log_set(_quiet_log, ctypes.c_void_p())
         L.llama_backend_init()
+        if settings.n_seq_max < 2:
+            raise ValueError("n_seq_max must be at least 2 (one sequence keeps the shared prefix)")
         self.settings = settings
         mparams = L.llama_model_default_params()
         mparams.n_gpu_layers = settings.n_gpu_layers if settings.n_gpu_layers >= 0 else 999
@@ -37,20 +52,33 @@ class LlamaModel:
             raise RuntimeError(f"llama.cpp could not load {path}")
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.max_outputs = max(settings.n_seq_max, min(settings.n_batch, _LOGITS_BUDGET_BYTES // (4 * self.n_vocab)))
         cparams = L.llama_context_default_params()
         cparams.n_ctx = settings.n_ctx
         cparams.n_batch = settings.n_batch
         cparams.n_ubatch = settings.n_ubatch
         cparams.n_threads = settings.n_threads
         cparams.n_threads_batch = settings.n_threads
-        cparams.n_seq_max = 1
+        cparams.n_seq_max = settings.n_seq_max
+        cparams.n_outputs_max = self.max_outputs
+        # One buffer for all sequences, so a prefix copied to the option sequences shares its cells.
+        cparams.kv_unified = True
+        # Full-size sliding-window caches (Gemma 3): the prefix's cells stay, and a tail can be removed.
+        cparams.swa_full = True
+        cparams.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn
+                                   else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         cparams.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {settings.n_ctx} tokens (try a smaller n_ctx)")
         self.n_ctx = L.llama_n_ctx(self.ctx)
+        self.n_batch = min(settings.n_batch, self.n_ctx)
         self.memory = L.llama_get_memory(self.ctx)
-        self._cached: list[int] = []  # tokens whose keys/values are in the cache, for prefix reuse
+        self.batch = _Batch(self.n_batch, settings.n_seq_max)
+        self._cached: list[int] = []  # the tokens of the prefix sequence (0) in the cache
+        self._working_used = False  # whether any other sequence may hold cells
+        self.counters = {"prompt_tokens": 0, "prompt_tokens_decoded": 0, "generated_tokens": 0,
+                         "decode_calls": 0, "decode_seconds": 0.0}
 
     def info(self) -> dict:
         return {
@@ -60,8 +88,12 @@ class LlamaModel:
             "n_ctx": self.n_ctx,
             "n_ctx_train": L.llama_model_n_ctx_train(self.model),
             "n_vocab": self.n_vocab,
+            "max_outputs_per_decode": self.max_outputs,
             "settings": self.settings.__dict__,
+            "tokens": dict(self.counters),
         }
+
+    # --- tokens -------------------------------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
         data = text.encode("utf-8")
@@ -82,6 +114,21 @@ class LlamaModel:
             n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n]
 
+    def split_tokens(self, context: str, continuation: str) -> tuple[list[int], int]:
+        """Tokens of context+continuation and where the continuation starts (lm-eval's way).
+
+        The two are tokenized together so that a merge across the boundary comes out as the model
+        would see it; the split is at the length of the context tokenized alone. Trailing spaces
+        of the context belong to the continuation (" B" is one token, "B" after " " is not)."""
+        spaces = len(context) - len(context.rstrip(" "))
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = self.tokenize(context + continuation)
+        start = min(len(self.tokenize(context)), len(whole))
+        return whole, start
+
+    # --- one prompt at a time -----------------------------------------------------------------
+
     def generate(self, prompt: str, max_tokens: int, stop: list[str]) -> Generation:
         start = time.perf_counter()
         tokens = self.tokenize(prompt)
@@ -90,7 +137,7 @@ class LlamaModel:
                 text=None,
                 n_prompt_tokens=len(tokens),
                 finish_reason="error",
-                error=f"prompt_too_long: {len(tokens)} prompt tokens do not fit the {self.n_ctx}-token context window",
+                error=_too_long(len(tokens), self.n_ctx),
                 seconds=time.perf_counter() - start,
             )
         reused = self._feed_prompt(tokens)
@@ -104,42 +151,89 @@ class LlamaModel:
             notes={"prefix_tokens_reused": reused},
         )
 
+    def letter_logprobs(self, prompt: str, letters: list[str]) -> dict[str, float]:
+        """Log-probability of each letter as the next token: one pass over the prompt (its prefix
+        reused from the cache) and one row of logits. Letters must be single tokens after it."""
+        splits = [self.split_tokens(prompt, letter) for letter in letters]
+        context = splits[0][0][: splits[0][1]] if splits else self.tokenize(prompt)
+        letter_tokens = []
+        for letter, (whole, start) in zip(letters, splits):
+            if whole[:start] != context or len(whole) - start != 1:
+                raise EngineError(f"not_single_token: {letter!r} is not one token after this prompt; "
+                                  "score the options with loglikelihood instead")
+            letter_tokens.append(whole[start])
+        if not context:
+            raise EngineError("empty_context: nothing to condition the letters on")
+        if len(context) >= self.n_ctx:
+            raise EngineError(_too_long(len(context), self.n_ctx))
+        self._feed_prompt(context)
+        logprobs, _ = _log_softmax_at(self._row(-1), letter_tokens)
+        return {letter: float(lp) for letter, lp in zip(letters, logprobs)}
+
     def _feed_prompt(self, tokens: list[int]) -> int:
-        """Decode the prompt, keeping the longest prefix already in the cache; returns tokens reused."""
-        keep = 0
-        for old, new in zip(self._cached, tokens):
-            if old != new:
-                break
-            keep += 1
-        keep = min(keep, len(tokens) - 1)  # the last prompt token must be decoded for its logits
-        if keep == 0 or not L.llama_memory_seq_rm(self.memory, 0, keep, -1):
-            # Some caches (sliding-window attention) cannot drop a tail; start clean then.
-            L.llama_memory_clear(self.memory, True)
-            keep = 0
-        self._cached = tokens[:keep]
-        for begin in range(keep, len(tokens), self.settings.n_batch):
-            self._decode(tokens[begin : begin + self.settings.n_batch])
+        """Decode the prompt on the prefix sequence, keeping the longest prefix already in the
+        cache (the last token is always decoded, for its logits); returns tokens reused."""
+        self._drop_working_sequences()
+        keep = self._trim_prefix(tokens, len(tokens) - 1)
+        for begin in range(keep, len(tokens), self.n_batch):
+            self._decode_one_sequence(tokens[begin : begin + self.n_batch])
+        self.counters["prompt_tokens"] += len(tokens)
+        self.counters["prompt_tokens_decoded"] += len(tokens) - keep
         return keep
 
-    def _decode(self, chunk: list[int]) -> None:
+    def _set_prefix(self, tokens: list[int]) -> int:
+        """Make the prefix sequence hold exactly `tokens`; returns how many were already there."""
+        self._drop_working_sequences()
+        keep = self._trim_prefix(tokens, len(tokens))
+        for begin in range(keep, len(tokens), self.n_batch):
+            self._decode_one_sequence(tokens[begin : begin + self.n_batch])
+        return keep
+
+    def _trim_prefix(self, tokens: list[int], limit: int) -> int:
+        """Cut the prefix sequence back to its common prefix with `tokens` (at most `limit`)."""
+        keep = min(_common_prefix(self._cached, tokens), limit)
+        if keep < len(self._cached) and not L.llama_memory_seq_rm(self.memory, _PREFIX_SEQ, keep, -1):
+            # A cache that cannot drop a tail (sliding window without swa_full): start clean.
+            L.llama_memory_clear(self.memory, True)
+            keep = 0
+        self._cached = self._cached[:keep]
+        return keep
+
+    def _decode_one_sequence(self, chunk: list[int]) -> None:
+        """Append tokens to the prefix sequence; logits are kept for the last one."""
         arr = (L.llama_token * len(chunk))(*chunk)
-        rc = L.llama_decode(self.ctx, L.llama_batch_get_one(arr, len(chunk)))
-        if rc != 0:
-            self._cached = []
-            raise RuntimeError(f"llama_decode failed with status {rc}")
+        self._llama_decode(L.llama_batch_get_one(arr, len(chunk)), len(chunk))
         self._cached.extend(chunk)
+
+    def _llama_decode(self, batch, n_tokens: int) -> None:
+        begin = time.perf_counter()
+        rc = L.llama_decode(self.ctx, batch)
+        self.counters["decode_seconds"] += time.perf_counter() - begin
+        self.counters["decode_calls"] += 1
+        if rc != 0:
+            # The cache no longer matches what we think is in it.
+            L.llama_memory_clear(self.memory, True)
+            self._cached = []
+            raise RuntimeError(f"llama_decode failed with status {rc} on a batch of {n_tokens} tokens")
+
+    def _row(self, index: int) -> np.ndarray:
+        """The logits of output `index` of the last decode (a view, valid until the next decode)."""
+        ptr = L.llama_get_logits_ith(self.ctx, index)
+        if not ptr:
+            raise RuntimeError(f"llama.cpp returned no logits for output {index}")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def _decode_loop(self, n_prompt: int, max_tokens: int, stop: list[str]) -> tuple[str, int, str]:
         out = bytearray()
         n_out = 0
         room = self.n_ctx - n_prompt
         while True:
-            logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
-            token = int(np.argmax(logits))
+            token = int(np.argmax(self._row(-1)))
             if L.llama_vocab_is_eog(self.vocab, token):
                 return out.decode("utf-8", errors="replace"), n_out, "stop"
             out += self.piece(token)
             n_out += 1
+            self.counters["generated_tokens"] += 1
             text = out.decode("utf-8", errors="ignore")
             cut = _first_stop(text, stop)
             if cut is not None:
@@ -148,15 +242,425 @@ class LlamaModel:
                 return out.decode("utf-8", errors="replace"), n_out, "length"
             if n_out >= room:
                 return out.decode("utf-8", errors="replace"), n_out, "context"
-            self._decode([token])
+            self._decode_one_sequence([token])
+
+    def _drop_working_sequences(self) -> None:
+        if self._working_used:
+            for seq in range(1, self.settings.n_seq_max):
+                L.llama_memory_seq_rm(self.memory, seq, -1, -1)
+            self._working_used = False
+
+    # --- log-likelihood -----------------------------------------------------------------------
+
+    def loglikelihood(self, context: str, continuations: list[str]) -> list[OptionScore]:
+        return self.loglikelihood_many([(context, continuations)])[0]
+
+    def loglikelihood_many(self, items: list[tuple[str, list[str]]]) -> list[list[OptionScore]]:
+        """Score every continuation of every item: the items' common prefix is decoded once on the
+        prefix sequence (and kept for the next call); each item's own context once, tagged with the
+        sequences of all its options; each option's tokens on its own sequence. Items stream through
+        batches of up to n_batch tokens, and only the rows that predict a continuation token are
+        asked for."""
+        plans = [self._plan(context, continuations) for context, continuations in items]
+        good = [plan for plan in plans if plan.error is None]
+        if good:
+            prefix = _common_prefix_all([option for plan in good for option in plan.options])
+            prefix = prefix[: max(0, min(plan.shared_end for plan in good) - 1)]
+            for plan in good:
+                if len(prefix) + plan.cost(len(prefix)) > self.n_ctx:
+                    plan.error = _too_long(len(prefix) + plan.cost(len(prefix)), self.n_ctx)
+            self._score(prefix, [plan for plan in good if plan.error is None])
+        return [plan.results() for plan in plans]
+
+    def _plan(self, context: str, continuations: list[str]) -> _ItemPlan:
+        plan = _ItemPlan(n_options=len(continuations))
+        if not continuations:
+            plan.error = "no_options: an item needs at least one continuation"
+        elif len(continuations) > self.settings.n_seq_max - 1:
+            plan.error = (f"too_many_options: {len(continuations)} options need n_seq_max >= "
+                          f"{len(continuations) + 1} (it is {self.settings.n_seq_max})")
+        if plan.error:
+            return plan
+        for continuation in continuations:
+            whole, start = self.split_tokens(context, continuation)
+            if start == len(whole):
+                plan.error = f"empty_continuation: {continuation!r} has no tokens"
+            elif start == 0:
+                plan.error = "empty_context: nothing to condition the options on"
+            plan.options.append(whole)
+            plan.starts.append(start)
+        if plan.error is None:
+            plan.shared_end = min(len(_common_prefix_all(plan.options)), min(plan.starts))
+            longest = max(len(option) for option in plan.options)
+            if longest > self.n_ctx:
+                plan.error = _too_long(longest, self.n_ctx)
+        return plan
+
+    def _score(self, prefix: list[int], plans: list[_ItemPlan]) -> None:
+        reused = self._set_prefix(prefix)
+        self.counters["prompt_tokens"] += len(prefix)
+        self.counters["prompt_tokens_decoded"] += len(prefix) - reused
+        free_seqs = list(range(self.settings.n_seq_max - 1, 0, -1))
+        waiting = deque(plans)
+        runs: deque[_Run] = deque()
+        active: list[_ItemPlan] = []
+        cells_free = self.n_ctx - len(prefix)
+        try:
+            while waiting or runs:
+                # Admit items only as far as the next batch needs tokens: fewer cells in use means
+                # less attention work (a unified cache attends over every used cell, masked).
+                while waiting and sum(run.remaining for run in runs) < self.n_batch:
+                    plan = waiting[0]
+                    cost = plan.cost(len(prefix))
+                    if len(free_seqs) < plan.n_options or cost > cells_free:
+                        if not active:
+                            raise RuntimeError("an item does not fit an empty cache")  # checked in _plan
+                        break
+                    waiting.popleft()
+                    seqs = [free_seqs.pop() for _ in range(plan.n_options)]
+                    self._working_used = True
+                    for seq in seqs:
+                        L.llama_memory_seq_cp(self.memory, _PREFIX_SEQ, seq, -1, -1)
+                    runs.extend(plan.runs(len(prefix), seqs))
+                    cells_free -= cost
+                    active.append(plan)
+                    self.counters["prompt_tokens"] += sum(len(option) for option in plan.options)
+                    self.counters["prompt_tokens_decoded"] += cost
+                self._decode_runs(runs)
+                for plan in [plan for plan in active if plan.pending == 0]:
+                    active.remove(plan)
+                    for seq in plan.seqs:
+                        L.llama_memory_seq_rm(self.memory, seq, -1, -1)
+                        free_seqs.append(seq)
+                    cells_free += plan.cost(len(prefix))
+        finally:
+            self._drop_working_sequences()
+
+    def _decode_runs(self, runs: deque[_Run]) -> None:
+        """Fill one batch from the front of the runs, decode it, hand each output row to its run."""
+        batch = self.batch
+        batch.clear()
+        outputs: list[tuple[int, _Run, int]] = []
+        while runs and batch.n < batch.capacity:
+            run = runs[0]
+            room = batch.capacity - batch.n
+            room_outputs = self.max_outputs - len(outputs)
+            take = run.take(room, room_outputs)
+            if take == 0:
+                break
+            first = batch.add(run.tokens[run.done : run.done + take], run.pos0 + run.done, run.seqs)
+            for offset in run.outputs_between(run.done, run.done + take):
+                batch.want_logits(first + offset - run.done)
+                outputs.append((first + offset - run.done, run, offset))
+            run.advance(take)
+            if run.remaining == 0:
+                runs.popleft()
+        self._llama_decode(batch.raw_for_decode(), batch.n)
+        for index, run, offset in outputs:
+            run.consume(offset, self._row(index))
+
+    # --- batched generation -------------------------------------------------------------------
+
+    def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str],
+                      n_parallel: int | None = None) -> list[Generation]:
+        """Greedy answers to several prompts decoded together, one sequence each, in one batch per
+        step; a finished sequence's slot goes to the next prompt in the queue. The prompts' common
+        prefix is decoded once (and kept for the next call)."""
+        slots_max = self.settings.n_seq_max - 1
+        n_parallel = slots_max if n_parallel is None else max(1, min(n_parallel, slots_max))
+        started = time.perf_counter()
+        tokens = [self.tokenize(prompt) for prompt in prompts]
+        results: list[Generation | None] = [None] * len(prompts)
+        for i, toks in enumerate(tokens):
+            if len(toks) >= self.n_ctx:
+                results[i] = Generation(text=None, n_prompt_tokens=len(toks), finish_reason="error",
+                                        error=_too_long(len(toks), self.n_ctx),
+                                        seconds=time.perf_counter() - started)
+            elif not toks:
+                results[i] = Generation(text=None, n_prompt_tokens=0, finish_reason="error",
+                                        error="empty_prompt: nothing to generate from")
+        todo = [i for i in range(len(prompts)) if results[i] is None]
+        if not todo:
+            return results  # type: ignore[return-value]
+        prefix = _common_prefix_all([tokens[i] for i in todo])
+        prefix = prefix[: min(len(tokens[i]) for i in todo) - 1]
+        reused = self._set_prefix(prefix)
+        self.counters["prompt_tokens_decoded"] += len(prefix) - reused
+        try:
+            self._generate_stream(prefix, tokens, todo, results, max_tokens, stop, n_parallel)
+        finally:
+            self._drop_working_sequences()
+        return results  # type: ignore[return-value]
+
+    def _generate_stream(self, prefix, tokens, todo, results, max_tokens, stop, n_parallel) -> None:
+        free_seqs = list(range(n_parallel, 0, -1))
+        waiting = deque(todo)
+        active: list[_Slot] = []
+        cells_free = self.n_ctx - len(prefix)
+        while waiting or active:
+            while waiting and free_seqs:
+                toks = tokens[waiting[0]]
+                room = min(max_tokens, self.n_ctx - len(toks))
+                need = len(toks) - len(prefix) + room
+                if need > cells_free and active:
+                    break
+                index = waiting.popleft()
+                slot = _Slot(index=index, seq=free_seqs.pop(), tokens=toks, fed=len(prefix), room=room,
+                             cells=need, started=time.perf_counter())
+                self._working_used = True
+                L.llama_memory_seq_cp(self.memory, _PREFIX_SEQ, slot.seq, -1, -1)
+                cells_free -= need
+                active.append(slot)
+                self.counters["prompt_tokens"] += len(toks)
+                self.counters["prompt_tokens_decoded"] += len(toks) - len(prefix)
+            outputs = self._fill_generation_batch(active)
+            self._llama_decode(self.batch.raw_for_decode(), self.batch.n)
+            for index, slot in outputs:
+                if slot.accept(int(np.argmax(self._row(index))), self, max_tokens, stop):
+                    active.remove(slot)
+                    L.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+                    free_seqs.append(slot.seq)
+                    cells_free += slot.cells
+                    self.counters["generated_tokens"] += slot.n_out
+                    results[slot.index] = slot.generation(len(prefix))
+
+    def _fill_generation_batch(self, active: list[_Slot]) -> list[tuple[int, _Slot]]:
+        """One token for each sequence that is generating, then prompt chunks for those still
+        reading their prompt, up to n_batch tokens."""
+        batch = self.batch
+        batch.clear()
+        outputs = []
+        for slot in active:
+            if slot.fed == len(slot.tokens):
+                index = batch.add([slot.last], len(slot.tokens) + slot.n_out - 1, [slot.seq])
+                batch.want_logits(index)
+                outputs.append((index, slot))
+        for slot in active:
+            if slot.fed < len(slot.tokens) and batch.n < batch.capacity:
+                take = min(len(slot.tokens) - slot.fed, batch.capacity - batch.n)
+                first = batch.add(slot.tokens[slot.fed : slot.fed + take], slot.fed, [slot.seq])
+                slot.fed += take
+                if slot.fed == len(slot.tokens):
+                    batch.want_logits(first + take - 1)
+                    outputs.append((first + take - 1, slot))
+        return outputs
 
     def close(self) -> None:
+        if getattr(self, "batch", None) is not None:
+            self.batch.free()
+            self.batch = None
         if getattr(self, "ctx", None):
             L.llama_free(self.ctx)
             self.ctx = None
         if getattr(self, "model", None):
             L.llama_model_free(self.model)
             self.model = None
+
+
+class _Batch:
+    """A llama_batch (llama_batch_init) filled from Python through numpy views of its arrays."""
+
+    def __init__(self, capacity: int, n_seq_max: int):
+        self.capacity = capacity
+        self.raw = L.llama_batch_init(capacity, 0, n_seq_max)
+        self.token = np.ctypeslib.as_array(self.raw.token, shape=(capacity,))
+        self.pos = np.ctypeslib.as_array(self.raw.pos, shape=(capacity,))
+        self.n_seq_id = np.ctypeslib.as_array(self.raw.n_seq_id, shape=(capacity,))
+        self.logits = np.ctypeslib.as_array(self.raw.logits, shape=(capacity,))
+        self.seq_rows = [np.ctypeslib.as_array(self.raw.seq_id[i], shape=(n_seq_max,)) for i in range(capacity)]
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, tokens, pos0: int, seqs: list[int]) -> int:
+        """Tokens at positions pos0, pos0+1, ... in each of `seqs`; no logits. Returns the first index."""
+        first, k = self.n, len(tokens)
+        self.token[first : first + k] = tokens
+        self.pos[first : first + k] = np.arange(pos0, pos0 + k, dtype=np.int32)
+        self.n_seq_id[first : first + k] = len(seqs)
+        self.logits[first : first + k] = 0
+        for row in self.seq_rows[first : first + k]:
+            row[: len(seqs)] = seqs
+        self.n += k
+        return first
+
+    def want_logits(self, index: int) -> None:
+        self.logits[index] = 1
+
+    def raw_for_decode(self):
+        self.raw.n_tokens = self.n
+        return self.raw
+
+    def free(self) -> None:
+        if self.raw is not None:
+            L.llama_batch_free(self.raw)
+            self.raw = None
+
+
+@dataclass
+class _Run:
+    """Tokens that go into the same sequences at consecutive positions (an item's own context,
+    or one option's tokens), with the positions whose logits score a continuation token."""
+
+    tokens: list[int]
+    pos0: int
+    seqs: list[int]
+    wants: dict[int, list[tuple[int, int]]]
+    """offset in the run -> [(option, index of the token it predicts)]"""
+    plan: _ItemPlan
+    done: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.tokens) - self.done
+
+    def take(self, room: int, room_outputs: int) -> int:
+        """How many of the next tokens fit in `room` tokens and `room_outputs` rows of logits."""
+        take = min(room, self.remaining)
+        wanted = [offset for offset in self.wants if self.done <= offset < self.done + take]
+        if len(wanted) > room_outputs:
+            wanted.sort()
+            take = wanted[room_outputs] - self.done
+        return take
+
+    def outputs_between(self, begin: int, end: int) -> list[int]:
+        return sorted(offset for offset in self.wants if begin <= offset < end)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self.plan.pending -= n
+
+    def consume(self, offset: int, row: np.ndarray) -> None:
+        wants = self.wants[offset]
+        targets = [self.plan.options[option][index] for option, index in wants]
+        logprobs, greedy = _log_softmax_at(row, targets)
+        for (option, index), logprob, is_greedy in zip(wants, logprobs, greedy):
+            self.plan.logprobs[option][index - self.plan.starts[option]] = float(logprob)
+            self.plan.greedy[option][index - self.plan.starts[option]] = bool(is_greedy)
+
+
+@dataclass
+class _ItemPlan:
+    """One (context, continuations) item: its token sequences, what to decode, and its scores."""
+
+    n_options: int
+    options: list[list[int]] = field(default_factory=list)
+    """Per option: the tokens of context + continuation."""
+    starts: list[int] = field(default_factory=list)
+    """Per option: the index of its first continuation token."""
+    shared_end: int = 0
+    """Tokens [0, shared_end) are the same in every option and none of them is scored."""
+    error: str | None = None
+    seqs: list[int] = field(default_factory=list)
+    pending: int = 0
+    logprobs: list[list[float]] = field(default_factory=list)
+    greedy: list[list[bool]] = field(default_factory=list)
+
+    def cost(self, prefix_len: int) -> int:
+        """Tokens it decodes (cells it needs) beyond a shared prefix of `prefix_len` tokens."""
+        return self.shared_end - prefix_len + sum(len(option) - 1 - self.shared_end for option in self.options)
+
+    def runs(self, prefix_len: int, seqs: list[int]) -> list[_Run]:
+        """The shared part once, tagged with every option's sequence, then each option's own tokens.
+        The last token of an option is never decoded: nothing follows it."""
+        self.seqs = seqs
+        self.logprobs = [[0.0] * (len(o) - s) for o, s in zip(self.options, self.starts)]
+        self.greedy = [[False] * (len(o) - s) for o, s in zip(self.options, self.starts)]
+        end = self.shared_end
+        shared_wants = [(i, end) for i, start in enumerate(self.starts) if start == end]
+        runs = [_Run(self.options[0][prefix_len:end], prefix_len, seqs,
+                     {end - 1 - prefix_len: shared_wants} if shared_wants else {}, self)]
+        for i, (option, start) in enumerate(zip(self.options, self.starts)):
+            wants = {pos - end: [(i, pos + 1)] for pos in range(max(end, start - 1), len(option) - 1)}
+            runs.append(_Run(option[end : len(option) - 1], end, [seqs[i]], wants, self))
+        runs = [run for run in runs if run.tokens]
+        self.pending = sum(len(run.tokens) for run in runs)
+        return runs
+
+    def results(self) -> list[OptionScore]:
+        if self.error is not None:
+            return [{"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
+                     "greedy": None, "is_greedy": None, "error": self.error} for _ in range(self.n_options)]
+        out = []
+        for logprobs, greedy, start in zip(self.logprobs, self.greedy, self.starts):
+            total = float(sum(logprobs))
+            out.append({"logprob": total, "mean_logprob": total / len(logprobs), "n_tokens": len(logprobs),
+                        "n_context_tokens": start, "greedy": list(greedy), "is_greedy": all(greedy),
+                        "error": None})
+        return out
+
+
+@dataclass
+class _Slot:
+    """One prompt being answered by generate_many."""
+
+    index: int
+    seq: int
+    tokens: list[int]
+    fed: int
+    room: int
+    cells: int
+    started: float
+    last: int = -1
+    n_out: int = 0
+    out: bytearray = field(default_factory=bytearray)
+    text: str = ""
+    reason: str | None = None
+
+    def accept(self, token: int, model: LlamaModel, max_tokens: int, stop: list[str]) -> bool:
+        """Take the next greedy token; returns whether the answer is complete (`reason` says why)."""
+        if L.llama_vocab_is_eog(model.vocab, token):
+            self.text, self.reason = self.out.decode("utf-8", errors="replace"), "stop"
+            return True
+        self.out += model.piece(token)
+        self.n_out += 1
+        self.last = token
+        text = self.out.decode("utf-8", errors="ignore")
+        cut = _first_stop(text, stop)
+        if cut is not None:
+            self.text, self.reason = text[:cut], "stop"
+        elif self.n_out >= max_tokens:
+            self.text, self.reason = self.out.decode("utf-8", errors="replace"), "length"
+        elif self.n_out >= self.room:
+            self.text, self.reason = self.out.decode("utf-8", errors="replace"), "context"
+        return self.reason is not None
+
+    def generation(self, reused: int) -> Generation:
+        return Generation(text=self.text, n_prompt_tokens=len(self.tokens), n_output_tokens=self.n_out,
+                          finish_reason=self.reason, seconds=time.perf_counter() - self.started,
+                          notes={"prefix_tokens_reused": reused})
+
+
+def _log_softmax_at(row: np.ndarray, targets: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """log p(target) under softmax(row), and whether each target is the argmax, for one row."""
+    top = float(row.max())
+    lse = top + float(np.log(np.exp(row - top).sum(dtype=np.float64)))
+    picked = row[targets].astype(np.float64)
+    return picked - lse, picked >= top
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _common_prefix_all(seqs: list[list[int]]) -> list[int]:
+    if not seqs:
+        return []
+    first = seqs[0]
+    n = len(first)
+    for seq in seqs[1:]:
+        n = min(n, _common_prefix(first[:n], seq))
+    return first[:n]
+
+
+def _too_long(n_tokens: int, n_ctx: int) -> str:
+    return f"prompt_too_long: {n_tokens} prompt tokens do not fit the {n_ctx}-token context window"
 
 
 def _first_stop(text: str, stop: list[str]) -> int | None:

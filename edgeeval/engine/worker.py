@@ -13,10 +13,13 @@ from dataclasses import asdict, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from edgeeval.engine import EngineSettings, Generation
+from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
+from edgeeval.engine.memory import check_context_fits
 from edgeeval.errors import ModelFileError
+from edgeeval.gguf_file import read_gguf_metadata
 
-# Test hook: a worker whose prompt contains this marker crashes the way native code does.
+# Test hook: a worker whose prompt (or, while loading, model path) contains this marker crashes the
+# way native code does.
 FAULT_ENV = "EDGEEVAL_FAULT_INJECT"
 
 
@@ -50,6 +53,7 @@ def _maybe_inject_fault(prompt: str) -> None:
 def _worker_main(conn, model_path: str, settings: dict) -> None:
     """The child: load the model once, then answer requests until told to stop."""
     engine_settings = EngineSettings(**settings)
+    _maybe_inject_fault(model_path)
     try:
         if engine_settings.backend == "fake":
             from edgeeval.engine.fake import FakeModel
@@ -70,6 +74,10 @@ def _worker_main(conn, model_path: str, settings: dict) -> None:
             break
         if request["op"] == "close":
             break
+        if request["op"] in _OPS:
+            # The token counters ride along, so the parent's info() shows how much prefix reuse saved.
+            conn.send({**_OPS[request["op"]](model, request), "tokens": dict(model.counters)})
+            continue
         _maybe_inject_fault(request["prompt"])
         try:
             result = model.generate(request["prompt"], request["max_tokens"], request["stop"])
@@ -77,6 +85,40 @@ def _worker_main(conn, model_path: str, settings: dict) -> None:
         except Exception as exc:  # noqa: BLE001
             conn.send({"generation": asdict(Generation(text=None, finish_reason="error", error=f"engine: {exc}"))})
     model.close()
+
+
+def _op_generate_many(model, request: dict) -> dict:
+    _maybe_inject_fault("\0".join(request["prompts"]))
+    try:
+        results = model.generate_many(request["prompts"], request["max_tokens"], request["stop"],
+                                      n_parallel=request.get("n_parallel"))
+        return {"generations": [asdict(result) for result in results]}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"engine: {exc}"}
+
+
+def _op_loglikelihood_many(model, request: dict) -> dict:
+    _maybe_inject_fault("\0".join(context + "\0" + "\0".join(options) for context, options in request["items"]))
+    try:
+        return {"scores": model.loglikelihood_many([(c, list(o)) for c, o in request["items"]])}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"engine: {exc}"}
+
+
+def _op_letter_logprobs(model, request: dict) -> dict:
+    _maybe_inject_fault(request["prompt"])
+    try:
+        return {"logprobs": model.letter_logprobs(request["prompt"], request["letters"])}
+    except Exception as exc:  # noqa: BLE001 - EngineError carries its kind; others are engine faults
+        return {"error": str(exc) if isinstance(exc, EngineError) else f"engine: {exc}"}
+
+
+# Operations besides `generate`: each takes the request and returns the reply to send.
+_OPS = {
+    "generate_many": _op_generate_many,
+    "loglikelihood_many": _op_loglikelihood_many,
+    "letter_logprobs": _op_letter_logprobs,
+}
 
 
 class WorkerEngine:
@@ -90,6 +132,8 @@ class WorkerEngine:
         self._proc = None
         self._conn = None
         self._info: dict = {}
+        # A context too large for this machine is refused here, before llama.cpp allocates it.
+        check_context_fits(self.model_path, read_gguf_metadata(self.model_path).metadata, self.settings.n_ctx)
         self._start()
 
     def _start(self) -> None:
@@ -101,7 +145,13 @@ class WorkerEngine:
         proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
         child.close()
         self._proc, self._conn = proc, Connection(parent.detach())
-        reply = self._receive(timeout=600.0, what="loading the model")
+        try:
+            reply = self._receive(timeout=600.0, what="loading the model")
+        except WorkerCrashed as exc:
+            self._stop()
+            # Killed while allocating is mostly the out-of-memory killer: say which setting to change.
+            raise ModelFileError(f"{self.model_path}: engine {exc}; if the machine ran out of memory, lower "
+                                 f"n_ctx for this model in models.toml (now {self.settings.n_ctx})") from None
         if "error" in reply:
             self._stop()
             raise ModelFileError(f"{self.model_path}: {reply['error']}")
@@ -146,6 +196,61 @@ class WorkerEngine:
         reply = self._receive(self.settings.unit_timeout_s, "generating")
         return Generation(**reply["generation"])
 
+    def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str],
+                      n_parallel: int | None = None) -> list[Generation]:
+        """Greedy answers decoded together; a crash (after one retry) or engine failure makes every
+        answer of the call an error."""
+        request = {"op": "generate_many", "prompts": list(prompts), "max_tokens": max_tokens,
+                   "stop": list(stop), "n_parallel": n_parallel}
+        reply = self._request_with_retry(request, "generating")
+        if "generations" in reply:
+            return [Generation(**g) for g in reply["generations"]]
+        return [Generation(text=None, finish_reason="error", error=reply["error"]) for _ in prompts]
+
+    def loglikelihood(self, context: str, continuations: list[str]) -> list[OptionScore]:
+        return self.loglikelihood_many([(context, continuations)])[0]
+
+    def loglikelihood_many(self, items: list[tuple[str, list[str]]]) -> list[list[OptionScore]]:
+        """Scores of every option of every item; a crash (after one retry) or engine failure
+        makes every option an error score."""
+        request = {"op": "loglikelihood_many", "items": [(c, list(o)) for c, o in items]}
+        reply = self._request_with_retry(request, "scoring")
+        if "scores" in reply:
+            return reply["scores"]
+        return [[_error_score(reply["error"]) for _ in options] for _, options in items]
+
+    def letter_logprobs(self, prompt: str, letters: list[str]) -> dict[str, float]:
+        """Log-probability of each letter as the next token; raises EngineError when there is none."""
+        reply = self._request_with_retry({"op": "letter_logprobs", "prompt": prompt, "letters": list(letters)},
+                                         "scoring")
+        if "error" in reply:
+            raise EngineError(reply["error"])
+        return reply["logprobs"]
+
+    def _request_with_retry(self, request: dict, what: str) -> dict:
+        """`generate`'s crash handling for the other operations: retried once on a fresh worker (in
+        safe mode if repacking was on), then answered with an error."""
+        try:
+            return self._request_once(request, what)
+        except WorkerCrashed as first:
+            self._note_crash(str(first))
+            if self.settings.use_extra_bufts:
+                self.settings = replace(self.settings, use_extra_bufts=False)
+            self._restart()
+            try:
+                return self._request_once(request, what)
+            except WorkerCrashed as second:
+                self._note_crash(str(second))
+                self._restart()
+                return {"error": f"native crash: {second}"}
+
+    def _request_once(self, request: dict, what: str) -> dict:
+        self._conn.send(request)
+        reply = self._receive(self.settings.unit_timeout_s, what)
+        if "tokens" in reply:
+            self._info["tokens"] = reply["tokens"]  # since the worker (re)started
+        return reply
+
     def _note_crash(self, message: str) -> None:
         self.crashes.append(message)
 
@@ -171,6 +276,11 @@ class WorkerEngine:
             except (BrokenPipeError, OSError):
                 pass
         self._stop()
+
+
+def _error_score(error: str) -> OptionScore:
+    return {"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
+            "greedy": None, "is_greedy": None, "error": error}
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> None:

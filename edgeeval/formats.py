@@ -1,0 +1,394 @@
+"""The benchmarks' real file formats: one loader per `DataSpec.format`, each turning a file into `Example`s."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgeeval.config import DataSpec, TaskSpec
+from edgeeval.data import (
+    Example,
+    Row,
+    check_unique_ids,
+    csv_rows,
+    jsonl_rows,
+    kind_name,
+    load_multiple_choice,
+    one_line,
+    parse_json,
+    read_text,
+    show,
+    text_cell,
+)
+from edgeeval.errors import DataError
+from edgeeval.icd import normalize_code
+from edgeeval.longhealth import load_longhealth
+
+Loader = Callable[[Path, DataSpec], list[Example]]
+
+# What each format looks like, for error messages ("expected <this>").
+MEDMCQA = "MedMCQA JSON lines: {id, question, opa, opb, opc, opd, cop, exp, subject_name, ...} per line"
+PUBMEDQA = "PubMedQA ori_pqal.json: {PMID: {QUESTION, CONTEXTS: [...], final_decision, ...}, ...}"
+MEDNLI = "MedNLI JSON lines: {sentence1, sentence2, gold_label, pairID} per line"
+MEQSUM = "MeQSum: columns CHQ and Summary (and File) in .xlsx, .csv, .json or .jsonl"
+PROBLEM_SUMMARY = (
+    "BioNLP 2023 task 1A CSV: columns File ID, Subjective Sections (or Subjectives), "
+    "Objective Sections (or Objectives), Assessment, Summary"
+)
+MEDISUMQA = "MeDiSumQA JSON lines: {note_id, with_discharge_summary, Question, Answer} per line"
+MEDISUMCODE = "MeDiSumCode JSON lines: {hadm_id, text, icd_codes: [{code, description}, ...]} per line"
+
+_TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
+_CODE_SHAPE = re.compile(r"[A-Z][0-9][0-9A-Z][0-9A-Z]{0,4}")
+
+
+def load_examples(path: Path, spec: TaskSpec) -> list[Example]:
+    """The task's examples from `path`, read by its format's loader; gold labels are checked against
+    the task's label set."""
+    examples = LOADERS[spec.data.format](Path(path), spec.data)
+    return [_checked_label(example, spec.labels) for example in examples] if spec.labels else examples
+
+
+def _checked_label(example: Example, labels: list[str]) -> Example:
+    by_fold = {label.casefold(): label for label in labels}
+    label = by_fold.get(example.gold.casefold())
+    if label is None:
+        raise DataError(
+            f"{example.source}: label {show(example.gold)} is not one of the task's labels ({', '.join(labels)})"
+        )
+    return example if label == example.gold else example.model_copy(update={"gold": label})
+
+
+# --- reading tables --------------------------------------------------------------------------------------
+
+
+def table_rows(path: Path, expected: str, required: tuple[str, ...] = (),
+               extensions: tuple[str, ...] = _TABLE_EXTENSIONS) -> list[Row]:
+    """Rows of a .csv, .json (a list, JSON lines or pandas columns), .jsonl or .xlsx file; never empty."""
+    suffix = path.suffix.lower()
+    if suffix not in extensions:
+        raise DataError(f"{path}: unsupported extension {path.suffix!r} (expected {expected}; as {', '.join(extensions)})")
+    if suffix == ".xlsx":
+        rows = xlsx_rows(path, expected)
+    elif suffix == ".csv":
+        rows = csv_rows(path, read_text(path), required, ", ".join(required) + f" ({expected})")
+    elif suffix == ".jsonl":
+        rows = jsonl_rows(path, read_text(path))
+    else:
+        rows = json_rows(path, read_text(path), expected)
+    if not rows:
+        raise DataError(f"{path}: no data rows (expected {expected})")
+    return rows
+
+
+def json_rows(path: Path, text: str, expected: str) -> list[Row]:
+    """A JSON list of objects, pandas' column-oriented {column: {row: value}}, or JSON lines in a .json
+    file (MedMCQA and MeDiSumCode ship their JSON lines named .json)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":
+            return jsonl_rows(path, text)
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except (RecursionError, ValueError):
+        data = parse_json(text, path, None)  # repeats the failure as a DataError
+    if isinstance(data, list):
+        return [(f"{path}:row {i}", _object(path, f"row {i}", item, expected)) for i, item in enumerate(data)]
+    if isinstance(data, dict) and data and all(isinstance(column, dict) for column in data.values()):
+        keys = list(dict.fromkeys(k for column in data.values() for k in column))
+        return [(f"{path}:row {k}", {c: col[k] for c, col in data.items() if k in col}) for k in keys]
+    if isinstance(data, dict) and data:
+        return [(f"{path}:1", data)]  # one JSON object: a JSON-lines file with a single line
+    raise DataError(f"{path}: unrecognised JSON structure (top level is {kind_name(data)}); expected {expected}")
+
+
+def _object(path: Path, where: str, value: Any, expected: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DataError(f"{path}:{where}: expected a JSON object, got {kind_name(value)} ({expected})")
+    return value
+
+
+def xlsx_rows(path: Path, expected: str) -> list[Row]:
+    """Rows of the first worksheet of an Excel workbook; the first non-empty row is the header."""
+    import openpyxl  # only the xlsx formats need it
+
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path}: data file not found") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged workbook can fail in zipfile, XML or openpyxl itself
+        raise DataError(f"{path}: not a readable .xlsx workbook ({type(exc).__name__}); expected {expected}") from None
+    try:
+        return _sheet_rows(path, book.worksheets[0].iter_rows(values_only=True))
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above
+        raise DataError(f"{path}: damaged .xlsx worksheet ({type(exc).__name__}: {one_line(str(exc))[:120]})") from None
+    finally:
+        book.close()
+
+
+def _sheet_rows(path: Path, cells_by_row: Any) -> list[Row]:
+    header: list[str] | None = None
+    rows: list[Row] = []
+    for number, cells in enumerate(cells_by_row, 1):
+        if all(cell is None or (isinstance(cell, str) and not cell.strip()) for cell in cells):
+            continue  # Excel keeps formatted but empty rows; they are not data
+        if header is None:
+            header = [str(cell).strip() if cell is not None else "" for cell in cells]
+            _check_header(path, number, header)
+            continue
+        rows.append((f"{path}:row {number}", {k: v for k, v in zip(header, cells) if k}))
+    return rows
+
+
+def _check_header(path: Path, number: int, header: list[str]) -> None:
+    named = [name for name in header if name]
+    for name in sorted(set(named)):
+        if named.count(name) > 1:
+            raise DataError(f"{path}:row {number}: column {show(name)} appears more than once in the header")
+
+
+# --- cells -----------------------------------------------------------------------------------------------
+
+
+def required_text(record: dict[str, Any], keys: tuple[str, ...], source: str, expected: str) -> str:
+    """The first of `keys` present in the record, as non-empty text."""
+    key = next((k for k in keys if k in record), None)
+    if key is None:
+        names = " or ".join(repr(k) for k in keys)
+        raise DataError(f"{source}: missing field {names} (expected {expected})")
+    value = text_cell(record[key], key, source)
+    if value is None:
+        raise DataError(f"{source}: field {key!r} is empty")
+    return value
+
+
+def optional_text(record: dict[str, Any], keys: tuple[str, ...], source: str) -> str:
+    key = next((k for k in keys if k in record), None)
+    return (text_cell(record[key], key, source) or "") if key is not None else ""
+
+
+def row_id(record: dict[str, Any], key: str, source: str, default: str) -> str:
+    if key not in record:
+        return default
+    value = text_cell(record[key], key, source)
+    if value is None:
+        raise DataError(f"{source}: empty {key!r}")
+    return value
+
+
+def _finish(path: Path, examples: list[Example]) -> list[Example]:
+    check_unique_ids(path, examples)
+    return examples
+
+
+# --- MedMCQA ---------------------------------------------------------------------------------------------
+
+
+def load_medmcqa(path: Path, data: DataSpec) -> list[Example]:
+    """MedMCQA (train/dev.json: JSON lines despite the name). Fields: question, options (A-D), explanation,
+    subject, topic. `cop` is the correct option's number, counted from `data.answer_index_base`."""
+    rows = table_rows(path, MEDMCQA)
+    return _finish(path, [_medmcqa(rec, src, f"{path.stem}-{n}", data.answer_index_base)
+                          for n, (src, rec) in enumerate(rows, 1)])
+
+
+def _medmcqa(record: dict[str, Any], source: str, default_id: str, base: int) -> Example:
+    question = required_text(record, ("question",), source, MEDMCQA)
+    options = {}
+    for letter, key in zip("ABCD", ("opa", "opb", "opc", "opd")):
+        if key not in record:
+            raise DataError(f"{source}: missing field {key!r} (expected {MEDMCQA})")
+        # A few released options are blank; the letters still stand, so keep them as empty text.
+        options[letter] = text_cell(record[key], key, source) or ""
+    fields = {"question": question, "options": options,
+              "explanation": optional_text(record, ("exp",), source),
+              "subject": optional_text(record, ("subject_name",), source),
+              "topic": optional_text(record, ("topic_name",), source)}
+    return Example(id=row_id(record, "id", source, default_id), fields=fields,
+                   gold="ABCD"[_cop(record, source, base)], source=source)
+
+
+def _cop(record: dict[str, Any], source: str, base: int) -> int:
+    raw = record.get("cop")
+    text = text_cell(raw, "cop", source) if "cop" in record else None
+    if text is None or text == "-1":
+        raise DataError(f"{source}: no answer ('cop' is missing or -1; the MedMCQA test split has no public answers)")
+    if not re.fullmatch(r"\d", text):
+        raise DataError(f"{source}: 'cop' must be the correct option's number, got {show(text)}")
+    index = int(text) - base
+    if not 0 <= index < 4:
+        hint = " (a Hugging Face export counts from 0: set answer_index_base = 0)" if int(text) == 0 else ""
+        raise DataError(f"{source}: 'cop' {text} is outside {base}-{base + 3} (answer_index_base = {base}){hint}")
+    return index
+
+
+# --- PubMedQA --------------------------------------------------------------------------------------------
+
+
+def load_pubmedqa(path: Path, data: DataSpec) -> list[Example]:
+    """PubMedQA's expert-labelled ori_pqal.json. Fields: question, contexts (list of abstract sections),
+    context_labels (their headings), year. Gold: final_decision (yes / no / maybe)."""
+    if path.suffix.lower() != ".json":
+        raise DataError(f"{path}: unsupported extension {path.suffix!r} (expected {PUBMEDQA})")
+    items = parse_json(read_text(path), path, None)
+    if not isinstance(items, dict):
+        raise DataError(f"{path}: top level is {kind_name(items)}; expected {PUBMEDQA}")
+    if not items:
+        raise DataError(f"{path}: no data rows (expected {PUBMEDQA})")
+    return _finish(path, [_pubmedqa(str(pmid), item, f"{path}: key {show(str(pmid))}") for pmid, item in items.items()])
+
+
+def _pubmedqa(pmid: str, item: Any, source: str) -> Example:
+    if not isinstance(item, dict):
+        raise DataError(f"{source}: expected an object {{QUESTION, CONTEXTS, final_decision, ...}}, got {kind_name(item)}")
+    question = required_text(item, ("QUESTION",), source, PUBMEDQA)
+    contexts = _text_list(item, "CONTEXTS", source, required=True)
+    labels = _text_list(item, "LABELS", source, required=False)
+    if labels and len(labels) != len(contexts):
+        raise DataError(f"{source}: {len(labels)} LABELS for {len(contexts)} CONTEXTS")
+    fields = {"question": question, "contexts": contexts, "context_labels": labels,
+              "year": optional_text(item, ("YEAR",), source)}
+    gold = required_text(item, ("final_decision",), source, PUBMEDQA).lower()
+    return Example(id=pmid, fields=fields, gold=gold, source=source)
+
+
+def _text_list(item: dict[str, Any], key: str, source: str, required: bool) -> list[str]:
+    value = item.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list) or (required and not value):
+        raise DataError(f"{source}: {key!r} must be a non-empty list of texts, got {kind_name(value)}")
+    texts = [text_cell(v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if any(t is None for t in texts):
+        raise DataError(f"{source}: {key!r} holds an empty entry")
+    return texts
+
+
+# --- MedNLI ----------------------------------------------------------------------------------------------
+
+
+def load_mednli(path: Path, data: DataSpec) -> list[Example]:
+    """MedNLI (mli_test_v1.jsonl). Fields: sentence1 (premise), sentence2 (hypothesis). Gold: gold_label."""
+    rows = table_rows(path, MEDNLI, ("sentence1", "sentence2", "gold_label"))
+    examples = []
+    for n, (source, record) in enumerate(rows, 1):
+        fields = {key: required_text(record, (key,), source, MEDNLI) for key in ("sentence1", "sentence2")}
+        gold = required_text(record, ("gold_label",), source, MEDNLI).lower()
+        examples.append(Example(id=row_id(record, "pairID", source, f"{path.stem}-{n}"), fields=fields,
+                                gold=gold, source=source))
+    return _finish(path, examples)
+
+
+# --- MeQSum ----------------------------------------------------------------------------------------------
+
+
+def load_meqsum(path: Path, data: DataSpec) -> list[Example]:
+    """MeQSum (the released .xlsx, or .csv/.json/.jsonl with the same columns). Fields: question (the
+    consumer health question, CHQ). Gold: Summary."""
+    rows = table_rows(path, MEQSUM, ("CHQ", "Summary"), (*_TABLE_EXTENSIONS, ".xlsx"))
+    examples = [
+        Example(id=row_id(record, "File", source, f"{path.stem}-{n}"),
+                fields={"question": required_text(record, ("CHQ",), source, MEQSUM)},
+                gold=required_text(record, ("Summary",), source, MEQSUM), source=source)
+        for n, (source, record) in enumerate(rows, 1)
+    ]
+    return _finish(path, examples)
+
+
+# --- Problem Summary (BioNLP 2023 task 1A) ---------------------------------------------------------------
+
+_SUBJECTIVE = ("Subjective Sections", "Subjectives")  # the training file's name, then the test file's
+_OBJECTIVE = ("Objective Sections", "Objectives")
+
+
+def load_problem_summary(path: Path, data: DataSpec) -> list[Example]:
+    """BioNLP 2023 task 1A progress notes. Fields: subjective, objective, assessment, problems (the gold
+    list). Gold: Summary, the problems separated by ';'."""
+    rows = table_rows(path, PROBLEM_SUMMARY, ("Assessment", "Summary"))
+    examples = []
+    for n, (source, record) in enumerate(rows, 1):
+        summary = required_text(record, ("Summary",), source, PROBLEM_SUMMARY)
+        fields = {"subjective": optional_text(record, _SUBJECTIVE, source),
+                  "objective": optional_text(record, _OBJECTIVE, source),
+                  "assessment": required_text(record, ("Assessment",), source, PROBLEM_SUMMARY),
+                  "problems": [p.strip() for p in summary.split(";") if p.strip()]}
+        examples.append(Example(id=row_id(record, "File ID", source, f"{path.stem}-{n}"), fields=fields,
+                                gold=summary, source=source))
+    return _finish(path, examples)
+
+
+# --- MeDiSumQA -------------------------------------------------------------------------------------------
+
+
+def load_medisumqa(path: Path, data: DataSpec) -> list[Example]:
+    """MeDiSumQA. Fields: discharge_summary, question. Gold: Answer. A note has several questions, so the
+    id is '<note_id>-<k>' (the k-th question of that note in file order)."""
+    rows = table_rows(path, MEDISUMQA)
+    examples, seen, per_note = [], {}, {}
+    for source, record in rows:
+        note = required_text(record, ("note_id",), source, MEDISUMQA)
+        question = required_text(record, ("Question",), source, MEDISUMQA)
+        if (note, question) in seen:
+            raise DataError(f"{source}: duplicated question for note {show(note)} (first at {seen[note, question]})")
+        seen[note, question] = source
+        per_note[note] = per_note.get(note, 0) + 1
+        fields = {"discharge_summary": required_text(record, ("with_discharge_summary", "discharge_summary"),
+                                                     source, MEDISUMQA),
+                  "question": question}
+        examples.append(Example(id=f"{note}-{per_note[note]}", fields=fields,
+                                gold=required_text(record, ("Answer",), source, MEDISUMQA), source=source))
+    return _finish(path, examples)
+
+
+# --- MeDiSumCode -----------------------------------------------------------------------------------------
+
+
+def load_medisumcode(path: Path, data: DataSpec) -> list[Example]:
+    """MeDiSumCode. Fields: discharge_summary, codes (normalised: upper case, no dots), descriptions.
+    Gold: the codes joined by ';'."""
+    rows = table_rows(path, MEDISUMCODE, extensions=(".json", ".jsonl"))
+    examples = []
+    for n, (source, record) in enumerate(rows, 1):
+        codes, descriptions = _icd_codes(record, source)
+        fields = {"discharge_summary": required_text(record, ("text",), source, MEDISUMCODE),
+                  "codes": codes, "descriptions": descriptions}
+        examples.append(Example(id=row_id(record, "hadm_id", source, f"{path.stem}-{n}"), fields=fields,
+                                gold=";".join(codes), source=source))
+    return _finish(path, examples)
+
+
+def _icd_codes(record: dict[str, Any], source: str) -> tuple[list[str], list[str]]:
+    value = record.get("icd_codes")
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{source}: 'icd_codes' must be a non-empty list, got {kind_name(value)} (expected {MEDISUMCODE})")
+    codes: list[str] = []
+    descriptions: list[str] = []
+    for i, entry in enumerate(value):
+        raw = entry.get("code") if isinstance(entry, dict) else entry
+        code = normalize_code(text_cell(raw, f"icd_codes[{i}]", source) or "")
+        if not _CODE_SHAPE.fullmatch(code):
+            raise DataError(f"{source}: icd_codes[{i}] is not an ICD-10 code: {show(str(raw))}")
+        if code in codes:
+            continue  # listed twice (MIMIC repeats a code at another sequence number): one gold code
+        codes.append(code)
+        description = entry.get("description") if isinstance(entry, dict) else None
+        descriptions.append(text_cell(description, f"icd_codes[{i}].description", source) or "")
+    return codes, descriptions
+
+
+LOADERS: dict[str, Loader] = {
+    "multiple_choice": load_multiple_choice,
+    "medmcqa": load_medmcqa,
+    "pubmedqa": load_pubmedqa,
+    "mednli": load_mednli,
+    "meqsum": load_meqsum,
+    "problem_summary": load_problem_summary,
+    "medisumqa": load_medisumqa,
+    "medisumcode": load_medisumcode,
+    "longhealth": load_longhealth,
+}

@@ -1,0 +1,144 @@
+"""LongHealth (benchmark_v5.json): patients' long records, multiple-choice questions, and the documents
+each of the three tasks shows with a question."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from edgeeval.config import DataSpec
+from edgeeval.data import Example, check_unique_ids, kind_name, parse_json, read_text, show, text_cell
+from edgeeval.errors import DataError
+
+LONGHEALTH = (
+    "LongHealth benchmark_v5.json: {patient: {texts: {text_0: ..., ...}, questions: [{No, question, "
+    "answer_a, ..., answer_e, correct, answer_location}, ...]}, ...}"
+)
+_ANSWER_KEYS = ("answer_a", "answer_b", "answer_c", "answer_d", "answer_e")
+_LETTERS = "ABCDEFGHIJ"
+
+
+def load_longhealth(path: Path, data: DataSpec) -> list[Example]:
+    """One example per question. Fields: question, options ({'A': text, ...}, plus the
+    `unanswerable_option` last when the task has one) and documents ([{'text', 'rank'}, ...] in the order
+    shown; rank 0 is the most relevant, the order in which a `drop_documents` context policy keeps them).
+
+    Which documents: see DataSpec.documents. Distractors are other patients' documents, chosen and the
+    shown order shuffled by hashing the example id, so every run shows the same prompt."""
+    patients = parse_json(read_text(path), path, None)
+    if not isinstance(patients, dict) or not patients:
+        raise DataError(f"{path}: top level is {kind_name(patients)}; expected {LONGHEALTH}")
+    records = {key: _patient(path, str(key), value) for key, value in patients.items()}
+    if data.documents != "patient" and data.distractors < 1:
+        raise DataError(f"{path}: documents '{data.documents}' needs distractors >= 1")
+    library = [(key, text_id, text) for key, (texts, _) in records.items() for text_id, text in texts.items()]
+    examples = [
+        _example(path, key, number, question, texts, library, data)
+        for key, (texts, questions) in records.items()
+        for number, question in enumerate(questions, 1)
+    ]
+    if not examples:
+        raise DataError(f"{path}: no questions (expected {LONGHEALTH})")
+    check_unique_ids(path, examples)
+    return examples
+
+
+def _patient(path: Path, key: str, value: Any) -> tuple[dict[str, str], list[Any]]:
+    where = f"{path}: patient {show(key)}"
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: expected an object with 'texts' and 'questions', got {kind_name(value)}")
+    texts, questions = value.get("texts"), value.get("questions")
+    if not isinstance(texts, dict) or not texts:
+        raise DataError(f"{where}: 'texts' must be a non-empty object {{text_0: ..., ...}}, got {kind_name(texts)}")
+    if not isinstance(questions, list):
+        raise DataError(f"{where}: 'questions' must be a list, got {kind_name(questions)}")
+    clean = {}
+    for text_id, text in texts.items():
+        body = text_cell(text, f"texts.{text_id}", where)
+        if body is None:
+            raise DataError(f"{where}: document {show(str(text_id))} is empty")
+        clean[str(text_id)] = body
+    return clean, questions
+
+
+def _example(path: Path, key: str, number: int, question: Any, texts: dict[str, str],
+             library: list[tuple[str, str, str]], data: DataSpec) -> Example:
+    source = f"{path}: patient {show(key)} question {number}"
+    if not isinstance(question, dict):
+        raise DataError(f"{source}: expected an object, got {kind_name(question)} ({LONGHEALTH})")
+    options = _options(question, source)
+    gold = _letter_of(question, options, source)
+    if data.unanswerable_option:
+        letter = _LETTERS[len(options)]
+        options[letter] = data.unanswerable_option
+        gold = letter if data.documents == "distractors_only" else gold
+    example_id = f"{key}-q{_number(question, number, source)}"
+    answer_ids = _answer_ids(question, texts, source)
+    documents = _documents(example_id, key, texts, answer_ids, library, data, source)
+    fields = {"question": _text(question, "question", source), "options": options, "documents": documents}
+    return Example(id=example_id, fields=fields, gold=gold, source=source)
+
+
+def _text(question: dict[str, Any], key: str, source: str) -> str:
+    if key not in question:
+        raise DataError(f"{source}: missing field {key!r} (expected {LONGHEALTH})")
+    value = text_cell(question[key], key, source)
+    if value is None:
+        raise DataError(f"{source}: field {key!r} is empty")
+    return value
+
+
+def _options(question: dict[str, Any], source: str) -> dict[str, str]:
+    return {letter: _text(question, key, source) for letter, key in zip(_LETTERS, _ANSWER_KEYS)}
+
+
+def _letter_of(question: dict[str, Any], options: dict[str, str], source: str) -> str:
+    """The letter of the option whose text is `correct`: an exact match (ignoring case and spacing), else
+    the single option that contains it (the rule CLUE's scorer applies)."""
+    correct = " ".join(_text(question, "correct", source).casefold().split())
+    flat = {letter: " ".join(text.casefold().split()) for letter, text in options.items()}
+    exact = [letter for letter, text in flat.items() if text == correct]
+    within = [letter for letter, text in flat.items() if correct in text]
+    found = exact or within
+    if len(found) != 1:
+        what = "matches no option" if not found else f"matches options {', '.join(found)}"
+        raise DataError(f"{source}: 'correct' {show(question['correct'])} {what}")
+    return found[0]
+
+
+def _number(question: dict[str, Any], default: int, source: str) -> str:
+    value = question.get("No")
+    return (text_cell(value, "No", source) or str(default)) if value is not None else str(default)
+
+
+def _answer_ids(question: dict[str, Any], texts: dict[str, str], source: str) -> list[str]:
+    location = question.get("answer_location") or {}
+    if not isinstance(location, dict):
+        raise DataError(f"{source}: 'answer_location' must be an object keyed by text id, got {kind_name(location)}")
+    unknown = [str(k) for k in location if str(k) not in texts]
+    if unknown:
+        raise DataError(f"{source}: answer_location names {show(unknown[0])}, which is not one of the patient's texts")
+    return [str(k) for k in location]
+
+
+def _documents(example_id: str, key: str, texts: dict[str, str], answer_ids: list[str],
+               library: list[tuple[str, str, str]], data: DataSpec, source: str) -> list[dict[str, Any]]:
+    answer = [(key, t) for t in answer_ids]
+    if data.documents == "patient":
+        chosen = answer + [(key, t) for t in texts if t not in answer_ids]
+    else:
+        others = sorted(((k, t) for k, t, _ in library if k != key), key=lambda d: _hash(example_id, *d))
+        if not others:
+            raise DataError(f"{source}: no other patient's documents to use as distractors")
+        chosen = (answer if data.documents == "answer_and_distractors" else []) + others[: data.distractors]
+        if data.documents == "answer_and_distractors" and not answer_ids:
+            raise DataError(f"{source}: no answer_location, so task 2 cannot include the answer's documents")
+    text_of = {(k, t): text for k, t, text in library}
+    ranked = [{"text": text_of[doc], "rank": rank, "key": doc} for rank, doc in enumerate(chosen)]
+    shown = sorted(ranked, key=lambda d: _hash(example_id, "order", *d["key"]))
+    return [{"text": d["text"], "rank": d["rank"]} for d in shown]
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()

@@ -1,0 +1,198 @@
+"""A study: the arms (model runs), the pairs compared, and their scored records, results and paired
+comparisons; built from one run directory or from several, with or without prompt and answer text."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import polars as pl
+
+from edgeeval.errors import EdgeevalError
+from edgeeval.metrics import COMPARISON_SCHEMA, SUMMARY_SCHEMA, compare_pair, score_records, summarize
+from edgeeval.scoring import load_current_records
+
+# Record columns that hold patient or model text; --no-text drops them, and any other string column
+# not named in SAFE_STRING_COLUMNS.
+TEXT_COLUMNS = ("prompt", "output", "options")
+SAFE_STRING_COLUMNS = frozenset({"model", "task", "example_id", "gold", "parsed", "error", "finish_reason", "kind",
+                                 "metrics", "unoffered_choice"})
+# Gold and parsed answers are kept under --no-text only for tasks whose answers are labels (an option
+# letter, "entailment", ICD codes) and only when short; never a reference summary or a free-text answer.
+LABEL_KINDS = frozenset({"multiple_choice", "label", "abstention", "icd_coding"})
+LABEL_MAX_CHARS = 40
+LABEL_MAX_SPACES = 2
+WITHHELD = "[text withheld]"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory as the report names it."""
+
+    name: str
+    path: Path
+    manifest: dict
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One model in one run: what the charts and tables call a model."""
+
+    label: str
+    run: str
+    model: str
+    meta: dict
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two arms compared on the same examples; delta = candidate - baseline."""
+
+    name: str
+    baseline: str
+    candidate: str
+
+
+@dataclass(frozen=True)
+class Study:
+    """Everything a report shows; the renderers only read it."""
+
+    title: str
+    runs: list[Run]
+    arms: dict[str, Arm]
+    pairs: list[Pair]
+    tasks: dict[str, dict]
+    scored: pl.DataFrame
+    """One row per (arm, task, example); column `model` holds the arm label."""
+    results: pl.DataFrame
+    comparison: pl.DataFrame
+    has_text: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def family(self, arm: str) -> str:
+        """'general', 'biomedical' (models.toml), or '' when unknown."""
+        meta = self.arms[arm].meta if arm in self.arms else {}
+        return meta.get("family") or ""
+
+
+def score_run(run_dir: Path) -> tuple[dict, pl.DataFrame]:
+    """The manifest and one scored row per (model, task, example) of a run directory."""
+    manifest, records = load_current_records(run_dir)
+    return manifest, score_records(records) if records.height else records
+
+
+def study_from_run(run_dir: Path, seed: int = 0) -> Study:
+    manifest, scored = score_run(run_dir)
+    run = Run(run_dir.resolve().name, run_dir, manifest)
+    arms = {m: Arm(m, run.name, m, meta) for m, meta in manifest.get("models", {}).items()}
+    pairs = [Pair(n, p["baseline"], p["candidate"]) for n, p in manifest.get("pairs", {}).items()]
+    return _assemble("edgeeval report", [run], arms, pairs, manifest.get("tasks", {}), scored, seed, [])
+
+
+def study_from_runs(run_dirs: list[Path], seed: int = 0) -> Study:
+    """Several runs of the same models side by side: every arm against the first run's arm of the
+    same model, and each run's own pairs; examples are paired on their ids within each task."""
+    runs, frames, arms, tasks = [], [], {}, {}
+    for name, path in zip(run_labels(run_dirs), run_dirs):
+        manifest, scored = score_run(path)
+        run = Run(name, path, manifest)
+        runs.append(run)
+        for model, meta in run.manifest.get("models", {}).items():
+            label = f"{run.name}:{model}"
+            arms[label] = Arm(label, run.name, model, meta)
+        if scored.height:
+            frames.append(scored.with_columns(pl.concat_str(pl.lit(f"{run.name}:"), pl.col("model")).alias("model")))
+        for task, meta in run.manifest.get("tasks", {}).items():
+            tasks.setdefault(task, meta)
+    scored = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    pairs = _cross_run_pairs(runs) + _within_run_pairs(runs)
+    title = "edgeeval comparison of " + ", ".join(run.name for run in runs)
+    return _assemble(title, runs, arms, pairs, tasks, scored, seed, _task_drift(runs))
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """Each run's directory name, or as many trailing path parts as it takes to tell them apart."""
+    resolved = [p.resolve() for p in run_dirs]
+    if len(set(resolved)) < len(resolved):
+        raise EdgeevalError("the same run directory is given twice")
+    for depth in range(1, max(len(p.parts) for p in resolved) + 1):
+        labels = ["/".join(p.parts[-depth:]) for p in resolved]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in resolved]
+
+
+def _cross_run_pairs(runs: list[Run]) -> list[Pair]:
+    first, pairs = runs[0], []
+    for run in runs[1:]:
+        for model in _model_order(first.manifest):
+            if model in run.manifest.get("models", {}):
+                pairs.append(Pair(f"{model}: {first.name} vs {run.name}", f"{first.name}:{model}", f"{run.name}:{model}"))
+    return pairs
+
+
+def _model_order(manifest: dict) -> list[str]:
+    """The models of a run, those of its pairs first (baseline, candidate), then the rest."""
+    paired = [m for p in manifest.get("pairs", {}).values() for m in (p["baseline"], p["candidate"])]
+    return list(dict.fromkeys(paired + list(manifest.get("models", {}))))
+
+
+def _within_run_pairs(runs: list[Run]) -> list[Pair]:
+    return [Pair(f"{run.name}:{name}", f"{run.name}:{p['baseline']}", f"{run.name}:{p['candidate']}")
+            for run in runs for name, p in run.manifest.get("pairs", {}).items()]
+
+
+def _task_drift(runs: list[Run]) -> list[str]:
+    """Warn when a task's prompt or data differ between runs: then a difference is not the model's alone."""
+    notes = []
+    tasks = {t for run in runs for t in run.manifest.get("tasks", {})}
+    for task in sorted(tasks):
+        hashes = {run.name: run.manifest["tasks"][task].get("hash") for run in runs if task in run.manifest.get("tasks", {})}
+        if len(set(hashes.values())) > 1:
+            listed = ", ".join(f"{name} {h}" for name, h in hashes.items())
+            notes.append(f"task {task}: the prompt, data or settings differ between runs (task hash {listed}); "
+                         "differences across runs are not the model's alone")
+    return notes
+
+
+def _assemble(title, runs, arms, pairs, tasks, scored, seed, notes) -> Study:
+    present = set(scored["model"].unique().to_list()) if scored.height else set()
+    pairs = [p for p in pairs if {p.baseline, p.candidate} <= present]
+    # Baselines before candidates, in pair order, so every table and chart reads left to right.
+    order = [a for p in pairs for a in (p.baseline, p.candidate)] + list(arms)
+    arms = {label: arms[label] for label in dict.fromkeys(order) if label in arms}
+    results = summarize(scored, seed=seed) if scored.height else pl.DataFrame(schema=SUMMARY_SCHEMA)
+    comparisons = [compare_pair(scored, p.name, p.baseline, p.candidate, seed=seed) for p in pairs]
+    comparison = pl.concat(comparisons) if comparisons else pl.DataFrame(schema=COMPARISON_SCHEMA)
+    return Study(title, runs, arms, pairs, tasks, scored, results, comparison, True, notes)
+
+
+def without_text(study: Study) -> Study:
+    """The same study with no prompt or answer text in it: for figures shared outside the hospital."""
+    # Keep only string columns known to hold no free text: a new text column stays out until named here.
+    unknown = [c for c, dtype in study.scored.schema.items() if dtype == pl.String and c not in SAFE_STRING_COLUMNS]
+    scored = study.scored.drop([c for c in TEXT_COLUMNS if c in study.scored.columns] + unknown, strict=False)
+    labels = pl.col("kind").is_in(list(LABEL_KINDS)) if "kind" in scored.columns else pl.lit(True)
+    redactions = [pl.when(labels).then(pl.col(c).map_elements(redact_label, return_dtype=pl.String))
+                  .otherwise(pl.when(pl.col(c).is_not_null()).then(pl.lit(WITHHELD))).alias(c)
+                  for c in ("gold", "parsed") if c in scored.columns]
+    if "error" in scored.columns:
+        redactions.append(pl.col("error").map_elements(error_kind, return_dtype=pl.String))
+    return replace(study, scored=scored.with_columns(redactions) if redactions else scored, has_text=False)
+
+
+def redact_label(value: str | None) -> str | None:
+    if value is None:
+        return None
+    short = len(value) <= LABEL_MAX_CHARS and value.count(" ") <= LABEL_MAX_SPACES and "\n" not in value
+    return value if short else WITHHELD
+
+
+def error_kind(error: str | None) -> str | None:
+    """'prompt_too_long', 'native crash', 'engine': the kind of failure without its message, which
+    may quote the input."""
+    if error is None:
+        return None
+    kind = error.split(":", 1)[0].strip()
+    return kind if re.fullmatch(r"[\w ()-]{1,40}", kind) else "error"

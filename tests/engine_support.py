@@ -1,0 +1,117 @@
+"""Helpers for the engine tests: a slow, obvious reference scorer, and a tiny float32 model.
+
+Why a float32 model: on the quantized demo models llama.cpp's results for a token change when the
+same numbers are summed in another order (a token's keys/values in other cache cells, another batch
+layout): the activations are rounded to 8 bits before every quantized matrix product, and a change
+in the last bit of a sum now and then moves a value across a rounding step, by far more than float
+rounding. With float32 weights there is no such rounding, so the batched and the one-at-a-time
+paths must agree to float precision: that is where the bookkeeping (positions, sequences, which
+logits row scores which token) is checked exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import llama_cpp as L
+import numpy as np
+
+from edgeeval.engine.llama import LlamaModel
+
+
+class NaiveScorer:
+    """Scores a continuation by decoding context+continuation as one sequence in its own context
+    (one sequence, cleared before every item, logits for every position) and summing the
+    continuation tokens' log-probabilities."""
+
+    def __init__(self, model: LlamaModel, n_ctx: int = 2048):
+        self.model = model
+        params = L.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_ctx
+        params.n_ubatch = model.settings.n_ubatch
+        params.n_threads = params.n_threads_batch = model.settings.n_threads
+        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = L.llama_init_from_model(model.model, params)
+        assert self.ctx
+
+    def token_logprobs(self, tokens: list[int], start: int) -> list[float]:
+        """log p(tokens[j] | tokens[:j]) for j >= start."""
+        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
+        batch = L.llama_batch_init(len(tokens), 0, 1)
+        try:
+            for i, token in enumerate(tokens):
+                batch.token[i] = token
+                batch.pos[i] = i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1
+            batch.n_tokens = len(tokens)
+            assert L.llama_decode(self.ctx, batch) == 0
+            out = []
+            for j in range(start, len(tokens)):
+                ptr = L.llama_get_logits_ith(self.ctx, j - 1)
+                row = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).astype(np.float64)
+                out.append(float(row[tokens[j]] - row.max() - np.log(np.exp(row - row.max()).sum())))
+            return out
+        finally:
+            L.llama_batch_free(batch)
+
+    def score(self, context: str, continuation: str) -> float:
+        whole, start = self.model.split_tokens(context, continuation)
+        return sum(self.token_logprobs(whole, start))
+
+    def close(self) -> None:
+        L.llama_free(self.ctx)
+
+
+def write_tiny_f32_llama(tokenizer_from: Path, path: Path, seed: int = 0) -> Path:
+    """A 2-layer llama with random float32 weights and the tokenizer of another GGUF (SmolLM2's)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(tokenizer_from))
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    n_vocab, n_embd, n_head, n_head_kv, n_ff, n_layer = len(tokens), 64, 4, 2, 128, 2
+    head_dim = n_embd // n_head
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-f32")
+    writer.add_context_length(4096)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(0)  # all float32
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(reader.fields["tokenizer.ggml.pre"].contents())
+    writer.add_token_list(tokens)
+    writer.add_token_types(reader.fields["tokenizer.ggml.token_type"].contents())
+    writer.add_token_merges(reader.fields["tokenizer.ggml.merges"].contents())
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    rng = np.random.default_rng(seed)
+
+    def weight(rows: int, cols: int, scale: float) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(n_vocab, n_embd, 0.3))
+    writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    for i in range(n_layer):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.attn_q.weight", weight(n_embd, n_embd, 0.5))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", weight(n_head_kv * head_dim, n_embd, 0.5))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", weight(n_head_kv * head_dim, n_embd, 0.2))
+        writer.add_tensor(f"blk.{i}.attn_output.weight", weight(n_embd, n_embd, 0.2))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(n_ff, n_embd, 0.2))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(n_ff, n_embd, 0.2))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff, 0.2))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -1,0 +1,224 @@
+"""Log-likelihood scoring through llama.cpp: options scored together (shared prefix, one sequence per
+option, several items per batch) must give what one option at a time and a naive one-sequence
+reference give; a prefix kept in the cache must give what a cold cache gives.
+
+Two models, two tolerances (see engine_support for why): on a tiny float32 model the paths must
+agree to 1e-3 per option; on the quantized demo models llama.cpp itself moves a token's score when
+its keys sit in other cache cells, so there the check is the size of that noise (and the chosen
+option), and any bookkeeping bug (a wrong position, sequence or logits row) is far larger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgeeval.data import load_multiple_choice
+from edgeeval.engine import EngineError, EngineSettings
+from edgeeval.engine.llama import LlamaModel
+from engine_support import NaiveScorer, write_tiny_f32_llama
+
+pytestmark = pytest.mark.real_model
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
+SETTINGS = EngineSettings(n_ctx=2048)
+# The quantized models' noise (measured on the case challenges: most options move by less than
+# 0.05 nats per token, a few by up to ~0.5); a wrong token or position costs several nats.
+NOISE_PER_TOKEN = 0.6
+
+
+def mc_items(n: int, shots: int = 0) -> list[tuple[str, list[str]]]:
+    """Case challenges as (context, full-text options), optionally after a few solved examples."""
+    examples = load_multiple_choice(CASES)
+    prefix = "".join(f"Question: {e.fields['question']}\nAnswer: {e.fields['options'][e.gold]}\n\n"
+                     for e in examples[-shots:]) if shots else ""
+    return [(f"{prefix}Question: {e.fields['question']}\nAnswer:", [f" {t}" for t in e.fields["options"].values()])
+            for e in examples[:n]]
+
+
+@pytest.fixture(scope="module")
+def tiny_path(real_models, tmp_path_factory) -> Path:
+    return write_tiny_f32_llama(real_models["smollm2"], tmp_path_factory.mktemp("tiny") / "tiny-f32.gguf")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    model = LlamaModel(str(tiny_path), SETTINGS.resolved())
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_naive(tiny):
+    scorer = NaiveScorer(tiny)
+    yield scorer
+    scorer.close()
+
+
+@pytest.fixture(scope="module", params=["smollm2", "gemma"])
+def demo(request, real_models):
+    model = LlamaModel(str(real_models[request.param]), SETTINGS.resolved())
+    yield model
+    model.close()
+
+
+def logprobs(scores) -> list[float]:
+    assert all(s["error"] is None for s in scores), scores
+    return [s["logprob"] for s in scores]
+
+
+# --- exact agreement on the float32 model ------------------------------------------------------
+
+def test_batched_items_equal_one_option_at_a_time_and_the_naive_reference(tiny, tiny_naive):
+    items = mc_items(6)
+    batched = tiny.loglikelihood_many(items)
+    for (context, options), scores in zip(items, batched):
+        single = [tiny.loglikelihood(context, [option])[0]["logprob"] for option in options]
+        naive = [tiny_naive.score(context, option) for option in options]
+        np.testing.assert_allclose(logprobs(scores), single, atol=1e-3, rtol=0)
+        np.testing.assert_allclose(logprobs(scores), naive, atol=1e-3, rtol=0)
+
+
+def test_scores_record_tokens_mean_and_greedy_flags(tiny, tiny_naive):
+    context, options = mc_items(1)[0]
+    for option, score in zip(options, tiny.loglikelihood(context, options)):
+        whole, start = tiny.split_tokens(context, option)
+        per_token = tiny_naive.token_logprobs(whole, start)
+        assert score["n_tokens"] == len(whole) - start == len(score["greedy"])
+        assert score["n_context_tokens"] == start
+        assert score["mean_logprob"] == pytest.approx(score["logprob"] / score["n_tokens"])
+        assert score["logprob"] == pytest.approx(sum(per_token), abs=1e-3)
+        assert score["is_greedy"] == all(score["greedy"])
+
+
+def test_kept_few_shot_prefix_equals_a_cold_cache(tiny_path, tiny):
+    items = mc_items(4, shots=3)
+    warm = [tiny.loglikelihood(context, options) for context, options in items]  # one item per call
+    counters = tiny.info()["tokens"]
+    assert counters["prompt_tokens_decoded"] < counters["prompt_tokens"] / 2
+    for (context, options), scores in zip(items, warm):
+        cold = LlamaModel(str(tiny_path), SETTINGS.resolved())
+        try:
+            np.testing.assert_allclose(logprobs(scores), logprobs(cold.loglikelihood(context, options)), atol=1e-3)
+        finally:
+            cold.close()
+
+
+WORDS = ["fever", " cough", " the", " acute", " renal", " failure", ",", " of", " heart", "itis", " 5 mg",
+         " daily", " B", " nephro", " IV", " saline", " x", " ", "\n"]
+
+
+@st.composite
+def item_batches(draw):
+    """Items with random contexts and options: shared or unshared prefixes, options that share
+    their first words, one-token and long options, several items per batch."""
+    shared = draw(st.text(alphabet=st.sampled_from(WORDS), min_size=0, max_size=12))
+    n_items = draw(st.integers(1, 4))
+    items = []
+    for _ in range(n_items):
+        own = draw(st.text(alphabet=st.sampled_from(WORDS), min_size=1, max_size=30))
+        lead = draw(st.sampled_from(["", " the", " acute"]))
+        options = draw(st.lists(st.text(alphabet=st.sampled_from(WORDS[:16]), min_size=1, max_size=10),
+                                min_size=1, max_size=6))
+        items.append(("Case:" + shared + own, [lead + option for option in options]))
+    return items
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=item_batches(), n_batch=st.sampled_from([16, 64, 512]))
+def test_random_items_and_packings_equal_the_naive_reference(tiny_path, tiny_naive, items, n_batch):
+    model = LlamaModel(str(tiny_path), EngineSettings(n_ctx=2048, n_batch=n_batch, n_ubatch=n_batch).resolved())
+    try:
+        for (context, options), scores in zip(items, model.loglikelihood_many(items)):
+            for option, score in zip(options, scores):
+                whole, start = model.split_tokens(context, option)
+                if start == len(whole):  # the option merged into the context: nothing to score
+                    assert score["error"].startswith("empty_continuation")
+                    continue
+                assert score["logprob"] == pytest.approx(sum(tiny_naive.token_logprobs(whole, start)), abs=1e-3)
+    finally:
+        model.close()
+
+
+def test_letters_equal_one_token_options(tiny):
+    prompt = mc_items(1)[0][0] + " The answer is"
+    letters = tiny.letter_logprobs(prompt, [" A", " B", " C"])
+    scores = tiny.loglikelihood(prompt, [" A", " B", " C"])
+    assert list(letters) == [" A", " B", " C"]
+    np.testing.assert_allclose(list(letters.values()), logprobs(scores), atol=1e-3)
+    with pytest.raises(EngineError, match="not_single_token"):
+        tiny.letter_logprobs(prompt, [" A", " nephrology"])
+
+
+# --- tokenization at the boundary --------------------------------------------------------------
+
+def test_continuation_is_split_where_the_context_ends(tiny):
+    # A trailing space belongs to the continuation: " B" is one token, as after "Answer:".
+    whole, start = tiny.split_tokens("Answer: ", "B")
+    assert (whole, start) == tiny.split_tokens("Answer:", " B")
+    assert len(whole) - start == 1
+    # Context and continuation are tokenized together, so a word split across them is one token.
+    whole, start = tiny.split_tokens("The patient has nephr", "itis")
+    assert whole == tiny.tokenize("The patient has nephritis")
+
+
+def test_bad_items_get_error_scores_and_the_rest_are_scored(tiny):
+    too_long = ("fever " * 3000, [" yes", " no"])
+    results = tiny.loglikelihood_many([too_long, ("Q:", [" a", ""]), ("Q:", [" a", " b"])])
+    assert all(s["error"].startswith("prompt_too_long") for s in results[0])
+    assert all(s["error"].startswith("empty_continuation") for s in results[1])
+    assert all(s["error"] is None for s in results[2])
+    many_options = tiny.loglikelihood("Q:", [f" {i}" for i in range(40)])
+    assert many_options[0]["error"].startswith("too_many_options")
+
+
+# --- the quantized demo models -----------------------------------------------------------------
+
+def test_demo_models_batched_scores_match_the_naive_reference(demo):
+    naive = NaiveScorer(demo)
+    try:
+        items = mc_items(6)
+        same_choice = 0
+        for (context, options), scores in zip(items, demo.loglikelihood_many(items)):
+            reference = [naive.score(context, option) for option in options]
+            for score, ref in zip(scores, reference):
+                assert abs(score["logprob"] - ref) <= NOISE_PER_TOKEN * score["n_tokens"]
+            means = [s["mean_logprob"] for s in scores]
+            same_choice += np.argmax(means) == np.argmax([r / s["n_tokens"] for r, s in zip(reference, scores)])
+        assert same_choice >= 5
+    finally:
+        naive.close()
+
+
+def test_demo_models_are_deterministic_and_one_at_a_time_close(demo):
+    items = mc_items(3)
+    first = demo.loglikelihood_many(items)
+    assert demo.loglikelihood_many(items) == first  # same call, same layout: bit for bit
+    for (context, options), scores in zip(items, first):
+        for option, score in zip(options, scores):
+            alone = demo.loglikelihood(context, [option])[0]
+            assert abs(alone["logprob"] - score["logprob"]) <= NOISE_PER_TOKEN * score["n_tokens"]
+
+
+def test_gemma_sliding_window_prefix_longer_than_the_window(real_models):
+    """Gemma 3 attends over a 512-token window in most layers: a kept few-shot prefix longer than
+    that must still give a cold cache's scores (swa_full keeps every cell)."""
+    model = LlamaModel(str(real_models["gemma"]), SETTINGS.resolved())
+    cold = LlamaModel(str(real_models["gemma"]), SETTINGS.resolved())
+    try:
+        items = mc_items(3, shots=5)
+        assert len(model.tokenize(items[0][0])) > 900
+        for context, options in items:
+            warm = model.loglikelihood(context, options)
+            cold.loglikelihood("unrelated", [" text"])  # drop the kept prefix: a cold start below
+            fresh = cold.loglikelihood(context, options)
+            for a, b in zip(warm, fresh):
+                assert abs(a["logprob"] - b["logprob"]) <= NOISE_PER_TOKEN * a["n_tokens"]
+        tokens = model.info()["tokens"]
+        assert tokens["prompt_tokens_decoded"] < tokens["prompt_tokens"] / 3
+    finally:
+        model.close()
+        cold.close()
