@@ -1,7 +1,4 @@
-"""Fitting a prompt into the model's context window by the task's declared policy, before it is sent.
-
-The window is measured with an estimate (characters / `chars_per_token`), because only the engine can
-tokenize; the engine still refuses, and records, a prompt that turns out too long after all."""
+"""Fitting a prompt into the model's context window by the task's declared policy, before it is sent."""
 
 from __future__ import annotations
 
@@ -29,7 +26,9 @@ class Fitted:
 
 def fit_example(example: Example, policy: ContextSpec, budget: int, render: Render) -> Fitted:
     """Apply `policy` so that render(example) is estimated to fit `budget` tokens (the window less the
-    answer's max tokens). Under 'skip' nothing is cut: the engine records a prompt that is too long."""
+    answer's max tokens). Under 'skip' nothing is cut: the engine records a prompt that is too long.
+    The estimate is characters / chars_per_token because only the engine can tokenize; the engine still
+    refuses, and records, a cut prompt that turns out too long after all."""
     if policy.policy == "skip":
         return Fitted(example)
     estimate = estimate_tokens(render(example), policy)

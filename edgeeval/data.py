@@ -255,11 +255,11 @@ def _gold(record: dict[str, Any], options: dict[str, str], source: str) -> str:
     raw = text_cell(record.get("answer_idx"), "answer_idx", source)
     gold = raw.upper() if raw is not None else None
     if gold not in options:
-        raise DataError(f"{source}: answer_idx {show(raw or '')} is not one of the offered options {offered}")
+        raise DataError(f"{source}: answer_idx {brief(raw or '', 8)} is not one of the offered options {offered}")
     answer = text_cell(record.get("answer"), "answer", source)
     if answer is not None and answer != options[gold]:
         raise DataError(
-            f"{source}: answer {show(answer)} does not match option {gold} {show(options[gold])} (answer_idx {gold})"
+            f"{source}: answer {brief(answer)} does not match the text of option {gold} (answer_idx {gold})"
         )
     return gold
 
@@ -302,6 +302,13 @@ def text_cell(value: Any, key: str, source: str) -> str | None:
 def kind_name(value: Any) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
     return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def brief(value: Any, limit: int = 24) -> str:
+    """A cell quoted for an error message when it is short enough to be a label, a number or a code; a
+    longer one may be patient text that slipped into the wrong column, so it is described, not shown."""
+    text = str(value)
+    return show(text) if len(text) <= limit and "\n" not in text else f"a {len(text)}-character text (not shown)"
 
 
 def show(value: str, limit: int = 60) -> str:

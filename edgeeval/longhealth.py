@@ -1,5 +1,4 @@
-"""LongHealth (benchmark_v5.json): patients' long records, multiple-choice questions, and the documents
-each of the three tasks shows with a question."""
+"""LongHealth (benchmark_v5.json): patients' records, their questions, and the documents each task shows."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeeval.config import DataSpec
-from edgeeval.data import Example, check_unique_ids, kind_name, parse_json, read_text, show, text_cell
+from edgeeval.data import Example, brief, check_unique_ids, kind_name, parse_json, read_text, show, text_cell
 from edgeeval.errors import DataError
 
 LONGHEALTH = (
@@ -103,7 +102,7 @@ def _letter_of(question: dict[str, Any], options: dict[str, str], source: str) -
     found = exact or within
     if len(found) != 1:
         what = "matches no option" if not found else f"matches options {', '.join(found)}"
-        raise DataError(f"{source}: 'correct' {show(question['correct'])} {what}")
+        raise DataError(f"{source}: 'correct' {brief(question['correct'])} {what}")
     return found[0]
 
 

@@ -1,19 +1,4 @@
-"""Metrics as Polars expressions over the records: per-example scores for every kind of task, per-model
-summaries with bootstrap CIs, and paired baseline-vs-candidate comparisons.
-
-Every metric but macro-F1 and the confusion table is a ratio of sums over examples, sum(numerator) /
-sum(denominator): a mean when the denominator is 1 (accuracy, ROUGE), a micro-average otherwise
-(code_precision_micro = true codes / generated codes). A ratio with nothing in its denominator is 0
-(no generated codes: precision 0, hallucination rate 0), as CLUE scores an empty prediction.
-
-Errors (engine crash, prompt too long) count against every quality metric, like a wrong answer, and are
-reported on their own as error_rate; they are never hallucinations.
-
-Paired comparisons: a paired bootstrap CI for every delta; the p-value is an exact McNemar test for the
-per-example yes/no metrics (accuracy, invalid_rate, abstention_rate, hallucination_rate of a
-multiple-choice or abstention task) and a paired permutation (sign-flip) test otherwise; Holm
-adjusts each metric's p-values across the tasks of the comparison.
-"""
+"""Metrics as Polars expressions over the records: per-example scores, per-model summaries, paired comparisons."""
 
 from __future__ import annotations
 
@@ -28,6 +13,17 @@ from edgeeval import stats
 from edgeeval.icd import category, is_valid
 from edgeeval.parsing import normalize_problem, parse_problem_list
 from edgeeval.rouge import ROUGE_TYPES, rouge_f
+
+# Every metric but macro-F1 and the confusion table is a ratio of sums over examples, sum(numerator) /
+# sum(denominator): a mean when the denominator is 1 (accuracy, ROUGE), a micro-average otherwise
+# (code_precision_micro = right codes / generated codes). A ratio with nothing in its denominator is 0
+# (no generated codes: precision 0, hallucination rate 0), as CLUE scores an empty prediction.
+# Errors (engine crash, prompt too long) count against every quality metric like a wrong answer, are
+# reported on their own as error_rate, and are never hallucinations.
+# Paired comparisons: a paired bootstrap CI for every delta; the p-value is an exact McNemar test for
+# per-example yes/no metrics (accuracy, invalid_rate, abstention_rate, hallucination_rate of a
+# multiple-choice or abstention task) and a paired permutation (sign-flip) test otherwise; Holm adjusts
+# each metric's p-values across the tasks compared.
 
 REQUIRED_COLUMNS = ("model", "task", "example_id", "gold", "parsed", "error")
 DEFAULT_KIND = "multiple_choice"
@@ -159,7 +155,7 @@ def _score_summary(records: pl.DataFrame) -> pl.DataFrame:
     rows = zip(records["gold"].to_list(), records["parsed"].to_list(), records["error"].to_list(), stemmer)
     scores = [_summary_scores(gold, text if error is None else None, stem) for gold, text, error, stem in rows]
     columns = {name: pl.Series(name, [s[name] for s in scores], dtype=pl.Float64) for name in (*ROUGE_TYPES, "problem_f1")}
-    empty = pl.col("parsed").fill_null("").str.strip_chars() == ""
+    empty = pl.col("parsed").cast(pl.String).fill_null("").str.strip_chars() == ""
     return records.with_columns(
         errored=errored_expr(), invalid=empty & pl.col("error").is_null(), **columns
     )
@@ -191,8 +187,8 @@ def _score_icd(records: pl.DataFrame) -> pl.DataFrame:
 def icd_counts(gold: str, parsed: str | None) -> dict[str, float]:
     """Exact-code and 3-character-category counts and P/R/F1 for one example, plus how many generated
     codes are not ICD-10-CM codes. Codes are compared normalised (upper case, no dots), each once."""
-    truth = [c for c in gold.split(";") if c]
-    found = [c for c in (parsed or "").split(";") if c]
+    truth = list(dict.fromkeys(c for c in gold.split(";") if c))
+    found = list(dict.fromkeys(c for c in (parsed or "").split(";") if c))
     result = {"hallucinated": float(sum(not is_valid(c) for c in found)), "hallucination_units": float(len(found))}
     for unit, norm in (("code", str), ("category", category)):
         t, f = {norm(c) for c in truth}, {norm(c) for c in found}

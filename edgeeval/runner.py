@@ -15,6 +15,7 @@ from typing import Callable
 from tqdm import tqdm
 
 import edgeeval
+from edgeeval import icd
 from edgeeval.chat import ChatTemplate, load_chat_template, prompt_hash
 from edgeeval.config import Project, TaskSpec, load_task, resolve_model_path, task_hash
 from edgeeval.context import fit_example
@@ -81,7 +82,7 @@ def prepare_task(project: Project, name: str, data_override: Path | None, limit:
         spec = spec.model_copy(update={"max_tokens": max_tokens})
     data_path = data_override if data_override is not None else project.root / spec.data.path
     examples = load_examples(data_path, spec)
-    prompt = TaskPrompt(project.root / spec.prompt)
+    prompt = TaskPrompt(Path(spec.prompt), root=project.root)
     shots, shots_sha = few_shot_turns(project, spec, prompt, examples)
     if limit is not None:
         examples = examples[:limit]
@@ -122,7 +123,10 @@ def prepare_model(project: Project, name: str, sha_cache: dict | None = None) ->
         raise ConfigError(f"model '{name}': {path} has sha256 {sha}, but models.toml expects {spec.sha256}")
     # llama.cpp adds the BOS token itself when it tokenizes, so templates get an empty bos_token;
     # the EOS text is real (multi-turn Llama-2/Mistral prompts close earlier turns with it).
-    chat = load_chat_template(spec.chat_template, info.chat_template, "", info.eos_token or "", project.root)
+    try:
+        chat = load_chat_template(spec.chat_template, info.chat_template, "", info.eos_token or "", project.root)
+    except TemplateError as exc:
+        raise TemplateError(f"model '{name}' ({path}): {exc}") from None
     n_ctx = min(spec.n_ctx, info.context_length or spec.n_ctx)
     return PreparedModel(name, path, sha, info, chat, n_ctx)
 
@@ -247,7 +251,8 @@ def task_manifest(task: PreparedTask) -> dict:
             "format": spec.data.format, "examples": len(task.examples), "kind": spec.kind,
             "labels": spec.labels, "metrics": spec.metrics, "rouge_stemmer": spec.rouge_stemmer,
             "max_tokens": spec.max_tokens, "stop": spec.stop, "prompt": spec.prompt, "few_shot": few_shot,
-            "context": spec.context.model_dump()}
+            "context": spec.context.model_dump(),
+            **({"icd_table": icd.TABLE} if spec.kind == "icd_coding" else {})}
 
 
 def load_manifest(run_dir: Path) -> dict:
@@ -283,10 +288,13 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
         manifest.setdefault("tasks", {}).update({t.spec.name: task_manifest(t) for t in tasks})
         manifest.setdefault("models", {})
         manifest.setdefault("engine", {})
-        for model in prepared:
-            plans = [(task, *plan_units(model, task)) for task in tasks]
+        # Every model's prompts are rendered before any inference, so a template that fails on
+        # the candidate does not wait for hours of baseline work to say so.
+        all_plans = [[(task, *plan_units(model, task)) for task in tasks] for model in prepared]
+        for model, plans in zip(prepared, all_plans):
             manifest["models"][model.name] = model_manifest(model, project, any(f for _, _, f in plans))
-            store.write_manifest(manifest)
+        store.write_manifest(manifest)
+        for model, plans in zip(prepared, all_plans):
             info = _run_model(store, model, plans, settings, engine_factory, summary, progress)
             if info:
                 manifest["engine"][model.name] = info

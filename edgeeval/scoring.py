@@ -1,8 +1,4 @@
-"""Scoring: a run directory's records in, one row per (model, task, example) with its parsed answer out.
-
-Everything comes from the run directory (records and the manifest's task entries: kind, labels,
-metrics), never from the data files, so a run can be re-scored on a machine without them.
-"""
+"""Scoring: a run directory's records in, one row per (model, task, example) with its parsed answer out."""
 
 from __future__ import annotations
 
@@ -31,7 +27,8 @@ PARSED_COLUMNS = {"parsed": pl.String, "unoffered_choice": pl.String, "truncated
 def load_current_records(run_dir: Path) -> tuple[dict, pl.DataFrame]:
     """The manifest and the records that belong to the run's current models and tasks (files
     may also hold records of an older model file or task version; those are left out), the last
-    record winning when an example was retried."""
+    record winning when an example was retried. Everything comes from the run directory (records and
+    the manifest's task entries: kind, labels, metrics), never from the data files."""
     manifest = load_manifest(run_dir)
     if not manifest:
         raise DataError(f"{run_dir} is not an edgeeval run directory (no manifest.json)")

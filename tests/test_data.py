@@ -369,12 +369,12 @@ def test_answer_idx_as_number_is_rejected(tmp_path: Path) -> None:
 def test_answer_text_mismatch(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "a.csv", [row(), row("q2", gold="B", answer="a")])
     message = load_error(path)
-    assert f"{path}:3:" in message and "does not match option B" in message
+    assert f"{path}:3:" in message and "does not match the text of option B" in message
 
 
 def test_answer_text_mismatch_jsonl(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "a.jsonl", [medqa(gold="B", answer="a")])
-    assert f"{path}:1: answer 'a' does not match option B 'b'" in load_error(path)
+    assert f"{path}:1: answer 'a' does not match the text of option B" in load_error(path)
 
 
 def test_answer_text_matches_after_strip(tmp_path: Path) -> None:

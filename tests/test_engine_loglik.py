@@ -115,14 +115,16 @@ WORDS = ["fever", " cough", " the", " acute", " renal", " failure", ",", " of", 
 def item_batches(draw):
     """Items with random contexts and options: shared or unshared prefixes, options that share
     their first words, one-token and long options, several items per batch."""
-    shared = draw(st.text(alphabet=st.sampled_from(WORDS), min_size=0, max_size=12))
+    def words(pool: list[str], low: int, high: int) -> str:
+        return "".join(draw(st.lists(st.sampled_from(pool), min_size=low, max_size=high)))
+
+    shared = words(WORDS, 0, 12)
     n_items = draw(st.integers(1, 4))
     items = []
     for _ in range(n_items):
-        own = draw(st.text(alphabet=st.sampled_from(WORDS), min_size=1, max_size=30))
+        own = words(WORDS, 1, 30)
         lead = draw(st.sampled_from(["", " the", " acute"]))
-        options = draw(st.lists(st.text(alphabet=st.sampled_from(WORDS[:16]), min_size=1, max_size=10),
-                                min_size=1, max_size=6))
+        options = [words(WORDS[:16], 1, 10) for _ in range(draw(st.integers(1, 6)))]
         items.append(("Case:" + shared + own, [lead + option for option in options]))
     return items
 

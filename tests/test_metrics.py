@@ -1,4 +1,4 @@
-"""Tests for edgeeval.metrics: scoring flags, per-model summaries and paired comparisons."""
+"""Tests for edgeeval.metrics: per-example scores of every task kind, summaries and paired comparisons."""
 
 from __future__ import annotations
 
@@ -7,9 +7,20 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from edgeeval.metrics import compare_pair, score_multiple_choice, summarize
-from edgeeval.stats import holm, mcnemar_exact
+from edgeeval.metrics import (
+    compare_pair,
+    icd_counts,
+    metric_statistic,
+    problem_f1,
+    score_multiple_choice,
+    score_records,
+    summarize,
+)
+from edgeeval.rouge import rouge_f
+from edgeeval.stats import holm, mcnemar_exact, paired_permutation
 
 
 def _records(rows: list[tuple[str, str, str, str, str | None, str | None]]) -> pl.DataFrame:
@@ -195,9 +206,6 @@ def test_compare_pair_rejects_unknown_model_and_duplicates() -> None:
 
 # --- every kind of task -------------------------------------------------------------------------------------
 
-from edgeeval.metrics import icd_counts, metric_statistic, problem_f1, score_records  # noqa: E402
-from edgeeval.rouge import rouge_f  # noqa: E402
-from edgeeval.stats import paired_permutation  # noqa: E402
 
 
 def _frame(rows: list[dict], kind: str, metrics: str) -> pl.DataFrame:
@@ -369,3 +377,33 @@ def test_paired_permutation_properties() -> None:
     assert paired_permutation(base, base + rng.normal(0, 0.01, 40)) > 0.05
     with pytest.raises(ValueError, match="differ in length"):
         paired_permutation(base, base[:3])
+
+
+_CODES = st.lists(st.sampled_from(["I10", "E119", "E1122", "N183", "Z9999", "I5023", "K3580"]), max_size=5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(gold=_CODES.filter(bool), found=_CODES)
+def test_icd_counts_stay_in_bounds(gold: list[str], found: list[str]) -> None:
+    counts = icd_counts(";".join(gold), ";".join(found) or None)
+    for unit in ("code", "category"):
+        p, r, f = (counts[f"{unit}_{part}"] for part in ("precision", "recall", "f1"))
+        assert 0.0 <= min(p, r, f) and max(p, r, f) <= 1.0 and f <= max(p, r) + 1e-12
+    # (category recall is not bounded below by code recall: gold I10, E11.9, E11.22 with E11.9 and
+    # E11.22 found has code recall 2/3 but category recall 1/2; but finding every code finds every category)
+    if set(found) >= set(gold):
+        assert counts["code_recall"] == counts["category_recall"] == 1.0
+    assert 0 <= counts["hallucinated"] <= counts["hallucination_units"] == len(set(found))
+
+
+@settings(max_examples=40, deadline=None)
+@given(pairs=st.lists(st.tuples(st.sampled_from(["yes", "no", "maybe"]),
+                                st.sampled_from(["yes", "no", "maybe", None])), min_size=1, max_size=12))
+def test_label_summaries_stay_in_bounds(pairs: list[tuple[str, str | None]]) -> None:
+    rows = [{"gold": g, "parsed": p} for g, p in pairs]
+    summary = summarize(score_records(_frame(rows, "label", "accuracy,macro_f1,confusion")), seed=0)
+    for row in summary.iter_rows(named=True):
+        assert 0.0 <= row["ci_low"] <= row["value"] + 1e-12 and row["value"] <= row["ci_high"] + 1e-12 <= 1.0 + 1e-12
+    values = _values(summary)
+    if all(g == p for g, p in pairs):
+        assert values["accuracy"] == values["macro_f1"] == 1.0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -49,9 +48,6 @@ def no_patient_text(text: str) -> bool:
 
 # --- no network ----------------------------------------------------------------------------------------
 
-BLOCKED = (OSError, "network access attempted by edgeeval")
-
-
 def test_no_code_path_opens_a_connection_in_process(project_dir, tmp_path, monkeypatch):
     """The whole fast pipeline (run, scoring, statistics, reports, re-report) with every way of reaching
     the network replaced by a failure; the worker's AF_UNIX socket pair needs no connect and still works."""
@@ -60,7 +56,7 @@ def test_no_code_path_opens_a_connection_in_process(project_dir, tmp_path, monke
     def refuse(name):
         def blocked(*args, **kwargs):
             attempts.append((name, args[1:2] if name.startswith("socket.") else args[:1]))
-            raise OSError(BLOCKED[1])
+            raise OSError("network access attempted by edgeeval")
 
         return blocked
 
@@ -174,8 +170,6 @@ def test_report_elsewhere_is_owner_only_too(project_dir, tmp_path):
     out, report = tmp_path / "run", tmp_path / "share" / "report"
     assert cli(project_dir, run_args(project_dir, out)).returncode == 0
     result = cli(project_dir, ["report", str(out), "--out", str(report)], umask=0)
-    if result.returncode == 2 and "unrecognized arguments" in result.stderr:
-        pytest.skip("this version has no report --out")
     assert result.returncode == 0, result.stderr
     for path in [report, *report.rglob("*")]:
         assert stat.S_IMODE(path.lstat().st_mode) == (0o700 if path.is_dir() else 0o600), path
@@ -204,8 +198,6 @@ def test_bad_row_error_names_file_line_and_not_the_patient(project_dir, tmp_path
     assert no_patient_text(result.stderr), result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="data.py shows up to 60 characters of a bad answer_idx/answer cell; "
-                                       "a misaligned export puts case text there")
 def test_misaligned_cell_is_not_echoed(project_dir, tmp_path):
     rows = patient_rows()
     rows[1]["answer_idx"] = f"{PATIENT} (column shifted)"

@@ -23,7 +23,7 @@ import pytest
 from edgeeval.cli import main
 from edgeeval.engine import EngineSettings
 from edgeeval.engine import memory
-from edgeeval.errors import ConfigError, EdgeevalError, ModelFileError
+from edgeeval.errors import ConfigError
 from edgeeval.metrics import score_multiple_choice
 from edgeeval.scoring import load_current_records
 from edgeeval.store import read_records
@@ -181,8 +181,10 @@ def test_kill_minus_9_at_random_moments_then_resume(project_dir, tmp_path):
             phase = "startup"
         proc = subprocess.Popen(cmd, cwd=project_dir, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if phase == "startup":
-            time.sleep(rng.uniform(0.0, 0.9))
+        if phase == "startup":  # loading config, data, models; at the latest when the first answer begins
+            deadline = time.monotonic() + rng.uniform(0.0, 0.9)
+            while time.monotonic() < deadline and count_lines(log, b"start") == before_started:
+                time.sleep(0.002)
         elif phase == "answering":
             target = before_done + rng.randint(1, 10)
             assert wait_for(lambda: count_lines(log, b"done") >= target, proc)

@@ -347,9 +347,9 @@ def only_data_errors(task: str, path: Path) -> None:
         assert "\n" not in str(exc)
 
 
-@pytest.mark.parametrize("task, suffix", FILE_TASKS)
+@pytest.mark.parametrize("task, suffix", [*FILE_TASKS, ("meqsum", ".xlsx")])
 @FUZZ
-@given(content=st.binary(max_size=300))
+@given(content=st.binary(max_size=300) | st.binary(max_size=200).map(lambda b: b"PK\x03\x04" + b))
 def test_fuzz_bytes(tmp_path: Path, task: str, suffix: str, content: bytes) -> None:
     path = tmp_path / f"data{suffix}"
     path.write_bytes(content)

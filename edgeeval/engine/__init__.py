@@ -71,6 +71,8 @@ the worker boundary and goes into records as it is):
 - ``mean_logprob``: that sum divided by ``n_tokens`` (the length-normalised score)
 - ``n_tokens``: continuation tokens scored
 - ``n_context_tokens``: tokens before the first scored one
+- ``token_logprobs``: the log-probability of each continuation token (so other normalisations,
+  e.g. leaving out tokens every option shares, can be computed later without the model)
 - ``greedy``: per continuation token, whether it was the argmax at its position
 - ``is_greedy``: all of them were (the continuation is what greedy decoding would produce)
 - ``error``: None, or why this option has no score (then the numbers are None)

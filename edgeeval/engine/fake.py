@@ -74,14 +74,14 @@ class FakeModel:
             error = f"prompt_too_long: {n_context + n_tokens} prompt tokens do not fit the {self.settings.n_ctx}-token context window"
         if error:
             return {"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
-                    "greedy": None, "is_greedy": None, "error": error}
+                    "token_logprobs": None, "greedy": None, "is_greedy": None, "error": error}
         self.counters["prompt_tokens"] += n_context + n_tokens
         digest = hashlib.sha256(f"{self.path}\0{context}\0{option}".encode()).digest()
         logprobs = [-0.05 - 4.0 * digest[i % 32] / 255 for i in range(n_tokens)]
         greedy = [digest[(i + 7) % 32] < 64 for i in range(n_tokens)]
         total = sum(logprobs)
         return {"logprob": total, "mean_logprob": total / n_tokens, "n_tokens": n_tokens,
-                "n_context_tokens": n_context, "greedy": greedy, "is_greedy": all(greedy), "error": None}
+                "n_context_tokens": n_context, "token_logprobs": logprobs, "greedy": greedy, "is_greedy": all(greedy), "error": None}
 
     def letter_logprobs(self, prompt: str, letters: list[str]) -> dict[str, float]:
         """A softmax over the letters and one 'anything else' outcome, from a hash of the prompt."""

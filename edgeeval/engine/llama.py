@@ -77,6 +77,7 @@ class LlamaModel:
         self.batch = _Batch(self.n_batch, settings.n_seq_max)
         self._cached: list[int] = []  # the tokens of the prefix sequence (0) in the cache
         self._working_used = False  # whether any other sequence may hold cells
+        self._streams = None  # (context, sequences, cells each) for generate_many, made when needed
         self.counters = {"prompt_tokens": 0, "prompt_tokens_decoded": 0, "generated_tokens": 0,
                          "decode_calls": 0, "decode_seconds": 0.0}
 
@@ -206,19 +207,28 @@ class LlamaModel:
         self._cached.extend(chunk)
 
     def _llama_decode(self, batch, n_tokens: int) -> None:
-        begin = time.perf_counter()
-        rc = L.llama_decode(self.ctx, batch)
-        self.counters["decode_seconds"] += time.perf_counter() - begin
-        self.counters["decode_calls"] += 1
-        if rc != 0:
+        try:
+            self._decode_on(self.ctx, batch, n_tokens)
+        except RuntimeError:
             # The cache no longer matches what we think is in it.
             L.llama_memory_clear(self.memory, True)
             self._cached = []
+            raise
+
+    def _decode_on(self, ctx, batch, n_tokens: int) -> None:
+        begin = time.perf_counter()
+        rc = L.llama_decode(ctx, batch)
+        self.counters["decode_seconds"] += time.perf_counter() - begin
+        self.counters["decode_calls"] += 1
+        if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc} on a batch of {n_tokens} tokens")
 
     def _row(self, index: int) -> np.ndarray:
+        return self._row_of(self.ctx, index)
+
+    def _row_of(self, ctx, index: int) -> np.ndarray:
         """The logits of output `index` of the last decode (a view, valid until the next decode)."""
-        ptr = L.llama_get_logits_ith(self.ctx, index)
+        ptr = L.llama_get_logits_ith(ctx, index)
         if not ptr:
             raise RuntimeError(f"llama.cpp returned no logits for output {index}")
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
@@ -298,7 +308,6 @@ class LlamaModel:
 
     def _score(self, prefix: list[int], plans: list[_ItemPlan]) -> None:
         reused = self._set_prefix(prefix)
-        self.counters["prompt_tokens"] += len(prefix)
         self.counters["prompt_tokens_decoded"] += len(prefix) - reused
         free_seqs = list(range(self.settings.n_seq_max - 1, 0, -1))
         waiting = deque(plans)
@@ -363,66 +372,87 @@ class LlamaModel:
 
     def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str],
                       n_parallel: int | None = None) -> list[Generation]:
-        """Greedy answers to several prompts decoded together, one sequence each, in one batch per
-        step; a finished sequence's slot goes to the next prompt in the queue. The prompts' common
-        prefix is decoded once (and kept for the next call)."""
-        slots_max = self.settings.n_seq_max - 1
-        n_parallel = slots_max if n_parallel is None else max(1, min(n_parallel, slots_max))
-        started = time.perf_counter()
+        """Greedy answers to several prompts decoded together, one sequence each, one batch per step;
+        a finished sequence's slot goes to the next prompt in the queue (continuous batching).
+
+        The sequences live in a second context whose cache has one stream per sequence: in the
+        unified cache every token would attend over every sequence's cells (masked), which costs
+        more than the weights at 16 sequences. With one sequence it is `generate`, prompt by prompt."""
+        n_parallel = self.settings.n_seq_max if n_parallel is None else max(1, min(n_parallel, self.settings.n_seq_max))
         tokens = [self.tokenize(prompt) for prompt in prompts]
         results: list[Generation | None] = [None] * len(prompts)
         for i, toks in enumerate(tokens):
             if len(toks) >= self.n_ctx:
                 results[i] = Generation(text=None, n_prompt_tokens=len(toks), finish_reason="error",
-                                        error=_too_long(len(toks), self.n_ctx),
-                                        seconds=time.perf_counter() - started)
+                                        error=_too_long(len(toks), self.n_ctx))
             elif not toks:
                 results[i] = Generation(text=None, n_prompt_tokens=0, finish_reason="error",
                                         error="empty_prompt: nothing to generate from")
         todo = [i for i in range(len(prompts)) if results[i] is None]
-        if not todo:
+        n_parallel = min(n_parallel, len(todo))
+        if n_parallel <= 1:
+            for i in todo:
+                results[i] = self.generate(prompts[i], max_tokens, stop)
             return results  # type: ignore[return-value]
-        prefix = _common_prefix_all([tokens[i] for i in todo])
-        prefix = prefix[: min(len(tokens[i]) for i in todo) - 1]
-        reused = self._set_prefix(prefix)
-        self.counters["prompt_tokens_decoded"] += len(prefix) - reused
+        per_seq = max(len(tokens[i]) + min(max_tokens, self.n_ctx - len(tokens[i])) for i in todo)
+        streams = self._streams_context(n_parallel, per_seq)
         try:
-            self._generate_stream(prefix, tokens, todo, results, max_tokens, stop, n_parallel)
+            self._generate_stream(streams, tokens, todo, results, max_tokens, stop, n_parallel)
         finally:
-            self._drop_working_sequences()
+            L.llama_memory_clear(L.llama_get_memory(streams), False)
         return results  # type: ignore[return-value]
 
-    def _generate_stream(self, prefix, tokens, todo, results, max_tokens, stop, n_parallel) -> None:
-        free_seqs = list(range(n_parallel, 0, -1))
+    def _streams_context(self, n_seq: int, per_seq: int):
+        """The context for batched generation: n_seq sequences of per_seq cells each, kept for the
+        next call while it is big enough."""
+        per_seq = -(-per_seq // 256) * 256
+        have = self._streams
+        if have is not None and have[1] >= n_seq and have[2] >= per_seq:
+            return have[0]
+        if have is not None:
+            L.llama_free(have[0])
+            self._streams = None
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx = n_seq * per_seq
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = min(self.settings.n_ubatch, self.n_batch)
+        cparams.n_threads = cparams.n_threads_batch = self.settings.n_threads
+        cparams.n_seq_max = n_seq
+        cparams.n_outputs_max = n_seq
+        cparams.kv_unified = False
+        cparams.swa_full = True  # as in the main context, so the numbers match one at a time
+        cparams.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.settings.flash_attn
+                                   else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        cparams.no_perf = True
+        ctx = L.llama_init_from_model(self.model, cparams)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp could not create a context for {n_seq} sequences of {per_seq} tokens")
+        self._streams = (ctx, n_seq, per_seq)
+        return ctx
+
+    def _generate_stream(self, ctx, tokens, todo, results, max_tokens, stop, n_parallel) -> None:
+        memory = L.llama_get_memory(ctx)
+        free_seqs = list(range(n_parallel - 1, -1, -1))
         waiting = deque(todo)
         active: list[_Slot] = []
-        cells_free = self.n_ctx - len(prefix)
         while waiting or active:
             while waiting and free_seqs:
-                toks = tokens[waiting[0]]
-                room = min(max_tokens, self.n_ctx - len(toks))
-                need = len(toks) - len(prefix) + room
-                if need > cells_free and active:
-                    break
                 index = waiting.popleft()
-                slot = _Slot(index=index, seq=free_seqs.pop(), tokens=toks, fed=len(prefix), room=room,
-                             cells=need, started=time.perf_counter())
-                self._working_used = True
-                L.llama_memory_seq_cp(self.memory, _PREFIX_SEQ, slot.seq, -1, -1)
-                cells_free -= need
+                toks = tokens[index]
+                slot = _Slot(index=index, seq=free_seqs.pop(), tokens=toks, fed=0,
+                             room=min(max_tokens, self.n_ctx - len(toks)), started=time.perf_counter())
                 active.append(slot)
                 self.counters["prompt_tokens"] += len(toks)
-                self.counters["prompt_tokens_decoded"] += len(toks) - len(prefix)
+                self.counters["prompt_tokens_decoded"] += len(toks)
             outputs = self._fill_generation_batch(active)
-            self._llama_decode(self.batch.raw_for_decode(), self.batch.n)
+            self._decode_on(ctx, self.batch.raw_for_decode(), self.batch.n)
             for index, slot in outputs:
-                if slot.accept(int(np.argmax(self._row(index))), self, max_tokens, stop):
+                if slot.accept(int(np.argmax(self._row_of(ctx, index))), self, max_tokens, stop):
                     active.remove(slot)
-                    L.llama_memory_seq_rm(self.memory, slot.seq, -1, -1)
+                    L.llama_memory_seq_rm(memory, slot.seq, -1, -1)
                     free_seqs.append(slot.seq)
-                    cells_free += slot.cells
                     self.counters["generated_tokens"] += slot.n_out
-                    results[slot.index] = slot.generation(len(prefix))
+                    results[slot.index] = slot.generation(0)
 
     def _fill_generation_batch(self, active: list[_Slot]) -> list[tuple[int, _Slot]]:
         """One token for each sequence that is generating, then prompt chunks for those still
@@ -446,6 +476,9 @@ class LlamaModel:
         return outputs
 
     def close(self) -> None:
+        if getattr(self, "_streams", None) is not None:
+            L.llama_free(self._streams[0])
+            self._streams = None
         if getattr(self, "batch", None) is not None:
             self.batch.free()
             self.batch = None
@@ -581,13 +614,14 @@ class _ItemPlan:
     def results(self) -> list[OptionScore]:
         if self.error is not None:
             return [{"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
-                     "greedy": None, "is_greedy": None, "error": self.error} for _ in range(self.n_options)]
+                     "token_logprobs": None, "greedy": None, "is_greedy": None, "error": self.error}
+                    for _ in range(self.n_options)]
         out = []
         for logprobs, greedy, start in zip(self.logprobs, self.greedy, self.starts):
             total = float(sum(logprobs))
             out.append({"logprob": total, "mean_logprob": total / len(logprobs), "n_tokens": len(logprobs),
-                        "n_context_tokens": start, "greedy": list(greedy), "is_greedy": all(greedy),
-                        "error": None})
+                        "n_context_tokens": start, "token_logprobs": list(logprobs), "greedy": list(greedy),
+                        "is_greedy": all(greedy), "error": None})
         return out
 
 
@@ -600,7 +634,6 @@ class _Slot:
     tokens: list[int]
     fed: int
     room: int
-    cells: int
     started: float
     last: int = -1
     n_out: int = 0
@@ -632,10 +665,18 @@ class _Slot:
                           notes={"prefix_tokens_reused": reused})
 
 
+_scratch: dict[int, np.ndarray] = {}
+
+
 def _log_softmax_at(row: np.ndarray, targets: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """log p(target) under softmax(row), and whether each target is the argmax, for one row."""
+    work = _scratch.get(row.size)
+    if work is None:
+        work = _scratch[row.size] = np.empty(row.size, dtype=np.float32)
     top = float(row.max())
-    lse = top + float(np.log(np.exp(row - top).sum(dtype=np.float64)))
+    np.subtract(row, np.float32(top), out=work)
+    np.exp(work, out=work)
+    lse = top + float(np.log(work.sum(dtype=np.float64)))
     picked = row[targets].astype(np.float64)
     return picked - lse, picked >= top
 

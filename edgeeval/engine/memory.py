@@ -1,7 +1,7 @@
 """Will a model's context fit in memory? Estimated from GGUF metadata before llama.cpp allocates it.
 
 llama.cpp allocates (and clears) the whole KV cache when it creates a context: n_ctx = 1,000,000 on a
-small model asks for tens of GiB at once, which takes the machine into swap or the out-of-memory killer
+small model asks for many GiB at once, which takes the machine into swap or the out-of-memory killer
 before any error is printed. We refuse such a setting first, with a message naming n_ctx.
 """
 

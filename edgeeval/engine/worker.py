@@ -280,7 +280,7 @@ class WorkerEngine:
 
 def _error_score(error: str) -> OptionScore:
     return {"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
-            "greedy": None, "is_greedy": None, "error": error}
+            "token_logprobs": None, "greedy": None, "is_greedy": None, "error": error}
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> None:

@@ -1,0 +1,645 @@
+"""Speed of edgeeval's engine, measured side by side with llama.cpp's own tools and lm-eval.
+
+    python benchmarks/speed/run.py [--quick] [--model PATH ...] [--threads N] [--skip-lmeval]
+
+Every number comes from one run on the same GGUF, items and thread count. Each measurement runs in
+a fresh child process (so its peak RSS is its own): edgeeval's engine in `run.py --child ...`, the
+peers as their users run them. Prints a table, writes benchmarks/speed/results.json, and ends with
+one machine-readable line. See README.md beside this file for how the peers are built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+CASES = ROOT / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
+RESULTS = Path(__file__).resolve().parent / "results.json"
+PEERS_DIR = Path(os.environ.get("EDGEEVAL_PEERS_DIR", Path.home() / ".cache" / "edgeeval" / "peers"))
+LMEVAL_VENV = Path(os.environ.get("EDGEEVAL_LMEVAL_VENV", "/tmp/peers/lmeval-venv"))
+LLAMA_CPP_VERSION = "0.3.36"
+N_ITEMS = 30
+SHOTS = 3
+LETTERS = "ABCDE"
+BATCH_SIZES = (1, 2, 4, 8, 16)
+# llama-perplexity --multiple-choice as its README runs it: 128 sequences over a unified cache of
+# 128 x 32 = 4096 cells, one 4096-token batch. edgeeval gets the same cache size.
+PPL_ARGS = ["--multiple-choice", "-np", "128", "-kvu", "-c", "32", "-b", "4096"]
+LOGLIK_CTX = 4096
+
+
+# --- items -------------------------------------------------------------------------------------
+
+def load_items() -> tuple[list[dict], list[dict]]:
+    """30 items to score and the 3 solved examples that make the few-shot prefix (other items)."""
+    from edgeeval.data import load_multiple_choice
+
+    examples = load_multiple_choice(CASES)
+    rows = [{"id": e.id, "question": e.fields["question"], "options": list(e.fields["options"].values()),
+             "letters": list(e.fields["options"]), "gold": list(e.fields["options"]).index(e.gold)}
+            for e in examples]
+    return rows[:N_ITEMS], rows[N_ITEMS : N_ITEMS + SHOTS]
+
+
+def few_shot_prefix(shots: list[dict]) -> str:
+    return "".join(f"{s['question']} {s['options'][s['gold']]}\n\n" for s in shots)
+
+
+def letter_prompt(item: dict) -> str:
+    lines = "\n".join(f"{letter}. {text}" for letter, text in zip(item["letters"], item["options"]))
+    return f"{item['question']}\n\n{lines}\n\nAnswer:"
+
+
+# --- children: one measurement of edgeeval's engine per process ---------------------------------
+
+def child_main(spec: dict) -> dict:
+    from edgeeval.engine import EngineSettings
+    from edgeeval.engine.llama import LlamaModel
+
+    settings = EngineSettings(n_ctx=spec["n_ctx"], n_threads=spec["threads"], n_seq_max=spec.get("n_seq_max", 32),
+                              n_batch=spec.get("n_batch", 512), n_ubatch=spec.get("n_ubatch", 512)).resolved()
+    model = LlamaModel(spec["model"], settings)
+    try:
+        return {**CHILD_KINDS[spec["kind"]](model, spec), "settings": {
+            "n_ctx": settings.n_ctx, "n_batch": settings.n_batch, "n_ubatch": settings.n_ubatch,
+            "n_threads": settings.n_threads, "n_seq_max": settings.n_seq_max, "flash_attn": settings.flash_attn}}
+    finally:
+        model.close()
+
+
+def child_loglik(model, spec: dict) -> dict:
+    items = [(spec["prefix"] + item["question"], [" " + o for o in item["options"]]) for item in spec["items"]]
+    model.loglikelihood_many(items[:1])  # warm-up: page the weights in, as any second call would find them
+    model.loglikelihood_many([("warm up", [" a", " b"])])  # and forget that item's prefix again
+    before = dict(model.counters)
+    start = time.perf_counter()
+    scores = model.loglikelihood_many(items)
+    seconds = time.perf_counter() - start
+    after = model.counters
+    return {"seconds": seconds, "n_items": len(items),
+            "decode_seconds": after["decode_seconds"] - before["decode_seconds"],
+            "prompt_tokens": after["prompt_tokens"] - before["prompt_tokens"],
+            "prompt_tokens_decoded": after["prompt_tokens_decoded"] - before["prompt_tokens_decoded"],
+            "scores": [[{k: s[k] for k in ("logprob", "n_tokens", "token_logprobs", "error")} for s in item]
+                       for item in scores],
+            "option_tokens": [[model.split_tokens(c, o)[0] for o in opts] for c, opts in items]}
+
+
+def child_letters(model, spec: dict) -> dict:
+    prompts = [letter_prompt(item) for item in spec["items"]]
+    letters = [[" " + letter for letter in item["letters"]] for item in spec["items"]]
+    model.letter_logprobs(prompts[0], letters[0])
+    model.letter_logprobs("warm up", [" A"])
+    before = dict(model.counters)
+    start = time.perf_counter()
+    picks = []
+    for prompt, options in zip(prompts, letters):
+        logprobs = model.letter_logprobs(prompt, options)
+        picks.append(max(range(len(options)), key=lambda i: logprobs[options[i]]))
+    seconds = time.perf_counter() - start
+    decoded = model.counters["prompt_tokens_decoded"] - before["prompt_tokens_decoded"]
+    return {"seconds": seconds, "n_items": len(prompts), "tokens_decoded": decoded,
+            "prompt_tokens": model.counters["prompt_tokens"] - before["prompt_tokens"],
+            "decode_seconds": model.counters["decode_seconds"] - before["decode_seconds"], "picks": picks}
+
+
+def child_tg(model, spec: dict) -> dict:
+    """Generation speed of one sequence: 128 tokens after a short prompt, less the prompt's share."""
+    prompt = "The patient is a 58-year-old man with chest pain. Describe the workup in detail:"
+    model.generate(prompt, 8, [])
+    runs = []
+    for _ in range(spec.get("repeats", 2)):
+        model.generate("x", 1, [])  # a different prompt, so the next one is decoded from scratch
+        t0 = time.perf_counter()
+        one = model.generate(prompt, 1, [])
+        t1 = time.perf_counter()
+        model.generate("x", 1, [])
+        t2 = time.perf_counter()
+        full = model.generate(prompt, spec["n_gen"], [])
+        t3 = time.perf_counter()
+        runs.append({"tokens": full.n_output_tokens - one.n_output_tokens, "seconds": (t3 - t2) - (t1 - t0)})
+    best = max(runs, key=lambda r: r["tokens"] / r["seconds"])
+    return {**best, "tokens_per_s": best["tokens"] / best["seconds"], "runs": runs}
+
+
+def child_batched(model, spec: dict) -> dict:
+    """generate_many with PL prompts of ~P tokens each (no common prefix), T tokens each; and the
+    same prompts one at a time."""
+    prompts = batched_prompts(model, spec["texts"], spec["pp"])
+    n_prompt = [len(model.tokenize(p)) for p in prompts]
+    model.generate_many(prompts[:2], 4, [])
+    out = {"pp_mean": sum(n_prompt) / len(n_prompt), "sizes": {}}
+    for pl in spec["sizes"]:
+        batch = prompts[:pl]
+        model.generate("x", 1, [])
+        t0 = time.perf_counter()
+        gens = model.generate_many(batch, spec["tg"], [], n_parallel=pl)
+        seconds = time.perf_counter() - t0
+        out["sizes"][str(pl)] = {"seconds": seconds, "generated": sum(g.n_output_tokens for g in gens),
+                                 "prompt_tokens": sum(n_prompt[:pl]),
+                                 "texts": [g.text for g in gens]}
+    singles = []
+    t0 = time.perf_counter()
+    n_single = max(spec["sizes"])
+    for prompt in prompts[:n_single]:
+        model.generate("x", 1, [])
+        singles.append(model.generate(prompt, spec["tg"], []))
+    out["one_at_a_time"] = {"seconds": time.perf_counter() - t0, "n": n_single,
+                            "generated": sum(g.n_output_tokens for g in singles),
+                            "prompt_tokens": sum(n_prompt[:n_single]), "texts": [g.text for g in singles]}
+    return out
+
+
+def child_match(model, spec: dict) -> dict:
+    """Greedy answers to the case-challenge prompts: batched vs one at a time."""
+    prompts = spec["prompts"]
+    batched = model.generate_many(prompts, spec["max_tokens"], [], n_parallel=spec["n_parallel"])
+    single = [model.generate(p, spec["max_tokens"], []) for p in prompts]
+    return {"batched": [g.text for g in batched], "single": [g.text for g in single]}
+
+
+def batched_prompts(model, texts: list[str], pp: int) -> list[str]:
+    """Prompts of about `pp` tokens (distinct texts cut at a token boundary, BOS included)."""
+    out = []
+    for text in texts:
+        tokens = model.tokenize(text)
+        while len(tokens) < pp:
+            tokens += model.tokenize(" " + text)[1:]
+        body = b"".join(model.piece(t) for t in tokens[1:pp])
+        out.append(body.decode("utf-8", errors="ignore"))
+    return out
+
+
+CHILD_KINDS = {"loglik": child_loglik, "letters": child_letters, "tg": child_tg, "batched": child_batched,
+               "match": child_match}
+
+
+def run_child(spec: dict) -> dict:
+    """A child measurement in a fresh interpreter; returns its result and its peak RSS."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(spec, handle)
+    try:
+        out, _, rss = run_timed([sys.executable, __file__, "--child", handle.name], merge_stderr=False)
+    finally:
+        os.unlink(handle.name)
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": rss}
+
+
+# --- peers -------------------------------------------------------------------------------------
+
+def peer_bin(name: str) -> Path:
+    return PEERS_DIR / "llama.cpp" / "build" / "bin" / name
+
+
+def ensure_peers() -> None:
+    """Build llama-perplexity, llama-bench and llama-batched-bench from the llama.cpp inside the
+    llama-cpp-python sdist (the same llama.cpp edgeeval runs), once, into PEERS_DIR."""
+    tools = ["llama-perplexity", "llama-bench", "llama-batched-bench"]
+    if all(peer_bin(t).exists() for t in tools):
+        return
+    src = PEERS_DIR / "llama.cpp"
+    if not (src / "CMakeLists.txt").exists():
+        sdist = PEERS_DIR / "sdist"
+        sdist.mkdir(parents=True, exist_ok=True)
+        local = Path(f"/tmp/src/llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp")
+        if not local.exists():
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+                            f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d", str(sdist)], check=True)
+            archive = next(sdist.glob("llama_cpp_python-*.tar.gz"))
+            shutil.unpack_archive(str(archive), str(sdist))
+            local = sdist / f"llama_cpp_python-{LLAMA_CPP_VERSION}" / "vendor" / "llama.cpp"
+        shutil.copytree(local, src)
+    print(f"building {', '.join(tools)} in {src} (once; a few minutes)", file=sys.stderr)
+    subprocess.run(["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"], cwd=src, check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", "build", "--target", *tools, f"-j{os.cpu_count() or 2}"], cwd=src,
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def run_timed(cmd: list[str], env: dict | None = None, merge_stderr: bool = True) -> tuple[str, float, float]:
+    """Output, wall seconds and peak RSS (MB) of a process, run under GNU time.
+
+    Not os.wait4's own rusage: a child started from this (large) process inherits its high-water
+    RSS across fork and exec; GNU time is small, so what it reports is the command's own."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as timing:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-v", "-o", timing.name, *cmd], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT if merge_stderr else None, env=env)
+        seconds = time.perf_counter() - t0
+        report = Path(timing.name).read_text()
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(cmd[0]).name} failed with status {proc.returncode}:\n{out[-3000:]}")
+    kbytes = next(int(line.split(":")[1]) for line in report.splitlines() if "Maximum resident set size" in line)
+    return out, seconds, kbytes / 1024
+
+
+def write_mc_tasks(path: Path, items: list[dict], prefix: str) -> None:
+    """llama-perplexity's binary multiple-choice format: task count, byte offsets, then per task the
+    question, the answers with their labels, and an empty second answer set."""
+
+    def string(text: str) -> bytes:
+        data = text.encode("utf-8")
+        return struct.pack("<I", len(data)) + data
+
+    blobs = []
+    for item in items:
+        blob = string(prefix + item["question"]) + struct.pack("<I", len(item["options"]))
+        blob += b"".join(string(o) for o in item["options"])
+        blob += struct.pack(f"<{len(item['options'])}i", *[int(i == item["gold"]) for i in range(len(item["options"]))])
+        blobs.append(blob + struct.pack("<I", 0))
+    offsets, pos = [], 4 + 4 * len(blobs)
+    for blob in blobs:
+        offsets.append(pos)
+        pos += len(blob)
+    path.write_bytes(struct.pack("<I", len(blobs)) + struct.pack(f"<{len(blobs)}I", *offsets) + b"".join(blobs))
+
+
+def perplexity_mc(model: str, items: list[dict], prefix: str, threads: int, tmp: Path) -> dict:
+    tasks = tmp / "tasks.bin"
+    write_mc_tasks(tasks, items, prefix)
+    out, wall, rss = run_timed([str(peer_bin("llama-perplexity")), "-m", model, "-bf", str(tasks), *PPL_ARGS,
+                                "-t", str(threads)])
+    accs = [float(line.split("\t")[1]) for line in out.splitlines()
+            if line.count("\t") == 1 and line.split("\t")[0].isdigit()]
+    correct = [round(a * (i + 1) / 100) for i, a in enumerate(accs)]
+    per_item = [c - (correct[i - 1] if i else 0) for i, c in enumerate(correct)]
+    # Its log lines carry the time since start: score from reading the tasks to the final result
+    # (the model load before it is left out, as it is for edgeeval).
+    seconds = _log_time(out, "Final result") - _log_time(out, "there are")
+    return {"seconds": seconds, "wall_seconds": wall, "peak_rss_mb": rss, "correct": per_item,
+            "accuracy": 100.0 * sum(per_item) / max(1, len(per_item)), "n_items": len(per_item)}
+
+
+def _log_time(out: str, key: str) -> float:
+    """Seconds since start of the first log line containing `key` ('M.SS.mmm.uuu I ...')."""
+    for line in out.splitlines():
+        if key in line:
+            minutes, secs, millis, micros = line.split()[0].split(".")
+            return int(minutes) * 60 + int(secs) + int(millis) / 1e3 + int(micros) / 1e6
+    raise RuntimeError(f"llama-perplexity printed no line with {key!r}")
+
+
+def llama_bench(model: str, threads: int, repeats: int) -> dict:
+    out, _, _ = run_timed([str(peer_bin("llama-bench")), "-m", model, "-t", str(threads), "-p", "512", "-n", "128",
+                           "-r", str(repeats), "-o", "json"])
+    rows = json.loads(out[out.index("[") : out.rindex("]") + 1])
+    pp = next(r for r in rows if r["n_prompt"] == 512 and r["n_gen"] == 0)
+    tg = next(r for r in rows if r["n_gen"] == 128 and r["n_prompt"] == 0)
+    return {"pp512": pp["avg_ts"], "tg128": tg["avg_ts"], "flash_attn": pp.get("flash_attn"),
+            "n_batch": pp.get("n_batch"), "n_ubatch": pp.get("n_ubatch")}
+
+
+def batched_bench(model: str, threads: int, pp: int, tg: int, sizes: tuple[int, ...]) -> dict:
+    n_ctx = max(sizes) * (pp + tg)
+    out, _, _ = run_timed([str(peer_bin("llama-batched-bench")), "-m", model, "-t", str(threads), "-c", str(n_ctx),
+                           "-b", "2048", "-ub", "512", "-npp", str(pp), "-ntg", str(tg),
+                           "-npl", ",".join(map(str, sizes)), "--output-format", "jsonl"])
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {str(r["pl"]): {"seconds": r["t"], "speed": r["speed"], "speed_tg": r["speed_tg"]} for r in rows}
+
+
+# --- lm-eval -----------------------------------------------------------------------------------
+
+LMEVAL_TASK = """task: edgeeval_cases
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{options}}}}"
+doc_to_target: "{{{{gold}}}}"
+target_delimiter: " "
+metric_list:
+  - metric: acc
+"""
+
+LMEVAL_DRIVER = """
+import json, sys, time
+from lm_eval import simple_evaluate
+from lm_eval.tasks import TaskManager
+tm = TaskManager(include_path=sys.argv[1])
+t0 = time.perf_counter()
+res = simple_evaluate(model="gguf", model_args="base_url=" + sys.argv[2], tasks=["edgeeval_cases"],
+                      limit=int(sys.argv[3]), task_manager=tm)
+print(json.dumps({"seconds": time.perf_counter() - t0, "acc": res["results"]["edgeeval_cases"].get("acc,none")}))
+"""
+
+
+def lmeval_gguf(model: str, items: list[dict], threads: int, tmp: Path) -> dict:
+    """lm-eval's gguf backend against llama-cpp-python's server (logits_all, as lm-eval's docs ask)."""
+    python = LMEVAL_VENV / "bin" / "python"
+    if not python.exists():
+        raise RuntimeError(f"no lm-eval venv at {LMEVAL_VENV} (see benchmarks/speed/README.md)")
+    data = tmp / "cases.jsonl"
+    data.write_text("".join(json.dumps({"question": i["question"], "options": i["options"], "gold": i["gold"]}) + "\n"
+                            for i in items))
+    (tmp / "task").mkdir()
+    (tmp / "task" / "edgeeval_cases.yaml").write_text(LMEVAL_TASK.format(data=data))
+    (tmp / "driver.py").write_text(LMEVAL_DRIVER)
+    port = _free_port()
+    server = subprocess.Popen([str(python), "-m", "llama_cpp.server", "--model", model, "--logits_all", "True",
+                               "--n_ctx", "2048", "--n_threads", str(threads), "--n_threads_batch", str(threads),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/v1/models", server, 120)
+        env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        out, wall, _ = run_timed([str(python), str(tmp / "driver.py"), str(tmp / "task"), f"http://127.0.0.1:{port}",
+                                  str(len(items))], env=env)
+        result = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+        return {**result, "n_items": len(items), "per_item_s": result["seconds"] / len(items)}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("llama_cpp.server exited while starting")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"llama_cpp.server did not answer at {url}")
+
+
+# --- scoring the loglik results the way llama-perplexity does -----------------------------------
+
+def picks_like_perplexity(result: dict) -> list[int]:
+    """llama-perplexity scores the mean log-prob of the tokens after the options' common prefix;
+    from edgeeval's per-token log-probs that is the mean over the tokens no option shares."""
+    picks = []
+    for scores, tokens in zip(result["scores"], result["option_tokens"]):
+        shared = len(os.path.commonprefix([tuple(t) for t in tokens]))
+        means = []
+        for score, toks in zip(scores, tokens):
+            skip = max(0, shared - (len(toks) - score["n_tokens"]))
+            kept = score["token_logprobs"][skip:] or score["token_logprobs"][-1:]
+            means.append(sum(kept) / len(kept))
+        picks.append(max(range(len(means)), key=means.__getitem__))
+    return picks
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def gguf_kv_bytes(model: str, n_ctx: int) -> int:
+    """Bytes of an f16 KV cache of n_ctx cells for this model (every layer full size, as with swa_full)."""
+    import gguf
+
+    reader = gguf.GGUFReader(model)
+    arch = reader.fields["general.architecture"].contents()
+
+    def field(key, default=None):
+        f = reader.fields.get(f"{arch}.{key}")
+        return f.contents() if f is not None else default
+
+    n_layer, n_embd, n_head = field("block_count"), field("embedding_length"), field("attention.head_count")
+    n_head_kv = field("attention.head_count_kv", n_head)
+    k_len = field("attention.key_length", n_embd // n_head)
+    v_len = field("attention.value_length", n_embd // n_head)
+    return n_ctx * n_layer * n_head_kv * (k_len + v_len) * 2
+
+
+def measure_model(model: str, args, items: list[dict], shots: list[dict], tmp: Path) -> dict:
+    name = Path(model).name
+    threads = args.threads
+    res: dict = {"model": name, "path": model, "gguf_mb": os.path.getsize(model) / 2**20}
+    base = {"model": model, "threads": threads, "n_ctx": LOGLIK_CTX}
+    prefix = few_shot_prefix(shots)
+    log = lambda msg: print(f"[{name}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+
+    for label, pre in (("zero_shot", ""), ("three_shot", prefix)):
+        log(f"loglik {label}: llama-perplexity")
+        ppl = perplexity_mc(model, items, pre, threads, tmp)
+        log(f"loglik {label}: edgeeval")
+        ours = run_child({**base, "kind": "loglik", "items": items, "prefix": pre})
+        picks = picks_like_perplexity(ours)
+        correct = [int(p == i["gold"]) for p, i in zip(picks, items)]
+        res[f"loglik_{label}"] = {
+            "edgeeval_items_per_s": len(items) / ours["seconds"], "perplexity_items_per_s": ppl["n_items"] / ppl["seconds"],
+            "edgeeval_accuracy": 100.0 * sum(correct) / len(items), "perplexity_accuracy": ppl["accuracy"],
+            "same_correctness": sum(a == b for a, b in zip(correct, ppl["correct"])),
+            "edgeeval_peak_rss_mb": ours["peak_rss_mb"], "perplexity_peak_rss_mb": ppl["peak_rss_mb"],
+            "python_overhead": 1 - ours["decode_seconds"] / ours["seconds"],
+            "prompt_tokens": ours["prompt_tokens"], "prompt_tokens_decoded": ours["prompt_tokens_decoded"],
+            "edgeeval_settings": ours["settings"]}
+        res[f"loglik_{label}"]["ratio"] = (res[f"loglik_{label}"]["edgeeval_items_per_s"]
+                                            / res[f"loglik_{label}"]["perplexity_items_per_s"])
+        if label == "zero_shot":
+            kv = gguf_kv_bytes(model, LOGLIK_CTX) / 2**20
+            res["rss"] = {"peak_rss_mb": ours["peak_rss_mb"], "gguf_mb": res["gguf_mb"], "kv_cache_mb": kv,
+                          "overhead_mb": ours["peak_rss_mb"] - res["gguf_mb"] - kv}
+
+    # Interleaved rounds, best of each: on a shared machine one round is at the mercy of the others.
+    benches, letter_runs, tg_runs = [], [], []
+    for _ in range(1 if args.quick else 2):
+        log("llama-bench pp512 / tg128")
+        benches.append(llama_bench(model, threads, 2 if args.quick else 3))
+        log("letter fast path")
+        letter_runs.append(run_child({**base, "kind": "letters", "items": items, "n_ctx": 2048}))
+        log("single-sequence generation")
+        tg_runs.append(run_child({**base, "kind": "tg", "n_ctx": 2048, "n_gen": 128, "repeats": 2}))
+    bench = {"pp512": max(b["pp512"] for b in benches), "tg128": max(b["tg128"] for b in benches),
+             "flash_attn": benches[0]["flash_attn"], "rounds": benches}
+    letters = min(letter_runs, key=lambda r: r["seconds"])
+    tg = max(tg_runs, key=lambda r: r["tokens_per_s"])
+    res["letters"] = {"tokens_per_s": letters["tokens_decoded"] / letters["seconds"], "pp512": bench["pp512"],
+                      "items_per_s": letters["n_items"] / letters["seconds"],
+                      "accuracy": 100.0 * sum(p == i["gold"] for p, i in zip(letters["picks"], items)) / len(items),
+                      "tokens_decoded": letters["tokens_decoded"], "prompt_tokens": letters["prompt_tokens"],
+                      "python_overhead": 1 - letters["decode_seconds"] / letters["seconds"]}
+    res["letters"]["fraction"] = res["letters"]["tokens_per_s"] / bench["pp512"]
+    res["tg"] = {"tokens_per_s": tg["tokens_per_s"], "tg128": bench["tg128"], "fraction": tg["tokens_per_s"] / bench["tg128"]}
+    res["llama_bench"] = bench
+
+    pp, tg_len = (128, 32) if args.quick else (256, 64)
+    log(f"batched generation: llama-batched-bench pp={pp} tg={tg_len}")
+    peer = batched_bench(model, threads, pp, tg_len, BATCH_SIZES)
+    log("batched generation: edgeeval")
+    texts = [item["question"] for item in items] + [s["question"] for s in shots]
+    ours = run_child({**base, "kind": "batched", "texts": texts, "pp": pp, "tg": tg_len, "sizes": list(BATCH_SIZES),
+                      "n_ctx": max(BATCH_SIZES) * (pp + tg_len) + 256})
+    curve = {}
+    for pl in map(str, BATCH_SIZES):
+        o = ours["sizes"][pl]
+        speed = (o["prompt_tokens"] + o["generated"]) / o["seconds"]
+        curve[pl] = {"edgeeval_tokens_per_s": speed, "batched_bench_tokens_per_s": peer[pl]["speed"],
+                     "fraction": speed / peer[pl]["speed"], "generated": o["generated"],
+                     "expected": int(pl) * tg_len}
+    single = ours["one_at_a_time"]
+    single_speed = (single["prompt_tokens"] + single["generated"]) / single["seconds"]
+    top = str(max(BATCH_SIZES))
+    res["batched"] = {"pp": pp, "tg": tg_len, "pp_mean": ours["pp_mean"], "curve": curve,
+                      "one_at_a_time_tokens_per_s": single_speed,
+                      "speedup_over_one_at_a_time": curve[top]["edgeeval_tokens_per_s"] / single_speed,
+                      "same_text_as_one_at_a_time": sum(a == b for a, b in zip(ours["sizes"][top]["texts"], single["texts"])),
+                      "n_compared": len(single["texts"])}
+    return res
+
+
+def match_rate(model: str, args, items: list[dict]) -> dict:
+    """Greedy answers to the case-challenge prompts (task template), batched vs one at a time."""
+    from edgeeval.data import load_multiple_choice
+    from edgeeval.prompts import TaskPrompt
+
+    template = TaskPrompt(Path("prompts/case_challenge.j2"), ROOT)
+    examples = load_multiple_choice(CASES)
+    prompts = [template.render(e) + "\n" for e in examples]
+    out = run_child({"model": model, "threads": args.threads, "n_ctx": 8192, "kind": "match", "prompts": prompts,
+                     "max_tokens": 32 if args.quick else 64, "n_parallel": 8})
+    same = sum(a == b for a, b in zip(out["batched"], out["single"]))
+    return {"same": same, "n": len(prompts), "rate": same / len(prompts),
+            "differing": [{"id": e.id, "batched": a, "single": b}
+                          for e, a, b in zip(examples, out["batched"], out["single"]) if a != b]}
+
+
+def print_table(results: dict) -> None:
+    rows = []
+    for r in results["models"]:
+        m = r["model"]
+        for label in ("zero_shot", "three_shot"):
+            x = r[f"loglik_{label}"]
+            rows.append((m, f"loglik {label} items/s", f"{x['edgeeval_items_per_s']:.2f}",
+                         f"perplexity {x['perplexity_items_per_s']:.2f}", f"{x['ratio']:.2f}x"))
+            rows.append((m, f"  accuracy {label}", f"{x['edgeeval_accuracy']:.1f}",
+                         f"perplexity {x['perplexity_accuracy']:.1f}", ""))
+            rows.append((m, f"  peak RSS MB {label}", f"{x['edgeeval_peak_rss_mb']:.0f}",
+                         f"perplexity {x['perplexity_peak_rss_mb']:.0f}", ""))
+        rows.append((m, "letter path tok/s", f"{r['letters']['tokens_per_s']:.0f}", f"pp512 {r['letters']['pp512']:.0f}",
+                     f"{r['letters']['fraction']:.2f}"))
+        rows.append((m, "generation tok/s", f"{r['tg']['tokens_per_s']:.1f}", f"tg128 {r['tg']['tg128']:.1f}",
+                     f"{r['tg']['fraction']:.2f}"))
+        for pl, c in r["batched"]["curve"].items():
+            rows.append((m, f"batched pl={pl} tok/s", f"{c['edgeeval_tokens_per_s']:.0f}",
+                         f"batched-bench {c['batched_bench_tokens_per_s']:.0f}", f"{c['fraction']:.2f}"))
+        rows.append((m, "batched speedup vs own loop", f"{r['batched']['speedup_over_one_at_a_time']:.2f}x", "", ""))
+        rows.append((m, "RSS overhead MB", f"{r['rss']['overhead_mb']:.0f}",
+                     f"gguf {r['rss']['gguf_mb']:.0f} + kv {r['rss']['kv_cache_mb']:.0f}", ""))
+        rows.append((m, "python overhead", f"{100 * r['loglik_zero_shot']['python_overhead']:.1f}%", "", ""))
+    if results.get("lmeval"):
+        lm = results["lmeval"]
+        rows.append((lm["model"], "lm-eval gguf s/item", f"{lm['edgeeval_per_item_s']:.2f}",
+                     f"lm-eval {lm['per_item_s']:.1f}", f"{lm['ratio']:.0f}x"))
+    for m in results.get("match", []):
+        rows.append((m["model"], "batched = one-at-a-time", f"{m['same']}/{m['n']}", "", ""))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+def summary_line(results: dict) -> str:
+    models = results["models"]
+
+    def worst(values):
+        return min(values) if values else float("nan")
+
+    lm = results.get("lmeval")
+    fields = {
+        "ratio_vs_lmeval": lm["ratio"] if lm else float("nan"),
+        "ratio_vs_perplexity": worst([m["loglik_zero_shot"]["ratio"] for m in models]),
+        "ratio_vs_perplexity_3shot": worst([m["loglik_three_shot"]["ratio"] for m in models]),
+        "pp_fraction": worst([m["letters"]["fraction"] for m in models]),
+        "tg_fraction": worst([m["tg"]["fraction"] for m in models]),
+        "batched_fraction": worst([c["fraction"] for m in models for c in m["batched"]["curve"].values()]),
+        "rss_overhead_mb": max(m["rss"]["overhead_mb"] for m in models),
+    }
+    return " ".join(f"{k}={v:.2f}" for k, v in fields.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter generations, fewer repeats (a few minutes)")
+    parser.add_argument("--model", action="append", help="GGUF to measure (repeatable); default: the bundled demo models")
+    parser.add_argument("--threads", type=int, default=0, help="threads for every tool (default: physical cores)")
+    parser.add_argument("--skip-lmeval", action="store_true", help="leave out lm-eval (it takes minutes per item)")
+    parser.add_argument("--lmeval-items", type=int, default=0, help="items for lm-eval (default 2 quick, 3 full)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child_main(json.loads(Path(args.child).read_text()))))
+        return 0
+    from edgeeval.engine import physical_cores
+
+    args.threads = args.threads or physical_cores()
+    models = args.model or default_models()
+    ensure_peers()
+    items, shots = load_items()
+    results = {"machine": machine(), "threads": args.threads, "quick": args.quick, "n_items": len(items),
+               "shots": SHOTS, "perplexity_args": PPL_ARGS, "models": [], "match": []}
+    with tempfile.TemporaryDirectory(prefix="edgeeval-speed-") as tmp:
+        for model in models:
+            results["models"].append(measure_model(model, args, items, shots, Path(tmp)))
+            results["match"].append({"model": Path(model).name, **match_rate(model, args, items)})
+        if not args.skip_lmeval:
+            lm_model = min(models, key=os.path.getsize)  # the quicker one: lm-eval takes minutes per item
+            n = args.lmeval_items or (2 if args.quick else 3)
+            print(f"[{Path(lm_model).name}] lm-eval gguf on {n} items", file=sys.stderr, flush=True)
+            lm_dir = Path(tmp) / "lmeval"
+            lm_dir.mkdir()
+            lm = lmeval_gguf(lm_model, items[:n], args.threads, lm_dir)
+            ours = run_child({"model": lm_model, "threads": args.threads, "n_ctx": LOGLIK_CTX, "kind": "loglik",
+                              "items": items[:n], "prefix": ""})
+            lm.update({"model": Path(lm_model).name, "edgeeval_per_item_s": ours["seconds"] / n})
+            lm["ratio"] = lm["per_item_s"] / lm["edgeeval_per_item_s"]
+            results["lmeval"] = lm
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(summary_line(results))
+    return 0
+
+
+def default_models() -> list[str]:
+    """The bundled demo models, found the way `edgeeval demo` finds them."""
+    from edgeeval.config import load_models_config, resolve_model_path
+
+    project = load_models_config(ROOT / "models.toml")
+    return [str(resolve_model_path(project, name)) for name in ("gemma3-270m", "smollm2-135m-instruct")]
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import llama_cpp
+
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+            "llama_cpp_python": llama_cpp.__version__, "load_average": os.getloadavg(),
+            "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

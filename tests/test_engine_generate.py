@@ -1,0 +1,84 @@
+"""Batched greedy generation through llama.cpp: prompts decoded together (continuous batching, a
+finished sequence's slot refilled from the queue) must give the answers that one prompt at a time
+gives, and each answer must end the way a single one would (stop string, token limit, error)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeeval.data import load_multiple_choice
+from edgeeval.engine import EngineSettings
+from edgeeval.engine.llama import LlamaModel
+from edgeeval.prompts import TaskPrompt
+from engine_support import write_tiny_f32_llama
+
+pytestmark = pytest.mark.real_model
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
+SYSTEM = "You are an experienced physician answering a clinical case challenge. Be accurate and concise."
+CHAT = {
+    "smollm2": "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n",
+    "gemma": "<start_of_turn>user\n{system}\n\n{user}<end_of_turn>\n<start_of_turn>model\n",
+}
+
+
+def case_prompts(model: str, n: int) -> list[str]:
+    """The bundled case challenges through the task's template, in the model's chat format."""
+    template = TaskPrompt(Path("prompts/case_challenge.j2"), ROOT)
+    return [CHAT[model].format(system=SYSTEM, user=template.render(e)) for e in load_multiple_choice(CASES)[:n]]
+
+
+@pytest.fixture(scope="module", params=["smollm2", "gemma"])
+def demo(request, real_models):
+    model = LlamaModel(str(real_models[request.param]), EngineSettings(n_ctx=4096).resolved())
+    yield request.param, model
+    model.close()
+
+
+def test_batched_answers_equal_one_at_a_time_on_the_case_challenges(demo):
+    name, model = demo
+    prompts = case_prompts(name, 10)
+    batched = model.generate_many(prompts, 32, [], n_parallel=4)  # 10 prompts through 4 slots
+    single = [model.generate(prompt, 32, []) for prompt in prompts]
+    assert all(g.error is None and g.n_output_tokens for g in batched)
+    differ = [i for i, (b, s) in enumerate(zip(batched, single)) if b.text != s.text]
+    # The kernels round differently for other batch layouts, so an answer may rarely drift
+    # (the speed benchmark reports the rate on all 36 cases).
+    assert len(differ) <= 1, [(batched[i].text, single[i].text) for i in differ]
+    for b, s in zip(batched, single):
+        assert b.n_prompt_tokens == s.n_prompt_tokens
+
+
+def test_tiny_model_batched_answers_equal_one_at_a_time_exactly(real_models, tmp_path):
+    path = write_tiny_f32_llama(real_models["smollm2"], tmp_path / "tiny.gguf")
+    model = LlamaModel(str(path), EngineSettings(n_ctx=2048, n_batch=64, n_ubatch=64).resolved())
+    try:
+        prompts = [f"Case {i}: " + "fever and cough " * (i * 7 % 23) for i in range(12)]
+        for n_parallel in (1, 3, 16):
+            batched = model.generate_many(prompts, 12, [], n_parallel=n_parallel)
+            assert [g.text for g in batched] == [model.generate(p, 12, []).text for p in prompts]
+    finally:
+        model.close()
+
+
+def test_each_answer_ends_like_a_single_one(real_models):
+    model = LlamaModel(str(real_models["gemma"]), EngineSettings(n_ctx=512).resolved())
+    try:
+        full = model.generate("The heart has four", 40, []).text
+        stop = full.split()[2]
+        prompts = ["The heart has four", "fever " * 600, "The heart has four", "The liver is"]
+        results = model.generate_many(prompts, 40, [stop])
+        assert results[0].finish_reason == "stop" and stop not in results[0].text
+        assert full.startswith(results[0].text) and results[2].text == results[0].text
+        assert results[1].error.startswith("prompt_too_long") and results[1].text is None
+        limited = model.generate_many(["The heart has four", "The liver is"], 5, [])
+        assert [g.finish_reason for g in limited] == ["length", "length"]
+        assert [g.n_output_tokens for g in limited] == [5, 5]
+        # The cache is left consistent: a single generation afterwards is unaffected.
+        assert model.generate("The heart has four", 40, []).text == full
+        tokens = model.info()["tokens"]
+        assert tokens["generated_tokens"] > 0 and tokens["prompt_tokens_decoded"] < tokens["prompt_tokens"]
+    finally:
+        model.close()
