@@ -44,7 +44,7 @@ class NaiveScorer:
                 batch.pos[i] = i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = 1
+                batch.logits[i] = int(i >= start - 1)  # only the rows that score a token
             batch.n_tokens = len(tokens)
             assert L.llama_decode(self.ctx, batch) == 0
             out = []

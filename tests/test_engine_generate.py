@@ -32,7 +32,7 @@ def case_prompts(model: str, n: int) -> list[str]:
 
 @pytest.fixture(scope="module", params=["smollm2", "gemma"])
 def demo(request, real_models):
-    model = LlamaModel(str(real_models[request.param]), EngineSettings(n_ctx=4096).resolved())
+    model = LlamaModel(str(real_models[request.param]), EngineSettings(n_ctx=4096, n_threads=1).resolved())
     yield request.param, model
     model.close()
 
@@ -53,7 +53,7 @@ def test_batched_answers_equal_one_at_a_time_on_the_case_challenges(demo):
 
 def test_tiny_model_batched_answers_equal_one_at_a_time_exactly(real_models, tmp_path):
     path = write_tiny_f32_llama(real_models["smollm2"], tmp_path / "tiny.gguf")
-    model = LlamaModel(str(path), EngineSettings(n_ctx=2048, n_batch=64, n_ubatch=64).resolved())
+    model = LlamaModel(str(path), EngineSettings(n_ctx=2048, n_batch=64, n_ubatch=64, n_threads=1).resolved())
     try:
         prompts = [f"Case {i}: " + "fever and cough " * (i * 7 % 23) for i in range(12)]
         for n_parallel in (1, 3, 16):
@@ -64,7 +64,7 @@ def test_tiny_model_batched_answers_equal_one_at_a_time_exactly(real_models, tmp
 
 
 def test_each_answer_ends_like_a_single_one(real_models):
-    model = LlamaModel(str(real_models["gemma"]), EngineSettings(n_ctx=512).resolved())
+    model = LlamaModel(str(real_models["gemma"]), EngineSettings(n_ctx=512, n_threads=1).resolved())
     try:
         full = model.generate("The heart has four", 40, []).text
         stop = full.split()[2]

@@ -9,6 +9,7 @@ option), and any bookkeeping bug (a wrong position, sequence or logits row) is f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ from engine_support import NaiveScorer, write_tiny_f32_llama
 pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
-SETTINGS = EngineSettings(n_ctx=2048)
+# One thread: these tests check numbers, not speed, and on a busy machine a second llama.cpp
+# thread mostly waits for the first.
+SETTINGS = EngineSettings(n_ctx=2048, n_threads=1)
 # The quantized models' noise (measured on the case challenges: most options move by less than
 # 0.05 nats per token, a few by up to ~0.5); a wrong token or position costs several nats.
 NOISE_PER_TOKEN = 0.6
@@ -132,7 +135,7 @@ def item_batches(draw):
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(items=item_batches(), n_batch=st.sampled_from([16, 64, 512]))
 def test_random_items_and_packings_equal_the_naive_reference(tiny_path, tiny_naive, items, n_batch):
-    model = LlamaModel(str(tiny_path), EngineSettings(n_ctx=2048, n_batch=n_batch, n_ubatch=n_batch).resolved())
+    model = LlamaModel(str(tiny_path), EngineSettings(n_ctx=2048, n_batch=n_batch, n_ubatch=n_batch, n_threads=1).resolved())
     try:
         for (context, options), scores in zip(items, model.loglikelihood_many(items)):
             for option, score in zip(options, scores):
@@ -182,7 +185,7 @@ def test_bad_items_get_error_scores_and_the_rest_are_scored(tiny):
 def test_demo_models_batched_scores_match_the_naive_reference(demo):
     naive = NaiveScorer(demo)
     try:
-        items = mc_items(6)
+        items = mc_items(4)
         same_choice = 0
         for (context, options), scores in zip(items, demo.loglikelihood_many(items)):
             reference = [naive.score(context, option) for option in options]
@@ -190,7 +193,7 @@ def test_demo_models_batched_scores_match_the_naive_reference(demo):
                 assert abs(score["logprob"] - ref) <= NOISE_PER_TOKEN * score["n_tokens"]
             means = [s["mean_logprob"] for s in scores]
             same_choice += np.argmax(means) == np.argmax([r / s["n_tokens"] for r, s in zip(reference, scores)])
-        assert same_choice >= 5
+        assert same_choice >= 3
     finally:
         naive.close()
 
@@ -211,8 +214,9 @@ def test_gemma_sliding_window_prefix_longer_than_the_window(real_models):
     model = LlamaModel(str(real_models["gemma"]), SETTINGS.resolved())
     cold = LlamaModel(str(real_models["gemma"]), SETTINGS.resolved())
     try:
-        items = mc_items(3, shots=5)
-        assert len(model.tokenize(items[0][0])) > 900
+        items = mc_items(3, shots=8)
+        shared = os.path.commonprefix([tuple(model.tokenize(context)) for context, _ in items])
+        assert len(shared) > 650  # the kept prefix alone is longer than the window
         for context, options in items:
             warm = model.loglikelihood(context, options)
             cold.loglikelihood("unrelated", [" text"])  # drop the kept prefix: a cold start below

@@ -78,7 +78,7 @@ def test_a_crash_while_scoring_is_retried_once_then_recorded(tmp_path, monkeypat
 def test_real_engine_through_the_worker_equals_in_process(real_models):
     from edgeeval.engine.llama import LlamaModel
 
-    settings = EngineSettings(n_ctx=1024)
+    settings = EngineSettings(n_ctx=1024, n_threads=1)
     engine = WorkerEngine(real_models["smollm2"], settings)
     local = LlamaModel(str(real_models["smollm2"]), settings.resolved())
     try:

@@ -71,7 +71,8 @@ class FakeModel:
         if not option.strip():
             error = f"empty_continuation: {option!r} has no tokens"
         elif n_context + n_tokens > self.settings.n_ctx:
-            error = f"prompt_too_long: {n_context + n_tokens} prompt tokens do not fit the {self.settings.n_ctx}-token context window"
+            error = (f"prompt_too_long: {n_context + n_tokens} prompt tokens do not fit the "
+                     f"{self.settings.n_ctx}-token context window")
         if error:
             return {"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
                     "token_logprobs": None, "greedy": None, "is_greedy": None, "error": error}
@@ -81,7 +82,8 @@ class FakeModel:
         greedy = [digest[(i + 7) % 32] < 64 for i in range(n_tokens)]
         total = sum(logprobs)
         return {"logprob": total, "mean_logprob": total / n_tokens, "n_tokens": n_tokens,
-                "n_context_tokens": n_context, "token_logprobs": logprobs, "greedy": greedy, "is_greedy": all(greedy), "error": None}
+                "n_context_tokens": n_context, "token_logprobs": logprobs, "greedy": greedy,
+                "is_greedy": all(greedy), "error": None}
 
     def letter_logprobs(self, prompt: str, letters: list[str]) -> dict[str, float]:
         """A softmax over the letters and one 'anything else' outcome, from a hash of the prompt."""
