@@ -176,25 +176,11 @@ class WorkerEngine:
 
     def generate(self, prompt: str, max_tokens: int, stop: list[str]) -> Generation:
         """One answer; a native crash is retried once (in safe mode if repacking was on), then recorded."""
-        try:
-            return self._generate_once(prompt, max_tokens, stop)
-        except WorkerCrashed as first:
-            self._note_crash(str(first))
-            if self.settings.use_extra_bufts:
-                # The known Intel-AMX crash comes from weight repacking: go on without it.
-                self.settings = replace(self.settings, use_extra_bufts=False)
-            self._restart()
-            try:
-                return self._generate_once(prompt, max_tokens, stop)
-            except WorkerCrashed as second:
-                self._note_crash(str(second))
-                self._restart()
-                return Generation(text=None, finish_reason="error", error=f"native crash: {second}")
-
-    def _generate_once(self, prompt: str, max_tokens: int, stop: list[str]) -> Generation:
-        self._conn.send({"op": "generate", "prompt": prompt, "max_tokens": max_tokens, "stop": list(stop)})
-        reply = self._receive(self.settings.unit_timeout_s, "generating")
-        return Generation(**reply["generation"])
+        request = {"op": "generate", "prompt": prompt, "max_tokens": max_tokens, "stop": list(stop)}
+        reply = self._request_with_retry(request, "generating")
+        if "generation" in reply:
+            return Generation(**reply["generation"])
+        return Generation(text=None, finish_reason="error", error=reply["error"])
 
     def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str],
                       n_parallel: int | None = None) -> list[Generation]:
@@ -228,8 +214,8 @@ class WorkerEngine:
         return reply["logprobs"]
 
     def _request_with_retry(self, request: dict, what: str) -> dict:
-        """`generate`'s crash handling for the other operations: retried once on a fresh worker (in
-        safe mode if repacking was on), then answered with an error."""
+        """One request, retried once on a fresh worker after a native crash (in safe mode if
+        repacking was on: the known Intel-AMX crash comes from it), then answered with an error."""
         try:
             return self._request_once(request, what)
         except WorkerCrashed as first:
