@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import time
 
@@ -20,6 +21,9 @@ class FakeModel:
 
     def __init__(self, path: str, settings: EngineSettings, delay_s: float = 0.0):
         self.path = path
+        # Answers depend on the model file's name, not its directory, so tests in temporary
+        # directories get the same answers every time.
+        self._key = os.path.basename(path)
         self.settings = settings
         self.delay_s = delay_s
         self.counters = {"prompt_tokens": 0, "prompt_tokens_decoded": 0, "generated_tokens": 0,
@@ -32,7 +36,7 @@ class FakeModel:
     def generate(self, prompt: str, max_tokens: int, stop: list[str]) -> Generation:
         if self.delay_s:
             time.sleep(self.delay_s)
-        digest = hashlib.sha256(f"{self.path}\0{prompt}".encode()).digest()
+        digest = hashlib.sha256(f"{self._key}\0{prompt}".encode()).digest()
         n_prompt = len(prompt.split())
         if n_prompt >= self.settings.n_ctx:
             return Generation(text=None, n_prompt_tokens=n_prompt, finish_reason="error",
@@ -77,7 +81,7 @@ class FakeModel:
             return {"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
                     "token_logprobs": None, "greedy": None, "is_greedy": None, "error": error}
         self.counters["prompt_tokens"] += n_context + n_tokens
-        digest = hashlib.sha256(f"{self.path}\0{context}\0{option}".encode()).digest()
+        digest = hashlib.sha256(f"{self._key}\0{context}\0{option}".encode()).digest()
         logprobs = [-0.05 - 4.0 * digest[i % 32] / 255 for i in range(n_tokens)]
         greedy = [digest[(i + 7) % 32] < 64 for i in range(n_tokens)]
         total = sum(logprobs)
@@ -94,7 +98,7 @@ class FakeModel:
             if len(letter.split()) != 1:
                 raise EngineError(f"not_single_token: {letter!r} is not one token after this prompt; "
                                   "score the options with loglikelihood instead")
-        digest = hashlib.sha256(f"{self.path}\0{prompt}".encode()).digest()
+        digest = hashlib.sha256(f"{self._key}\0{prompt}".encode()).digest()
         scores = [4.0 * digest[i % 32] / 255 for i in range(len(letters) + 1)]
         log_total = math.log(sum(math.exp(x) for x in scores))
         return {letter: score - log_total for letter, score in zip(letters, scores)}
