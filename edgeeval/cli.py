@@ -18,6 +18,7 @@ from edgeeval.errors import ConfigError, EdgeevalError
 DEMO_PAIR = "demo"
 DEMO_TASK = "case_challenges"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+MAX_PARALLEL = EngineSettings.n_seq_max
 
 
 def default_config() -> Path:
@@ -63,14 +64,16 @@ def cmd_run(args, pair: str | None = None, tasks: list[str] | None = None) -> in
     unknown = set(overrides) - set(tasks)
     if unknown:
         raise ConfigError(f"--data names task(s) not being run: {', '.join(sorted(unknown))}")
-    prepared = [prepare_task(project, t, overrides.get(t), args.limit, args.max_tokens) for t in tasks]
+    if not 1 <= args.parallel <= MAX_PARALLEL:
+        raise ConfigError(f"--parallel must be between 1 and {MAX_PARALLEL} (got {args.parallel})")
+    prepared = [prepare_task(project, t, overrides.get(t), args.limit, args.max_tokens, args.mode) for t in tasks]
     spec = project.config.pairs[pair]
     out = Path(args.out) if args.out else Path("runs") / pair
     settings = EngineSettings(n_threads=args.threads, seed=args.seed, backend=args.engine,
                               fake_delay_s=float(os.environ.get("EDGEEVAL_FAKE_DELAY_S", "0")))
     started = time.perf_counter()
     summary = run_models(project, pair, [spec.baseline, spec.candidate], prepared, out, settings,
-                         engine_factory(args.engine), progress=not args.quiet)
+                         engine_factory(args.engine), progress=not args.quiet, parallel=args.parallel)
     report = build_report(out, seed=args.seed, no_text=args.no_text)
     wall = time.perf_counter() - started
     rate = f", {summary.done / summary.seconds:.2f} examples/s" if summary.done and summary.seconds else ""
@@ -157,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument("--max-tokens", type=int, help="override the tasks' max new tokens")
     running.add_argument("--threads", type=int, default=0, help="CPU threads (default: physical cores)")
     running.add_argument("--seed", type=int, default=0, help="seed for the bootstrap (decoding is greedy)")
+    running.add_argument("--mode", choices=["generate", "loglik"], default="generate",
+                         help="generate: answers are generated and parsed (default); loglik: multiple-choice and "
+                         "label tasks score every option by its log-probability, nothing is generated "
+                         "(results go under TASK@loglik)")
+    running.add_argument("--parallel", type=int, default=1, metavar="N",
+                         help="generate: decode N prompts together (continuous batching; faster on larger "
+                         "models, answers may differ from one-at-a-time in the last bits, see README)")
     running.add_argument("--engine", choices=["llama", "fake"], default="llama", help=argparse.SUPPRESS)
     running.add_argument("--quiet", action="store_true", help="no progress bar")
     running.add_argument("--no-text", action="store_true",

@@ -173,6 +173,26 @@ class ContextSpec(Frozen):
         return self
 
 
+class LoglikSpec(Frozen):
+    """How `--mode loglik` scores a task: the model reads the prompt once and every answer option is
+    scored by its log-probability as the assistant's reply; nothing is generated, nothing parsed."""
+
+    scoring: Literal["letter", "full_text"] = "full_text"
+    """'letter': the options' letters are the continuations (one pass over the prompt and the letters'
+    logits at its end when each letter is one token); 'full_text': each option's text is a continuation
+    (label tasks: each label)."""
+    normalization: Literal["mean", "sum"] = "mean"
+    """Which score picks the answer: 'mean' (per-token mean log-probability, as llama-perplexity) or
+    'sum' (total log-probability, lm-eval's `acc`). Records keep both."""
+    prompt: str | None = None
+    """A user-message template for this mode (relative to the project root); default: the task's."""
+    answer_prefix: str = ""
+    """Text of the assistant's reply before the option, e.g. 'The answer is ' when the prompt asks for it."""
+
+
+LOGLIK_KINDS = ("multiple_choice", "label", "abstention")
+
+
 class TaskSpec(Frozen):
     """One clinical task: its data, prompt, generation settings and metrics."""
 
@@ -201,10 +221,18 @@ class TaskSpec(Frozen):
     rouge_stemmer: bool = False
     """kind 'summary': Porter-stem words before ROUGE. CLUE scored with Hugging Face evaluate's rouge,
     whose default is no stemming."""
+    loglik: LoglikSpec | None = None
+    """How the task is scored with `--mode loglik`; a task without it runs in generation mode only."""
     data: DataSpec
 
     @model_validator(mode="after")
     def _consistent(self) -> "TaskSpec":
+        if self.loglik is not None and self.kind not in LOGLIK_KINDS:
+            raise ValueError(f"'loglik' applies to kinds {', '.join(LOGLIK_KINDS)} only (this task is '{self.kind}': "
+                             "its answers are free text)")
+        if self.loglik is not None and self.loglik.scoring == "letter" and self.kind == "label":
+            raise ValueError("loglik scoring 'letter' needs lettered options; a label task scores its labels "
+                             "as 'full_text'")
         allowed = KIND_METRICS[self.kind]
         wrong = [m for m in self.metrics if m not in allowed]
         if wrong:
@@ -300,7 +328,8 @@ def load_task(path: Path) -> TaskSpec:
 
 def task_hash(spec: TaskSpec, template_text: str, data_sha256: str) -> str:
     """Changes whenever the task definition, its prompt template or its data file changes."""
-    payload = spec.model_dump_json() + "\0" + template_text + "\0" + data_sha256
+    # The loglik section shapes loglik runs only (their hash adds the mode); generation records stay valid.
+    payload = spec.model_dump_json(exclude={"loglik"}) + "\0" + template_text + "\0" + data_sha256
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -306,3 +306,17 @@ def parse_problem_list(text: str) -> list[str]:
 def normalize_problem(problem: str) -> str:
     """The matching key of a problem: case-folded, punctuation as spaces, whitespace collapsed."""
     return " ".join(re.sub(r"[^\w\s]", " ", problem.casefold()).split())
+
+
+def best_option(scores: Mapping[str, Mapping], normalization: str) -> str:
+    """The option a loglik record answers: the highest 'mean_logprob' (normalization 'mean') or 'logprob'
+    ('sum'); a tie goes to the first option in order, so the answer never depends on dict hashing."""
+    field = "mean_logprob" if normalization == "mean" else "logprob"
+    best_key, best_value = None, None
+    for key, score in scores.items():
+        value = score[field]
+        if best_value is None or value > best_value:
+            best_key, best_value = key, value
+    if best_key is None:
+        raise ValueError("no options to choose from")
+    return best_key

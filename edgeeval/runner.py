@@ -20,10 +20,11 @@ from edgeeval.chat import ChatTemplate, load_chat_template, prompt_hash
 from edgeeval.config import Project, TaskSpec, load_task, resolve_model_path, task_hash
 from edgeeval.context import fit_example
 from edgeeval.data import Example
-from edgeeval.engine import Engine, EngineSettings, Generation
+from edgeeval.engine import Engine, EngineError, EngineSettings, Generation, OptionScore, error_score
 from edgeeval.errors import ConfigError, DataError, TemplateError
 from edgeeval.formats import load_examples
 from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
+from edgeeval.parsing import best_option
 from edgeeval.prompts import AnswerTemplate, TaskPrompt
 from edgeeval.store import Record, RunStore, now_iso
 
@@ -45,6 +46,20 @@ class PreparedTask:
     shots: tuple[tuple[str, str], ...] = ()
     """Few-shot examples as (user message, assistant answer), shown before each question."""
     few_shot_sha256: str | None = None
+    mode: str = "generate"
+    """'generate' (answers generated, then parsed) or 'loglik' (options scored by log-probability)."""
+
+    @property
+    def template(self) -> str:
+        """The user-message template's path as the task file gives it."""
+        loglik = self.spec.loglik if self.mode == "loglik" else None
+        return loglik.prompt if loglik is not None and loglik.prompt else self.spec.prompt
+
+    @property
+    def run_name(self) -> str:
+        """The name its records and report rows go under: a loglik run of a task is a task of its own,
+        so both modes can share a run directory and be compared."""
+        return self.spec.name if self.mode == "generate" else f"{self.spec.name}@{self.mode}"
 
 
 @dataclass(frozen=True)
@@ -75,22 +90,34 @@ def task_path(project: Project, name: str) -> Path:
     return path
 
 
+MODES = ("generate", "loglik")
+
+
 def prepare_task(project: Project, name: str, data_override: Path | None, limit: int | None,
-                 max_tokens: int | None = None) -> PreparedTask:
-    spec = load_task(task_path(project, name))
+                 max_tokens: int | None = None, mode: str = "generate") -> PreparedTask:
+    path = task_path(project, name)
+    spec = load_task(path)
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode '{mode}' (modes: {', '.join(MODES)})")
+    if mode == "loglik" and spec.loglik is None:
+        raise ConfigError(f"task '{name}' has no [loglik] section ({path}); its answers are generated and "
+                          "parsed, so run it with --mode generate")
     if max_tokens is not None:
         spec = spec.model_copy(update={"max_tokens": max_tokens})
     data_path = data_override if data_override is not None else project.root / spec.data.path
     examples = load_examples(data_path, spec)
-    prompt = TaskPrompt(Path(spec.prompt), root=project.root)
+    template = spec.loglik.prompt if mode == "loglik" and spec.loglik.prompt else spec.prompt
+    prompt = TaskPrompt(Path(template), root=project.root)  # PreparedTask.template says the same
     shots, shots_sha = few_shot_turns(project, spec, prompt, examples)
     if limit is not None:
         examples = examples[:limit]
     data_sha = sha256_file(data_path)
     # The few-shot file is part of every prompt, so it is part of the task's identity too.
     identity = data_sha if shots_sha is None else f"{data_sha}+{shots_sha}"
-    return PreparedTask(spec, task_hash(spec, prompt.text, identity), data_path, data_sha, examples, prompt,
-                        tuple(shots), shots_sha)
+    digest = task_hash(spec, prompt.text, identity)
+    if mode != "generate":
+        digest = hashlib.sha256(f"{digest}\0{mode}\0{spec.loglik.model_dump_json()}".encode()).hexdigest()[:16]
+    return PreparedTask(spec, digest, data_path, data_sha, examples, prompt, tuple(shots), shots_sha, mode)
 
 
 def few_shot_turns(project: Project, spec: TaskSpec, prompt: TaskPrompt,
@@ -170,28 +197,50 @@ class Unit:
     """How the context policy cut the prompt, when it did."""
     error: str | None = None
     """Why the prompt cannot be sent (it cannot fit the window even cut); recorded without generating."""
+    continuations: tuple[tuple[str, str], ...] = ()
+    """loglik: (option key, text scored after the prompt) for every option."""
 
 
 def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bool]:
     units, folded = [], False
     budget = model.n_ctx - task.spec.max_tokens
+    answer_prefix = task.spec.loglik.answer_prefix if task.mode == "loglik" else ""
 
     def render(example: Example) -> str:
-        return build_prompt(model.chat, task_messages(task, example))[0]
+        return build_prompt(model.chat, task_messages(task, example))[0] + answer_prefix
 
     for example in task.examples:
         fitted = fit_example(example, task.spec.context, budget, render)
         text, was_folded = build_prompt(model.chat, task_messages(task, fitted.example))
         folded = folded or was_folded
-        units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.error))
+        if task.mode == "loglik":
+            text += answer_prefix
+            options = loglik_continuations(task, example)
+            # What is scored is part of the unit's identity: other options, another scoring rule, a new unit.
+            identity = "\0".join([text, task.spec.loglik.scoring, *(f"{k}={t}" for k, t in options)])
+            units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.error, options))
+        else:
+            units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.error))
     return units, folded
+
+
+def loglik_continuations(task: PreparedTask, example: Example) -> tuple[tuple[str, str], ...]:
+    """The continuations a loglik unit scores, keyed as gold is: option letters, or a label task's labels."""
+    if task.spec.kind == "label":
+        return tuple((label, label) for label in task.spec.labels)
+    options = example.fields.get("options") or {}
+    if not options:
+        raise DataError(f"{example.source}: example {example.id} has no options to score")
+    if task.spec.loglik.scoring == "letter":
+        return tuple((letter, letter) for letter in options)
+    return tuple((letter, str(text)) for letter, text in options.items())
 
 
 def make_record(model: PreparedModel, task: PreparedTask, unit: Unit, gen: Generation) -> Record:
     return Record(
         model=model.name,
         model_sha256=model.sha256,
-        task=task.spec.name,
+        task=task.run_name,
         task_hash=task.hash,
         example_id=unit.example.id,
         prompt_hash=unit.prompt_hash,
@@ -206,6 +255,28 @@ def make_record(model: PreparedModel, task: PreparedTask, unit: Unit, gen: Gener
         n_output_tokens=gen.n_output_tokens,
         seconds=round(gen.seconds, 4),
         created=now_iso(),
+    )
+
+
+def loglik_record(model: PreparedModel, task: PreparedTask, unit: Unit, scores: list[OptionScore],
+                  seconds: float) -> Record:
+    """A loglik unit's record: every option's scores and the best option by the task's normalisation
+    (as `output`); an option the engine could not score makes the whole unit an error."""
+    normalization = task.spec.loglik.normalization
+    error = unit.error or next((s["error"] for s in scores if s.get("error")), None)
+    table = None if error else {
+        key: {"logprob": s["logprob"], "mean_logprob": s["mean_logprob"], "n_tokens": s["n_tokens"],
+              "token_logprobs": s["token_logprobs"], "is_greedy": s.get("is_greedy")}
+        for (key, _), s in zip(unit.continuations, scores)}
+    n_context = next((s.get("n_context_tokens") for s in scores if s.get("n_context_tokens") is not None), None)
+    return Record(
+        model=model.name, model_sha256=model.sha256, task=task.run_name, task_hash=task.hash,
+        example_id=unit.example.id, prompt_hash=unit.prompt_hash, prompt=unit.prompt, gold=unit.example.gold,
+        options=unit.example.fields.get("options"),
+        output=None if table is None else best_option(table, normalization),
+        error=error, truncation=unit.truncation, finish_reason="error" if error else None,
+        mode="loglik", scores=table, normalization=normalization,
+        n_prompt_tokens=n_context, seconds=round(seconds, 4), created=now_iso(),
     )
 
 
@@ -250,8 +321,9 @@ def task_manifest(task: PreparedTask) -> dict:
     return {"hash": task.hash, "data": str(task.data_path), "data_sha256": task.data_sha256,
             "format": spec.data.format, "examples": len(task.examples), "kind": spec.kind,
             "labels": spec.labels, "metrics": spec.metrics, "rouge_stemmer": spec.rouge_stemmer,
-            "max_tokens": spec.max_tokens, "stop": spec.stop, "prompt": spec.prompt, "few_shot": few_shot,
-            "context": spec.context.model_dump(),
+            "max_tokens": spec.max_tokens, "stop": spec.stop, "prompt": task.template, "few_shot": few_shot,
+            "context": spec.context.model_dump(), "mode": task.mode, "name": spec.name,
+            **({"loglik": spec.loglik.model_dump()} if task.mode == "loglik" else {}),
             **({"icd_table": icd.TABLE} if spec.kind == "icd_coding" else {})}
 
 
@@ -267,7 +339,7 @@ def load_manifest(run_dir: Path) -> dict:
 
 def run_models(project: Project, pair_name: str, models: list[str], tasks: list[PreparedTask],
                out_dir: Path, settings: EngineSettings, engine_factory: EngineFactory,
-               progress: bool = True) -> RunSummary:
+               progress: bool = True, parallel: int = 1) -> RunSummary:
     """Evaluate every model on every task into `out_dir`, resuming whatever is already there."""
     started = time.perf_counter()
     summary = RunSummary(run_dir=out_dir)
@@ -285,7 +357,7 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
             "baseline": project.config.pairs[pair_name].baseline if pair_name in project.config.pairs else models[0],
             "candidate": project.config.pairs[pair_name].candidate if pair_name in project.config.pairs else models[-1],
         }
-        manifest.setdefault("tasks", {}).update({t.spec.name: task_manifest(t) for t in tasks})
+        manifest.setdefault("tasks", {}).update({t.run_name: task_manifest(t) for t in tasks})
         manifest.setdefault("models", {})
         manifest.setdefault("engine", {})
         # Every model's prompts are rendered before any inference, so a template that fails on
@@ -295,23 +367,30 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
             manifest["models"][model.name] = model_manifest(model, project, any(f for _, _, f in plans))
         store.write_manifest(manifest)
         for model, plans in zip(prepared, all_plans):
-            info = _run_model(store, model, plans, settings, engine_factory, summary, progress)
+            info = _run_model(store, model, plans, settings, engine_factory, summary, progress, parallel)
             if info:
                 manifest["engine"][model.name] = info
         summary.seconds = time.perf_counter() - started
         manifest.setdefault("invocations", []).append({
             "finished": now_iso(), "wall_seconds": round(summary.seconds, 2), "generated": summary.done,
             "skipped_done": summary.skipped, "errors": summary.errors, "argv": sys.argv[1:],
+            "modes": sorted({t.mode for t in tasks}), "parallel": parallel,
         })
         store.write_manifest(manifest)
     return summary
 
 
+LOGLIK_CHUNK = 8
+"""Items per scoring call in loglik mode: packed into shared batches, and what a native crash costs at most."""
+GENERATE_CHUNK_PER_SEQUENCE = 4
+"""With --parallel N, prompts per generate_many call: 4N keeps N sequences busy between refills."""
+
+
 def _run_model(store: RunStore, model: PreparedModel, plans, settings: EngineSettings,
-               engine_factory: EngineFactory, summary: RunSummary, progress: bool) -> dict | None:
+               engine_factory: EngineFactory, summary: RunSummary, progress: bool, parallel: int = 1) -> dict | None:
     pending = []
     for task, units, _ in plans:
-        done = {r.key() for r in store.load(model.name, task.spec.name)}
+        done = {r.key() for r in store.load(model.name, task.run_name)}
         todo = [u for u in units if (model.sha256, task.hash, u.example.id, u.prompt_hash) not in done]
         summary.skipped += len(units) - len(todo)
         pending.extend((task, unit) for unit in todo)
@@ -320,13 +399,13 @@ def _run_model(store: RunStore, model: PreparedModel, plans, settings: EngineSet
     engine = engine_factory(model.path, replace(settings, n_ctx=model.n_ctx))
     started = time.perf_counter()
     try:
-        bar = tqdm(pending, desc=f"{model.name}", unit="ex", disable=not progress, dynamic_ncols=True)
-        for task, unit in bar:
-            gen = (Generation(text=None, finish_reason="error", error=unit.error) if unit.error is not None
-                   else engine.generate(unit.prompt, task.spec.max_tokens, list(task.spec.stop)))
-            store.append(make_record(model, task, unit, gen))
-            summary.done += 1
-            summary.errors += gen.error is not None
+        bar = tqdm(total=len(pending), desc=f"{model.name}", unit="ex", disable=not progress, dynamic_ncols=True)
+        for task, units in _chunks(pending, parallel):
+            for record in _work(engine, model, task, units, parallel):
+                store.append(record)
+                summary.done += 1
+                summary.errors += record.error is not None
+                bar.update(1)
         bar.close()
         info = engine.info()
     finally:
@@ -335,3 +414,67 @@ def _run_model(store: RunStore, model: PreparedModel, plans, settings: EngineSet
     summary.per_model[model.name] = {"examples": len(pending), "seconds": round(elapsed, 2),
                                      "examples_per_s": round(len(pending) / elapsed, 3) if elapsed else None}
     return {**info, **summary.per_model[model.name]}
+
+
+def _chunks(pending: list[tuple[PreparedTask, Unit]], parallel: int):
+    """Consecutive units of one task, as many as one engine call takes: one (generation), 4 x parallel
+    (batched generation) or LOGLIK_CHUNK (loglik scoring)."""
+    i = 0
+    while i < len(pending):
+        task = pending[i][0]
+        size = (LOGLIK_CHUNK if task.mode == "loglik"
+                else GENERATE_CHUNK_PER_SEQUENCE * parallel if parallel > 1 else 1)
+        units = []
+        while i < len(pending) and pending[i][0] is task and len(units) < size:
+            units.append(pending[i][1])
+            i += 1
+        yield task, units
+
+
+def _work(engine: Engine, model: PreparedModel, task: PreparedTask, units: list[Unit], parallel: int):
+    """The records of one chunk of units, in order (units that cannot be sent become error records)."""
+    ready = [u for u in units if u.error is None]
+    if task.mode == "loglik":
+        results = dict(zip(map(id, ready), _score_units(engine, task, ready)))
+        for unit in units:
+            scores, seconds = results.get(id(unit), ([], 0.0))
+            yield loglik_record(model, task, unit, scores, seconds)
+        return
+    spec = task.spec
+    if parallel > 1 and len(ready) > 1:
+        gens = engine.generate_many([u.prompt for u in ready], spec.max_tokens, list(spec.stop), n_parallel=parallel)
+    else:
+        gens = [engine.generate(u.prompt, spec.max_tokens, list(spec.stop)) for u in ready]
+    results = dict(zip(map(id, ready), gens))
+    for unit in units:
+        gen = results.get(id(unit)) or Generation(text=None, finish_reason="error", error=unit.error)
+        yield make_record(model, task, unit, gen)
+
+
+def _score_units(engine: Engine, task: PreparedTask, units: list[Unit]) -> list[tuple[list[OptionScore], float]]:
+    """(option scores, seconds) per unit. Letters: one pass over each prompt and the letters' logits at its
+    end (the letter fast path), or full scoring for a prompt after which a letter is not one token. Full
+    text: every unit of the chunk packed into one scoring call."""
+    if task.spec.loglik.scoring == "letter":
+        out = []
+        for unit in units:
+            began = time.perf_counter()
+            out.append((_letter_scores(engine, unit), time.perf_counter() - began))
+        return out
+    began = time.perf_counter()
+    scores = engine.loglikelihood_many([(u.prompt, [text for _, text in u.continuations]) for u in units])
+    each = (time.perf_counter() - began) / max(1, len(units))
+    return [(s, each) for s in scores]
+
+
+def _letter_scores(engine: Engine, unit: Unit) -> list[OptionScore]:
+    letters = [text for _, text in unit.continuations]
+    try:
+        logprobs = engine.letter_logprobs(unit.prompt, letters)
+    except EngineError as exc:
+        if str(exc).startswith("not_single_token"):
+            return engine.loglikelihood(unit.prompt, letters)
+        return [error_score(str(exc)) for _ in letters]
+    return [{"logprob": logprobs[letter], "mean_logprob": logprobs[letter], "n_tokens": 1, "n_context_tokens": None,
+             "token_logprobs": [logprobs[letter]], "greedy": None, "is_greedy": None, "error": None}
+            for letter in letters]

@@ -8,6 +8,7 @@ import polars as pl
 
 from edgeeval.errors import DataError
 from edgeeval.parsing import (
+    best_option,
     parse_abstention,
     parse_choice,
     parse_icd_codes,
@@ -18,7 +19,7 @@ from edgeeval.runner import load_manifest
 from edgeeval.store import read_records
 
 RECORD_COLUMNS = ["model", "task", "example_id", "gold", "output", "error", "prompt", "options",
-                  "finish_reason", "n_prompt_tokens", "n_output_tokens", "seconds"]
+                  "mode", "finish_reason", "n_prompt_tokens", "n_output_tokens", "seconds"]
 # Added per row from the task's manifest entry, so the metrics know what to compute.
 TASK_COLUMNS = {"kind": pl.String, "metrics": pl.String, "rouge_stemmer": pl.Boolean}
 PARSED_COLUMNS = {"parsed": pl.String, "unoffered_choice": pl.String, "truncated": pl.Boolean}
@@ -67,7 +68,13 @@ def parse_answer(record: dict, kind: str, labels: list[str]) -> str | None:
     """What the reply answers, in the form gold has: an option letter, a label, the summary text, the
     ICD codes joined by ';'. None when the engine failed or no answer can be read."""
     output = record.get("output")
-    if record.get("error") is not None or output is None:
+    if record.get("error") is not None:
+        return None
+    if record.get("mode") == "loglik":
+        # Nothing to parse: the answer is the best-scored option, recomputed from the record's scores.
+        scores = record.get("scores")
+        return best_option(scores, record.get("normalization") or "mean") if scores else None
+    if output is None:
         return None
     options = record.get("options") or {}
     if kind == "multiple_choice":

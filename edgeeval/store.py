@@ -10,6 +10,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgeeval.errors import EdgeevalError
@@ -41,6 +43,14 @@ class Record(BaseModel):
     """Set when the task's context policy cut the prompt to fit the model's window: the rule, the field,
     what was dropped and the token estimate (the prompt itself shows the cut)."""
     finish_reason: str | None = None
+    mode: Literal["generate", "loglik"] = "generate"
+    """'generate': `output` is generated text, parsed when scored. 'loglik': nothing was generated; `scores`
+    holds every option's log-probability and the answer is the best one by `normalization`."""
+    scores: dict[str, dict] | None = None
+    """loglik: per option key (letter or label): logprob (sum), mean_logprob, n_tokens, token_logprobs,
+    is_greedy (None when not computed)."""
+    normalization: Literal["mean", "sum"] | None = None
+    """loglik: which score decided the answer (`output` is that option's key)."""
     n_prompt_tokens: int | None = None
     n_output_tokens: int | None = None
     seconds: float = 0.0

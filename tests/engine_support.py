@@ -56,6 +56,26 @@ class NaiveScorer:
         finally:
             L.llama_batch_free(batch)
 
+    def next_token_logprobs(self, context: list[int], targets: list[int]) -> list[float]:
+        """log p(target | context) for each target: the context decoded alone, every row asked for."""
+        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
+        batch = L.llama_batch_init(len(context), 0, 1)
+        try:
+            for i, token in enumerate(context):
+                batch.token[i] = token
+                batch.pos[i] = i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1
+            batch.n_tokens = len(context)
+            assert L.llama_decode(self.ctx, batch) == 0
+            ptr = L.llama_get_logits_ith(self.ctx, len(context) - 1)
+            row = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).astype(np.float64)
+            log_total = row.max() + np.log(np.exp(row - row.max()).sum())
+            return [float(row[t] - log_total) for t in targets]
+        finally:
+            L.llama_batch_free(batch)
+
     def score(self, context: str, continuation: str) -> float:
         whole, start = self.model.split_tokens(context, continuation)
         return sum(self.token_logprobs(whole, start))

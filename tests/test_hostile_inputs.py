@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from edgeeval.cli import main
 from edgeeval.errors import TemplateError
 from edgeeval.prompts import TaskPrompt
 from edgeeval.store import read_records
+from cli_support import run_cli
 
 HOSTILE_FIRST_TOML = """
 [models.hostile]
@@ -42,15 +42,6 @@ chat_template = "prompts/chat/chatml.j2"
 baseline = "hostile"
 candidate = "bio-small"
 """
-
-
-def run_cli(project: Path, *args: str) -> int:
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        return main(list(args))
-    finally:
-        os.chdir(cwd)
 
 
 def fake_run(project: Path, out: Path, *extra: str) -> int:

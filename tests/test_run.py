@@ -14,19 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeeval.cli import main
 from edgeeval.store import read_records
+from cli_support import run_cli
 
 N_SAMPLE = 36
-
-
-def run_cli(project: Path, *args: str) -> int:
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        return main(list(args))
-    finally:
-        os.chdir(cwd)
 
 
 def fake_run(project: Path, out: Path, *extra: str) -> int:

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE_MODELS_TOML, ROOT, write_tiny_gguf
-from edgeeval.cli import main
 from edgeeval.config import ContextSpec, load_models_config, load_task
 from edgeeval.context import fit_example
 from edgeeval.data import Example
 from edgeeval.errors import ConfigError
 from edgeeval.runner import TASKS_DIR, prepare_task, task_messages
 from edgeeval.store import read_records
+from cli_support import run_cli
 
 TASKS = sorted(p.stem for p in (ROOT / TASKS_DIR).glob("*.toml"))
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -30,15 +30,6 @@ EXPECTED_TASKS = {
     "medisumqa", "medisumcode", "longhealth_t1", "longhealth_t2", "longhealth_t3",
 }
 MODELS = ("general-small", "bio-small")
-
-
-def run_cli(project: Path, *args: str) -> int:
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        return main(list(args))
-    finally:
-        os.chdir(cwd)
 
 
 def make_project(root: Path, models_toml: str = FAKE_MODELS_TOML) -> Path:

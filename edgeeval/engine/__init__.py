@@ -79,6 +79,12 @@ the worker boundary and goes into records as it is):
 """
 
 
+def error_score(error: str) -> OptionScore:
+    """The score of an option that could not be scored: every number None, `error` says why."""
+    return {"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
+            "token_logprobs": None, "greedy": None, "is_greedy": None, "error": error}
+
+
 class Engine(Protocol):
     """A loaded model. Implementations: the llama.cpp worker and the fake used by fast tests."""
 

@@ -8,7 +8,7 @@ import os
 import re
 import time
 
-from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
+from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore, error_score
 
 _OPTION = re.compile(r"^([A-J])[.)] ", re.MULTILINE)
 
@@ -78,8 +78,7 @@ class FakeModel:
             error = (f"prompt_too_long: {n_context + n_tokens} prompt tokens do not fit the "
                      f"{self.settings.n_ctx}-token context window")
         if error:
-            return {"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
-                    "token_logprobs": None, "greedy": None, "is_greedy": None, "error": error}
+            return error_score(error)
         self.counters["prompt_tokens"] += n_context + n_tokens
         digest = hashlib.sha256(f"{self._key}\0{context}\0{option}".encode()).digest()
         logprobs = [-0.05 - 4.0 * digest[i % 32] / 255 for i in range(n_tokens)]

@@ -13,7 +13,7 @@ from dataclasses import asdict, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
+from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore, error_score
 from edgeeval.engine.memory import check_context_fits
 from edgeeval.errors import ModelFileError
 from edgeeval.gguf_file import read_gguf_metadata
@@ -203,7 +203,7 @@ class WorkerEngine:
         reply = self._request_with_retry(request, "scoring")
         if "scores" in reply:
             return reply["scores"]
-        return [[_error_score(reply["error"]) for _ in options] for _, options in items]
+        return [[error_score(reply["error"]) for _ in options] for _, options in items]
 
     def letter_logprobs(self, prompt: str, letters: list[str]) -> dict[str, float]:
         """Log-probability of each letter as the next token; raises EngineError when there is none."""
@@ -262,11 +262,6 @@ class WorkerEngine:
             except (BrokenPipeError, OSError):
                 pass
         self._stop()
-
-
-def _error_score(error: str) -> OptionScore:
-    return {"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
-            "token_logprobs": None, "greedy": None, "is_greedy": None, "error": error}
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> None:

@@ -19,7 +19,7 @@ from edgeeval.report.svg import (ARM_COLOURS, FAVOURS_BASELINE, FAVOURS_CANDIDAT
                                  ForestRow, bar_chart, forest_plot)
 from edgeeval.report.views import (arm_with_family, arms_with_results, confusion_table, disagreements, fmt, fmt_ci, fmt_p,
                                    metric_label, model_facts, pair_rows, plain_results, run_facts, side_names,
-                                   tasks_in)
+                                   task_scoring, tasks_in)
 
 DRILL_LIMIT = 300
 """Disagreements shown per pair and task (discordant ones first); records.parquet has them all."""
@@ -177,9 +177,9 @@ def _run_summary(study: Study) -> str:
                     [[_td(arm)] + [_td(value, "mono hash" if key == "sha256" else ("num" if key == "size (MB)" else ""))
                                    for key, value in model_facts(meta.meta).items()]
                      for arm, meta in study.arms.items()])
-    tasks = _table([("task", False), ("kind", False), ("examples", True), ("metrics", False), ("data", False),
-                    ("data sha256", False), ("task hash", False)],
-                   [[_td(name), _td(t.get("kind", "–")), _num(t.get("examples")),
+    tasks = _table([("task", False), ("kind", False), ("answers", False), ("examples", True), ("metrics", False),
+                    ("data", False), ("data sha256", False), ("task hash", False)],
+                   [[_td(name), _td(t.get("kind", "–")), _td(task_scoring(t)), _num(t.get("examples")),
                      _td(", ".join(t.get("metrics", []))), _td(str(t.get("data", "")).rsplit("/", 1)[-1], "mono"),
                      _td(t.get("data_sha256", "–"), "mono hash"), _td(t.get("hash", "–"), "mono")]
                     for name, t in study.tasks.items()])

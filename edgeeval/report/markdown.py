@@ -8,7 +8,7 @@ from edgeeval.report.findings import headline, significant_findings, tally_pair,
 from edgeeval.report.study import Study
 from edgeeval.report.views import (arm_with_family, arms_with_results, confusion_table, disagreements,
                                    discordant_counts, fmt, fmt_ci, fmt_p, model_facts, pair_rows, plain_results,
-                                   run_facts, side_names, tasks_in)
+                                   run_facts, side_names, task_scoring, tasks_in)
 
 DRILL_LIMIT = 5
 """Disagreements listed per task; report.html lists more, records.parquet all."""
@@ -67,9 +67,9 @@ def _models(study: Study) -> list[str]:
 
 
 def _tasks(study: Study) -> list[str]:
-    rows = [[name, t.get("kind", "–"), t.get("examples", "–"), f"`{str(t.get('data', '')).rsplit('/', 1)[-1]}`",
-             f"`{t.get('hash', '–')}`"] for name, t in study.tasks.items()]
-    return ["", "## Tasks", ""] + _table(["task", "kind", "examples", "data", "task hash"], rows)
+    rows = [[name, t.get("kind", "–"), task_scoring(t), t.get("examples", "–"),
+             f"`{str(t.get('data', '')).rsplit('/', 1)[-1]}`", f"`{t.get('hash', '–')}`"] for name, t in study.tasks.items()]
+    return ["", "## Tasks", ""] + _table(["task", "kind", "answers", "examples", "data", "task hash"], rows)
 
 
 def _pair_summary(study: Study, pair) -> list[str]:

@@ -67,6 +67,17 @@ def model_facts(meta: dict) -> dict[str, str]:
     }
 
 
+def task_scoring(meta: dict) -> str:
+    """How a task's answers were obtained, from its manifest entry: 'generated, parsed' or, for a
+    loglik run, 'loglik: letter' / 'loglik: full text, mean' (the normalisation that decided)."""
+    if meta.get("mode") != "loglik":
+        return "generated, parsed"
+    loglik = meta.get("loglik") or {}
+    if loglik.get("scoring") == "letter":
+        return "loglik: letter"
+    return f"loglik: full text, {loglik.get('normalization', 'mean')}"
+
+
 def side_names(study: Study, pair: Pair) -> tuple[str, str]:
     """What to call the two sides: their families ('general', 'biomedical') when those tell them
     apart, else the arm labels."""
