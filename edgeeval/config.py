@@ -227,12 +227,6 @@ class TaskSpec(Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TaskSpec":
-        if self.loglik is not None and self.kind not in LOGLIK_KINDS:
-            raise ValueError(f"'loglik' applies to kinds {', '.join(LOGLIK_KINDS)} only (this task is '{self.kind}': "
-                             "its answers are free text)")
-        if self.loglik is not None and self.loglik.scoring == "letter" and self.kind == "label":
-            raise ValueError("loglik scoring 'letter' needs lettered options; a label task scores its labels "
-                             "as 'full_text'")
         allowed = KIND_METRICS[self.kind]
         wrong = [m for m in self.metrics if m not in allowed]
         if wrong:
@@ -241,6 +235,12 @@ class TaskSpec(Frozen):
             raise ValueError("kind 'label' needs 'labels' (at least two)")
         if self.kind != "label" and self.labels:
             raise ValueError("'labels' applies to kind 'label' only")
+        if self.loglik is not None and self.kind not in LOGLIK_KINDS:
+            raise ValueError(f"'loglik' applies to kinds {', '.join(LOGLIK_KINDS)} only (this task is '{self.kind}': "
+                             "its answers are free text)")
+        if self.loglik is not None and self.loglik.scoring == "letter" and self.kind == "label":
+            raise ValueError("loglik scoring 'letter' needs lettered options; a label task scores its labels "
+                             "as 'full_text'")
         return self
 
 
@@ -275,6 +275,8 @@ def _explain(path: Path, exc: ValidationError, model: type[BaseModel]) -> Config
         return ConfigError(f"{path}: unknown key '{loc}' (allowed here: {allowed})")
     if err["type"] == "missing":
         return ConfigError(f"{path}: missing required key '{loc}'")
+    if not loc:  # a rule across keys: the message names them; the input is the whole file
+        return ConfigError(f"{path}: {err['msg'].removeprefix('Value error, ')}")
     return ConfigError(f"{path}: key '{loc}': {err['msg']} (got {err.get('input')!r})")
 
 

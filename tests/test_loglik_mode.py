@@ -53,6 +53,10 @@ def test_loglik_records_hold_every_option_and_the_best_one(project_dir, tmp_path
     with open(out / "results.csv") as handle:
         tasks = {row["task"] for row in csv.DictReader(handle)}
     assert tasks == {"case_challenges@loglik", "mednli@loglik"}
+    report = (out / "report.md").read_text()
+    assert "| case_challenges@loglik | multiple_choice | loglik: letter |" in report
+    assert "| mednli@loglik | label | loglik: full text, sum |" in report
+    assert "decoded of" in report and "--parallel 1" in report
 
 
 def test_generation_and_loglik_share_a_run_directory_and_resume_apart(project_dir, tmp_path, capsys):
@@ -145,7 +149,7 @@ def test_task_without_loglik_section_is_refused(project_dir, capsys):
 
 
 @pytest.mark.parametrize("kind_and_section, message", [
-    ('kind = "summary"\n[loglik]\nscoring = "full_text"', "'loglik' applies to kinds"),
+    ('kind = "summary"\nmetrics = ["rouge1"]\n[loglik]\nscoring = "full_text"', "'loglik' applies to kinds"),
     ('kind = "label"\nlabels = ["a", "b"]\n[loglik]\nscoring = "letter"', "needs lettered options"),
     ('kind = "multiple_choice"\n[loglik]\nscoring = "letters"', "key 'loglik.scoring'"),
     ('kind = "multiple_choice"\n[loglik]\nnormalisation = "sum"', "unknown key 'loglik.normalisation'"),

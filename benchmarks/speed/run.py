@@ -72,7 +72,8 @@ def child_main(spec: dict) -> dict:
     from edgeeval.engine.llama import LlamaModel
 
     settings = EngineSettings(n_ctx=spec["n_ctx"], n_threads=spec["threads"], n_seq_max=spec.get("n_seq_max", 32),
-                              n_batch=spec.get("n_batch", 512), n_ubatch=spec.get("n_ubatch", 512)).resolved()
+                              n_batch=spec.get("n_batch", 512), n_ubatch=spec.get("n_ubatch", 512),
+                              flash_attn=spec.get("flash_attn", False)).resolved()
     model = LlamaModel(spec["model"], settings)
     try:
         return {**CHILD_KINDS[spec["kind"]](model, spec), "settings": {
@@ -130,7 +131,7 @@ def child_tg(model, spec: dict) -> dict:
         t1 = time.perf_counter()
         model.generate("x", 1, [])
         t2 = time.perf_counter()
-        full = model.generate(prompt, spec["n_gen"], [])
+        full = model.generate(prompt, spec["n_gen"], [], ignore_eos=True)
         t3 = time.perf_counter()
         runs.append({"tokens": full.n_output_tokens - one.n_output_tokens, "seconds": (t3 - t2) - (t1 - t0)})
     best = max(runs, key=lambda r: r["tokens"] / r["seconds"])
@@ -148,7 +149,7 @@ def child_batched(model, spec: dict) -> dict:
         batch = prompts[:pl]
         model.generate("x", 1, [])
         t0 = time.perf_counter()
-        gens = model.generate_many(batch, spec["tg"], [], n_parallel=pl)
+        gens = model.generate_many(batch, spec["tg"], [], n_parallel=pl, ignore_eos=True)
         seconds = time.perf_counter() - t0
         out["sizes"][str(pl)] = {"seconds": seconds, "generated": sum(g.n_output_tokens for g in gens),
                                  "prompt_tokens": sum(n_prompt[:pl]),
@@ -158,7 +159,7 @@ def child_batched(model, spec: dict) -> dict:
     n_single = max(spec["sizes"])
     for prompt in prompts[:n_single]:
         model.generate("x", 1, [])
-        singles.append(model.generate(prompt, spec["tg"], []))
+        singles.append(model.generate(prompt, spec["tg"], [], ignore_eos=True))
     out["one_at_a_time"] = {"seconds": time.perf_counter() - t0, "n": n_single,
                             "generated": sum(g.n_output_tokens for g in singles),
                             "prompt_tokens": sum(n_prompt[:n_single]), "texts": [g.text for g in singles]}
@@ -295,9 +296,9 @@ def _log_time(out: str, key: str) -> float:
     raise RuntimeError(f"llama-perplexity printed no line with {key!r}")
 
 
-def llama_bench(model: str, threads: int, repeats: int) -> dict:
+def llama_bench(model: str, threads: int, repeats: int, extra: tuple[str, ...] = ()) -> dict:
     out, _, _ = run_timed([str(peer_bin("llama-bench")), "-m", model, "-t", str(threads), "-p", "512", "-n", "128",
-                           "-r", str(repeats), "-o", "json"])
+                           "-r", str(repeats), "-o", "json", *extra])
     rows = json.loads(out[out.index("[") : out.rindex("]") + 1])
     pp = next(r for r in rows if r["n_prompt"] == 512 and r["n_gen"] == 0)
     tg = next(r for r in rows if r["n_gen"] == 128 and r["n_prompt"] == 0)
@@ -305,11 +306,12 @@ def llama_bench(model: str, threads: int, repeats: int) -> dict:
             "n_batch": pp.get("n_batch"), "n_ubatch": pp.get("n_ubatch")}
 
 
-def batched_bench(model: str, threads: int, pp: int, tg: int, sizes: tuple[int, ...]) -> dict:
+def batched_bench(model: str, threads: int, pp: int, tg: int, sizes: tuple[int, ...],
+                  extra: tuple[str, ...] = ()) -> dict:
     n_ctx = max(sizes) * (pp + tg)
     out, _, _ = run_timed([str(peer_bin("llama-batched-bench")), "-m", model, "-t", str(threads), "-c", str(n_ctx),
                            "-b", "2048", "-ub", "512", "-npp", str(pp), "-ntg", str(tg),
-                           "-npl", ",".join(map(str, sizes)), "--output-format", "jsonl"])
+                           "-npl", ",".join(map(str, sizes)), "--output-format", "jsonl", *extra])
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return {str(r["pl"]): {"seconds": r["t"], "speed": r["speed"], "speed_tg": r["speed_tg"]} for r in rows}
 
@@ -457,6 +459,14 @@ def measure_model(model: str, args, items: list[dict], shots: list[dict], tmp: P
         res[f"loglik_{label}"]["ratio"] = (res[f"loglik_{label}"]["edgeeval_items_per_s"]
                                             / res[f"loglik_{label}"]["perplexity_items_per_s"])
         if label == "zero_shot":
+            # The profile of the gap to llama-perplexity: the same scoring with flash attention on (as the
+            # peer runs; edgeeval leaves it off because its CPU kernel's results change with batch layout).
+            log("loglik zero_shot: edgeeval with flash attention (diagnostic)")
+            fa = run_child({**base, "kind": "loglik", "items": items, "prefix": pre, "flash_attn": True})
+            res["loglik_zero_shot_flash_attn"] = {
+                "edgeeval_items_per_s": len(items) / fa["seconds"],
+                "ratio": len(items) / fa["seconds"] / res[f"loglik_{label}"]["perplexity_items_per_s"],
+                "python_overhead": 1 - fa["decode_seconds"] / fa["seconds"]}
             kv = gguf_kv_bytes(model, LOGLIK_CTX) / 2**20
             res["rss"] = {"peak_rss_mb": ours["peak_rss_mb"], "gguf_mb": res["gguf_mb"], "kv_cache_mb": kv,
                           "overhead_mb": ours["peak_rss_mb"] - res["gguf_mb"] - kv}
@@ -472,6 +482,8 @@ def measure_model(model: str, args, items: list[dict], shots: list[dict], tmp: P
         tg_runs.append(run_child({**base, "kind": "tg", "n_ctx": 2048, "n_gen": 128, "repeats": 2}))
     bench = {"pp512": max(b["pp512"] for b in benches), "tg128": max(b["tg128"] for b in benches),
              "flash_attn": benches[0]["flash_attn"], "rounds": benches}
+    log("llama-bench pp512 / tg128 with -fa off (diagnostic: edgeeval's attention kernels)")
+    bench["fa_off"] = llama_bench(model, threads, 2 if args.quick else 3, ("-fa", "off"))
     letters = min(letter_runs, key=lambda r: r["seconds"])
     tg = max(tg_runs, key=lambda r: r["tokens_per_s"])
     res["letters"] = {"tokens_per_s": letters["tokens_decoded"] / letters["seconds"], "pp512": bench["pp512"],
@@ -480,12 +492,16 @@ def measure_model(model: str, args, items: list[dict], shots: list[dict], tmp: P
                       "tokens_decoded": letters["tokens_decoded"], "prompt_tokens": letters["prompt_tokens"],
                       "python_overhead": 1 - letters["decode_seconds"] / letters["seconds"]}
     res["letters"]["fraction"] = res["letters"]["tokens_per_s"] / bench["pp512"]
-    res["tg"] = {"tokens_per_s": tg["tokens_per_s"], "tg128": bench["tg128"], "fraction": tg["tokens_per_s"] / bench["tg128"]}
+    res["tg"] = {"tokens_per_s": tg["tokens_per_s"], "tg128": bench["tg128"], "fraction": tg["tokens_per_s"] / bench["tg128"],
+                 "fraction_vs_fa_off": tg["tokens_per_s"] / bench["fa_off"]["tg128"]}
+    res["letters"]["fraction_vs_fa_off"] = res["letters"]["tokens_per_s"] / bench["fa_off"]["pp512"]
     res["llama_bench"] = bench
 
     pp, tg_len = (128, 32) if args.quick else (256, 64)
     log(f"batched generation: llama-batched-bench pp={pp} tg={tg_len}")
     peer = batched_bench(model, threads, pp, tg_len, BATCH_SIZES)
+    log("batched generation: llama-batched-bench -fa off (diagnostic)")
+    peer_fa_off = batched_bench(model, threads, pp, tg_len, BATCH_SIZES, ("-fa", "off"))
     log("batched generation: edgeeval")
     texts = [item["question"] for item in items] + [s["question"] for s in shots]
     ours = run_child({**base, "kind": "batched", "texts": texts, "pp": pp, "tg": tg_len, "sizes": list(BATCH_SIZES),
@@ -496,6 +512,8 @@ def measure_model(model: str, args, items: list[dict], shots: list[dict], tmp: P
         speed = (o["prompt_tokens"] + o["generated"]) / o["seconds"]
         curve[pl] = {"edgeeval_tokens_per_s": speed, "batched_bench_tokens_per_s": peer[pl]["speed"],
                      "fraction": speed / peer[pl]["speed"], "generated": o["generated"],
+                     "batched_bench_fa_off_tokens_per_s": peer_fa_off[pl]["speed"],
+                     "fraction_vs_fa_off": speed / peer_fa_off[pl]["speed"],
                      "expected": int(pl) * tg_len}
     single = ours["one_at_a_time"]
     single_speed = (single["prompt_tokens"] + single["generated"]) / single["seconds"]
@@ -509,19 +527,43 @@ def measure_model(model: str, args, items: list[dict], shots: list[dict], tmp: P
 
 
 def match_rate(model: str, args, items: list[dict]) -> dict:
-    """Greedy answers to the case-challenge prompts (task template), batched vs one at a time."""
-    from edgeeval.data import load_multiple_choice
-    from edgeeval.prompts import TaskPrompt
-
-    template = TaskPrompt(Path("prompts/case_challenge.j2"), ROOT)
-    examples = load_multiple_choice(CASES)
-    prompts = [template.render(e) + "\n" for e in examples]
+    """Greedy answers to the case challenges as `edgeeval run --parallel 8` would send them (the
+    runner's chat-templated prompts), batched vs one at a time."""
+    prompts, ids, how = runner_prompts(model)
     out = run_child({"model": model, "threads": args.threads, "n_ctx": 8192, "kind": "match", "prompts": prompts,
-                     "max_tokens": 32 if args.quick else 64, "n_parallel": 8})
+                     "max_tokens": 32 if args.quick else 128, "n_parallel": 8})
     same = sum(a == b for a, b in zip(out["batched"], out["single"]))
-    return {"same": same, "n": len(prompts), "rate": same / len(prompts),
-            "differing": [{"id": e.id, "batched": a, "single": b}
-                          for e, a, b in zip(examples, out["batched"], out["single"]) if a != b]}
+    return {"same": same, "n": len(prompts), "rate": same / len(prompts), "prompts": how,
+            "differing": [{"id": i, "batched": a, "single": b, "first_difference": first_difference(a, b)}
+                          for i, a, b in zip(ids, out["batched"], out["single"]) if a != b]}
+
+
+def runner_prompts(model: str) -> tuple[list[str], list[str], str]:
+    """The case-challenge prompts the runner builds for this GGUF: with its models.toml entry's chat
+    template when the file is one of the configured models, else with the GGUF's own template."""
+    from edgeeval.config import ModelSpec, load_models_config, resolve_model_path
+    from edgeeval.errors import EdgeevalError
+    from edgeeval.runner import plan_units, prepare_model, prepare_task
+
+    project = load_models_config(ROOT / "models.toml")
+    name = None
+    for candidate in project.config.models:
+        try:
+            if resolve_model_path(project, candidate).resolve() == Path(model).resolve():
+                name = candidate
+                break
+        except EdgeevalError:
+            continue
+    if name is None:  # a GGUF of the user's: its own chat template
+        name = "_measured"
+        models = {**project.config.models, name: ModelSpec(path=str(Path(model).resolve()), family="general")}
+        project = project.model_copy(update={"config": project.config.model_copy(update={"models": models})})
+    units, _ = plan_units(prepare_model(project, name), prepare_task(project, "case_challenges", None, None))
+    return [u.prompt for u in units], [u.example.id for u in units], f"runner prompts of model '{name}'"
+
+
+def first_difference(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def print_table(results: dict) -> None:
@@ -536,13 +578,26 @@ def print_table(results: dict) -> None:
                          f"perplexity {x['perplexity_accuracy']:.1f}", ""))
             rows.append((m, f"  peak RSS MB {label}", f"{x['edgeeval_peak_rss_mb']:.0f}",
                          f"perplexity {x['perplexity_peak_rss_mb']:.0f}", ""))
+            if label == "zero_shot" and "loglik_zero_shot_flash_attn" in r:
+                fa = r["loglik_zero_shot_flash_attn"]
+                rows.append((m, "  (diagnostic) with flash attn", f"{fa['edgeeval_items_per_s']:.2f}",
+                             f"perplexity {x['perplexity_items_per_s']:.2f}", f"{fa['ratio']:.2f}x"))
+        off = r["llama_bench"].get("fa_off", {})
         rows.append((m, "letter path tok/s", f"{r['letters']['tokens_per_s']:.0f}", f"pp512 {r['letters']['pp512']:.0f}",
                      f"{r['letters']['fraction']:.2f}"))
+        if off:
+            rows.append((m, "  (diagnostic) vs pp512 -fa off", "", f"pp512 {off['pp512']:.0f}",
+                         f"{r['letters']['fraction_vs_fa_off']:.2f}"))
         rows.append((m, "generation tok/s", f"{r['tg']['tokens_per_s']:.1f}", f"tg128 {r['tg']['tg128']:.1f}",
                      f"{r['tg']['fraction']:.2f}"))
+        if off:
+            rows.append((m, "  (diagnostic) vs tg128 -fa off", "", f"tg128 {off['tg128']:.1f}",
+                         f"{r['tg']['fraction_vs_fa_off']:.2f}"))
         for pl, c in r["batched"]["curve"].items():
             rows.append((m, f"batched pl={pl} tok/s", f"{c['edgeeval_tokens_per_s']:.0f}",
-                         f"batched-bench {c['batched_bench_tokens_per_s']:.0f}", f"{c['fraction']:.2f}"))
+                         f"batched-bench {c['batched_bench_tokens_per_s']:.0f} (-fa off "
+                         f"{c.get('batched_bench_fa_off_tokens_per_s', float('nan')):.0f})",
+                         f"{c['fraction']:.2f} ({c.get('fraction_vs_fa_off', float('nan')):.2f})"))
         rows.append((m, "batched speedup vs own loop", f"{r['batched']['speedup_over_one_at_a_time']:.2f}x", "", ""))
         rows.append((m, "RSS overhead MB", f"{r['rss']['overhead_mb']:.0f}",
                      f"gguf {r['rss']['gguf_mb']:.0f} + kv {r['rss']['kv_cache_mb']:.0f}", ""))
@@ -552,7 +607,7 @@ def print_table(results: dict) -> None:
         rows.append((lm["model"], "lm-eval gguf s/item", f"{lm['edgeeval_per_item_s']:.2f}",
                      f"lm-eval {lm['per_item_s']:.1f}", f"{lm['ratio']:.0f}x"))
     for m in results.get("match", []):
-        rows.append((m["model"], "batched = one-at-a-time", f"{m['same']}/{m['n']}", "", ""))
+        rows.append((m["model"], "batched = one-at-a-time (runner prompts)", f"{m['same']}/{m['n']}", "", ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))

@@ -138,7 +138,9 @@ class LlamaModel:
 
     # --- one prompt at a time -----------------------------------------------------------------
 
-    def generate(self, prompt: str, max_tokens: int, stop: list[str]) -> Generation:
+    def generate(self, prompt: str, max_tokens: int, stop: list[str], ignore_eos: bool = False) -> Generation:
+        """Greedy answer to one prompt. `ignore_eos` (benchmarks only, as llama-bench does) generates
+        past the end-of-turn token, so every run produces max_tokens tokens."""
         start = time.perf_counter()
         tokens = self.tokenize(prompt)
         if len(tokens) >= self.n_ctx:
@@ -150,7 +152,7 @@ class LlamaModel:
                 seconds=time.perf_counter() - start,
             )
         reused = self._feed_prompt(tokens)
-        text, n_out, reason = self._decode_loop(len(tokens), max_tokens, stop)
+        text, n_out, reason = self._decode_loop(len(tokens), max_tokens, stop, ignore_eos)
         return Generation(
             text=text,
             n_prompt_tokens=len(tokens),
@@ -241,13 +243,14 @@ class LlamaModel:
             raise RuntimeError(f"llama.cpp returned no logits for output {index}")
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
-    def _decode_loop(self, n_prompt: int, max_tokens: int, stop: list[str]) -> tuple[str, int, str]:
+    def _decode_loop(self, n_prompt: int, max_tokens: int, stop: list[str],
+                     ignore_eos: bool = False) -> tuple[str, int, str]:
         out = bytearray()
         n_out = 0
         room = self.n_ctx - n_prompt
         while True:
             token = int(np.argmax(self._row(-1)))
-            if L.llama_vocab_is_eog(self.vocab, token):
+            if not ignore_eos and L.llama_vocab_is_eog(self.vocab, token):
                 return out.decode("utf-8", errors="replace"), n_out, "stop"
             out += self.piece(token)
             n_out += 1
@@ -379,7 +382,7 @@ class LlamaModel:
     # --- batched generation -------------------------------------------------------------------
 
     def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str],
-                      n_parallel: int | None = None) -> list[Generation]:
+                      n_parallel: int | None = None, ignore_eos: bool = False) -> list[Generation]:
         """Greedy answers to several prompts decoded together, one sequence each, one batch per step;
         a finished sequence's slot goes to the next prompt in the queue (continuous batching).
 
@@ -403,12 +406,12 @@ class LlamaModel:
         n_parallel = min(n_parallel, len(todo))
         if n_parallel <= 1:
             for i in todo:
-                results[i] = self.generate(prompts[i], max_tokens, stop)
+                results[i] = self.generate(prompts[i], max_tokens, stop, ignore_eos)
             return results  # type: ignore[return-value]
         per_seq = max(len(tokens[i]) + min(max_tokens, self.n_ctx - len(tokens[i])) for i in todo)
         streams = self._streams_context(n_parallel, per_seq)
         try:
-            self._generate_stream(streams, tokens, todo, results, max_tokens, stop, n_parallel)
+            self._generate_stream(streams, tokens, todo, results, max_tokens, stop, n_parallel, ignore_eos)
         finally:
             L.llama_memory_clear(L.llama_get_memory(streams), False)
         return results  # type: ignore[return-value]
@@ -441,7 +444,7 @@ class LlamaModel:
         self._streams = (ctx, n_seq, per_seq)
         return ctx
 
-    def _generate_stream(self, ctx, tokens, todo, results, max_tokens, stop, n_parallel) -> None:
+    def _generate_stream(self, ctx, tokens, todo, results, max_tokens, stop, n_parallel, ignore_eos) -> None:
         memory = L.llama_get_memory(ctx)
         free_seqs = list(range(n_parallel - 1, -1, -1))
         waiting = deque(todo)
@@ -451,7 +454,8 @@ class LlamaModel:
                 index = waiting.popleft()
                 toks = tokens[index]
                 slot = _Slot(index=index, seq=free_seqs.pop(), tokens=toks, fed=0,
-                             room=min(max_tokens, self.n_ctx - len(toks)), started=time.perf_counter())
+                             room=min(max_tokens, self.n_ctx - len(toks)), started=time.perf_counter(),
+                             ignore_eos=ignore_eos)
                 active.append(slot)
                 self.counters["prompt_tokens"] += len(toks)
                 self.counters["prompt_tokens_decoded"] += len(toks)
@@ -651,10 +655,11 @@ class _Slot:
     out: bytearray = field(default_factory=bytearray)
     text: str = ""
     reason: str | None = None
+    ignore_eos: bool = False
 
     def accept(self, token: int, model: LlamaModel, max_tokens: int, stop: list[str]) -> bool:
         """Take the next greedy token; returns whether the answer is complete (`reason` says why)."""
-        if L.llama_vocab_is_eog(model.vocab, token):
+        if not self.ignore_eos and L.llama_vocab_is_eog(model.vocab, token):
             self.text, self.reason = self.out.decode("utf-8", errors="replace"), "stop"
             return True
         self.out += model.piece(token)

@@ -50,9 +50,23 @@ def run_facts(run: Run) -> dict[str, str]:
         "platform": f"{machine.get('platform', '–')}, Python {machine.get('python', '–')}",
         "backend": f"{settings.get('backend', '–')}, {settings.get('n_threads', '–')} threads, "
                    f"n_gpu_layers {settings.get('n_gpu_layers', '–')}, GPU offload {'/'.join(offload) or '–'}",
+        "batching": f"n_batch {settings.get('n_batch', '–')}, n_ubatch {settings.get('n_ubatch', '–')}, "
+                    f"--parallel {invocations[-1].get('parallel', 1) if invocations else '–'}",
+        "prompt tokens": _prompt_tokens(engines),
         "finished": invocations[-1].get("finished", "–") if invocations else "–",
         "wall time": f"{sum(i.get('wall_seconds', 0) for i in invocations):.1f} s over {len(invocations)} invocation(s)",
     }
+
+
+def _prompt_tokens(engines) -> str:
+    """How much of the prompts the engines decoded: the rest came from the KV cache (a shared system
+    or few-shot prefix kept between examples). Counted since each engine last started."""
+    tokens = [e.get("tokens") or {} for e in engines]
+    total = sum(t.get("prompt_tokens", 0) for t in tokens)
+    decoded = sum(t.get("prompt_tokens_decoded", 0) for t in tokens)
+    if not total:
+        return "–"
+    return f"{decoded:,} decoded of {total:,} in prompts ({100 * (1 - decoded / total):.0f}% reused from the cache)"
 
 
 def model_facts(meta: dict) -> dict[str, str]:
