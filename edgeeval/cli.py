@@ -71,6 +71,7 @@ def cmd_run(args, pair: str | None = None, tasks: list[str] | None = None) -> in
     out = Path(args.out) if args.out else Path("runs") / pair
     settings = EngineSettings(n_threads=args.threads, seed=args.seed, backend=args.engine,
                               fake_delay_s=float(os.environ.get("EDGEEVAL_FAKE_DELAY_S", "0")))
+    warn_if_busy(args.engine)
     started = time.perf_counter()
     summary = run_models(project, pair, [spec.baseline, spec.candidate], prepared, out, settings,
                          engine_factory(args.engine), progress=not args.quiet, parallel=args.parallel)
@@ -81,6 +82,17 @@ def cmd_run(args, pair: str | None = None, tasks: list[str] | None = None) -> in
           f"{wall:.1f} s{rate}")
     print(f"report: {report.resolve()}")
     return 0
+
+
+def warn_if_busy(backend: str) -> None:
+    """One line on stderr when every CPU is already busy: llama.cpp's threads wait for each other at
+    every step, so on shared cores a run can be many times slower than its share of the machine."""
+    if backend != "llama" or not hasattr(os, "getloadavg"):
+        return
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load >= cpus:
+        print(f"edgeeval: warning: the machine is busy (load {load:.1f} on {cpus} CPUs); llama.cpp slows down "
+              "badly on shared cores: stop the other work, or use --threads 1", file=sys.stderr)
 
 
 def cmd_demo(args) -> int:

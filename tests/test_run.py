@@ -103,6 +103,39 @@ def test_kill_mid_run_then_resume_completes_without_duplicates(project_dir, tmp_
         assert len(ids) == N_SAMPLE == len(set(ids))
 
 
+def test_worker_dies_with_a_killed_run(project_dir, tmp_path):
+    # Each answer takes 60 s: a worker that outlived its parent would still be busy with one.
+    cmd = [sys.executable, "-m", "edgeeval.cli", "run", "--pair", "test", "--task", "case_challenges",
+           "--engine", "fake", "--models-dir", str(project_dir.parent / "models"), "--out", str(tmp_path / "run"),
+           "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=project_dir, env={**os.environ, "EDGEEVAL_FAKE_DELAY_S": "60"})
+    deadline = time.time() + 60
+    while time.time() < deadline and not child_pids(proc.pid):
+        time.sleep(0.05)
+    workers = child_pids(proc.pid)
+    assert workers, "the run started no worker process"
+    time.sleep(1.0)  # the worker is loaded and inside its first answer
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in workers)
+
+
+def child_pids(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def test_native_crash_costs_one_example(project_dir, tmp_path, monkeypatch):
     # The worker segfaults whenever the prompt holds this phrase (one vignette has it).
     monkeypatch.setenv("EDGEEVAL_FAULT_INJECT", "segv:crushing substernal chest pain")
@@ -185,3 +218,16 @@ def test_models_verify_and_tasks_listing(project_dir, capsys):
     assert "general-small" in out and "Q4_K_M" in out and "sha256" in out
     assert run_cli(project_dir, "tasks") == 0
     assert "case_challenges" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("load, warned", [(1.5, False), (2.0, True), (6.0, True)])
+def test_busy_machine_warning(monkeypatch, capsys, load, warned):
+    from edgeeval.cli import warn_if_busy
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    warn_if_busy("llama")
+    warn_if_busy("fake")  # the fake engine has no threads to fight over
+    err = capsys.readouterr().err
+    assert (f"the machine is busy (load {load:.1f} on 2 CPUs)" in err) == warned
+    assert err.count("warning") == int(warned)
