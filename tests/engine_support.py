@@ -36,6 +36,17 @@ class NaiveScorer:
 
     def token_logprobs(self, tokens: list[int], start: int) -> list[float]:
         """log p(tokens[j] | tokens[:j]) for j >= start."""
+        rows = self._decode(tokens, first_row=start - 1)
+        return [float(self._log_softmax(rows[j - 1])[tokens[j]]) for j in range(start, len(tokens))]
+
+    def next_token_logprobs(self, context: list[int], targets: list[int]) -> list[float]:
+        """log p(target | context) for each target: the context decoded alone, every row asked for."""
+        logprobs = self._log_softmax(self._decode(context, first_row=0)[len(context) - 1])
+        return [float(logprobs[t]) for t in targets]
+
+    def _decode(self, tokens: list[int], first_row: int) -> dict[int, np.ndarray]:
+        """Decode `tokens` as one sequence in a cleared cache, asking for the logits of every position
+        from `first_row` on; returns them by position (copies, in float64)."""
         L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
         batch = L.llama_batch_init(len(tokens), 0, 1)
         try:
@@ -44,37 +55,18 @@ class NaiveScorer:
                 batch.pos[i] = i
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = 0
-                batch.logits[i] = int(i >= start - 1)  # only the rows that score a token
+                batch.logits[i] = int(i >= first_row)
             batch.n_tokens = len(tokens)
             assert L.llama_decode(self.ctx, batch) == 0
-            out = []
-            for j in range(start, len(tokens)):
-                ptr = L.llama_get_logits_ith(self.ctx, j - 1)
-                row = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).astype(np.float64)
-                out.append(float(row[tokens[j]] - row.max() - np.log(np.exp(row - row.max()).sum())))
-            return out
+            return {i: np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, i), shape=(self.model.n_vocab,))
+                    .astype(np.float64) for i in range(max(0, first_row), len(tokens))}
         finally:
             L.llama_batch_free(batch)
 
-    def next_token_logprobs(self, context: list[int], targets: list[int]) -> list[float]:
-        """log p(target | context) for each target: the context decoded alone, every row asked for."""
-        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
-        batch = L.llama_batch_init(len(context), 0, 1)
-        try:
-            for i, token in enumerate(context):
-                batch.token[i] = token
-                batch.pos[i] = i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = 1
-            batch.n_tokens = len(context)
-            assert L.llama_decode(self.ctx, batch) == 0
-            ptr = L.llama_get_logits_ith(self.ctx, len(context) - 1)
-            row = np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).astype(np.float64)
-            log_total = row.max() + np.log(np.exp(row - row.max()).sum())
-            return [float(row[t] - log_total) for t in targets]
-        finally:
-            L.llama_batch_free(batch)
+    @staticmethod
+    def _log_softmax(row: np.ndarray) -> np.ndarray:
+        top = row.max()
+        return row - top - np.log(np.exp(row - top).sum())
 
     def score(self, context: str, continuation: str) -> float:
         whole, start = self.model.split_tokens(context, continuation)
