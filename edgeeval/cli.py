@@ -74,7 +74,8 @@ def cmd_run(args, pair: str | None = None, tasks: list[str] | None = None) -> in
     warn_if_busy(args.engine)
     started = time.perf_counter()
     summary = run_models(project, pair, [spec.baseline, spec.candidate], prepared, out, settings,
-                         engine_factory(args.engine), progress=not args.quiet, parallel=args.parallel)
+                         engine_factory(args.engine), progress=not args.quiet, parallel=args.parallel,
+                         retry_errors=args.retry_errors)
     report = build_report(out, seed=args.seed, no_text=args.no_text)
     wall = time.perf_counter() - started
     rate = f", {summary.done / summary.seconds:.2f} examples/s" if summary.done and summary.seconds else ""
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument("--parallel", type=int, default=1, metavar="N",
                          help="generate: decode N prompts together (continuous batching; faster on larger "
                          "models, answers may differ from one-at-a-time in the last bits, see README)")
+    running.add_argument("--retry-errors", action="store_true",
+                         help="when resuming, do again the examples whose answer is an error record (a crash, "
+                         "a timeout); by default a resumed run keeps them")
     running.add_argument("--engine", choices=["llama", "fake"], default="llama", help=argparse.SUPPRESS)
     running.add_argument("--quiet", action="store_true", help="no progress bar")
     running.add_argument("--no-text", action="store_true",

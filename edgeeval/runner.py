@@ -339,8 +339,9 @@ def load_manifest(run_dir: Path) -> dict:
 
 def run_models(project: Project, pair_name: str, models: list[str], tasks: list[PreparedTask],
                out_dir: Path, settings: EngineSettings, engine_factory: EngineFactory,
-               progress: bool = True, parallel: int = 1) -> RunSummary:
-    """Evaluate every model on every task into `out_dir`, resuming whatever is already there."""
+               progress: bool = True, parallel: int = 1, retry_errors: bool = False) -> RunSummary:
+    """Evaluate every model on every task into `out_dir`, resuming whatever is already there (with
+    `retry_errors`, units whose last record is an error are done again; the new record wins)."""
     started = time.perf_counter()
     summary = RunSummary(run_dir=out_dir)
     prepared = [prepare_model(project, name) for name in models]  # fail fast, before any inference
@@ -367,14 +368,15 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
             manifest["models"][model.name] = model_manifest(model, project, any(f for _, _, f in plans))
         store.write_manifest(manifest)
         for model, plans in zip(prepared, all_plans):
-            info = _run_model(store, model, plans, settings, engine_factory, summary, progress, parallel)
+            info = _run_model(store, model, plans, settings, engine_factory, summary, progress, parallel,
+                              retry_errors)
             if info:
                 manifest["engine"][model.name] = info
         summary.seconds = time.perf_counter() - started
         manifest.setdefault("invocations", []).append({
             "finished": now_iso(), "wall_seconds": round(summary.seconds, 2), "generated": summary.done,
             "skipped_done": summary.skipped, "errors": summary.errors, "argv": sys.argv[1:],
-            "modes": sorted({t.mode for t in tasks}), "parallel": parallel,
+            "modes": sorted({t.mode for t in tasks}), "parallel": parallel, "retry_errors": retry_errors,
         })
         store.write_manifest(manifest)
     return summary
@@ -387,10 +389,12 @@ GENERATE_CHUNK_PER_SEQUENCE = 4
 
 
 def _run_model(store: RunStore, model: PreparedModel, plans, settings: EngineSettings,
-               engine_factory: EngineFactory, summary: RunSummary, progress: bool, parallel: int = 1) -> dict | None:
+               engine_factory: EngineFactory, summary: RunSummary, progress: bool, parallel: int = 1,
+               retry_errors: bool = False) -> dict | None:
     pending = []
     for task, units, _ in plans:
-        done = {r.key() for r in store.load(model.name, task.run_name)}
+        latest = {r.key(): r for r in store.load(model.name, task.run_name)}  # the last record of a unit wins
+        done = {key for key, r in latest.items() if not (retry_errors and r.error is not None)}
         todo = [u for u in units if (model.sha256, task.hash, u.example.id, u.prompt_hash) not in done]
         summary.skipped += len(units) - len(todo)
         pending.extend((task, unit) for unit in todo)

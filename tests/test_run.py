@@ -231,3 +231,22 @@ def test_busy_machine_warning(monkeypatch, capsys, load, warned):
     err = capsys.readouterr().err
     assert (f"the machine is busy (load {load:.1f} on 2 CPUs)" in err) == warned
     assert err.count("warning") == int(warned)
+
+
+def test_retry_errors_redoes_only_the_failed_examples(project_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    monkeypatch.setenv("EDGEEVAL_FAULT_INJECT", "segv:crushing substernal chest pain")
+    assert fake_run(project_dir, out) == 0
+    monkeypatch.delenv("EDGEEVAL_FAULT_INJECT")
+    assert fake_run(project_dir, out) == 0  # a plain resume keeps the error records
+    assert fake_run(project_dir, out, "--retry-errors") == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "examples generated" in line]
+    assert lines[1].startswith("0 examples generated, 72 already done")
+    assert lines[2].startswith("2 examples generated, 70 already done, 0 errors")
+    from edgeeval.scoring import load_current_records
+
+    _, frame = load_current_records(out)
+    assert frame.height == 72 and frame["error"].null_count() == 72  # the new answers replaced the errors
+    assert json.loads((out / "manifest.json").read_text())["invocations"][-1]["retry_errors"] is True
+    assert fake_run(project_dir, out, "--retry-errors") == 0  # nothing failed any more: nothing to do
+    assert "0 examples generated, 72 already done" in capsys.readouterr().out
