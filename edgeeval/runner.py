@@ -52,8 +52,7 @@ class PreparedTask:
     @property
     def template(self) -> str:
         """The user-message template's path as the task file gives it."""
-        loglik = self.spec.loglik if self.mode == "loglik" else None
-        return loglik.prompt if loglik is not None and loglik.prompt else self.spec.prompt
+        return user_template(self.spec, self.mode)
 
     @property
     def run_name(self) -> str:
@@ -106,8 +105,7 @@ def prepare_task(project: Project, name: str, data_override: Path | None, limit:
         spec = spec.model_copy(update={"max_tokens": max_tokens})
     data_path = data_override if data_override is not None else project.root / spec.data.path
     examples = load_examples(data_path, spec)
-    template = spec.loglik.prompt if mode == "loglik" and spec.loglik.prompt else spec.prompt
-    prompt = TaskPrompt(Path(template), root=project.root)  # PreparedTask.template says the same
+    prompt = TaskPrompt(Path(user_template(spec, mode)), root=project.root)
     shots, shots_sha = few_shot_turns(project, spec, prompt, examples)
     if limit is not None:
         examples = examples[:limit]
@@ -118,6 +116,13 @@ def prepare_task(project: Project, name: str, data_override: Path | None, limit:
     if mode != "generate":
         digest = hashlib.sha256(f"{digest}\0{mode}\0{spec.loglik.model_dump_json()}".encode()).hexdigest()[:16]
     return PreparedTask(spec, digest, data_path, data_sha, examples, prompt, tuple(shots), shots_sha, mode)
+
+
+def user_template(spec: TaskSpec, mode: str) -> str:
+    """The user-message template of a task in a mode: the [loglik] section's own, if it names one."""
+    if mode == "loglik" and spec.loglik is not None and spec.loglik.prompt:
+        return spec.loglik.prompt
+    return spec.prompt
 
 
 def few_shot_turns(project: Project, spec: TaskSpec, prompt: TaskPrompt,

@@ -181,3 +181,19 @@ def test_parallel_generation_gives_the_one_at_a_time_records(project_dir, tmp_pa
 def test_parallel_out_of_range_is_refused(project_dir, capsys, value):
     assert fake_run(project_dir, project_dir / "out", "--task", "case_challenges", "--parallel", value) == 2
     assert "--parallel must be between 1 and 32" in capsys.readouterr().err
+
+
+def test_loglik_section_may_name_its_own_prompt(project_dir, tmp_path):
+    (project_dir / "prompts/case_loglik.j2").write_text("{{ question }}\n\nWhich option is right?")
+    toml = project_dir / "benchmarks/clinical/case_challenges.toml"
+    toml.write_text(toml.read_text() + 'prompt = "prompts/case_loglik.j2"\n')  # the [loglik] table is last
+    out = tmp_path / "run"
+    assert fake_run(project_dir, out, "--task", "case_challenges", "--mode", "loglik") == 0
+    assert fake_run(project_dir, out, "--task", "case_challenges") == 0
+    loglik = loglik_records(out, "bio-small", "case_challenges")
+    generated = read_records(out / "records" / "bio-small" / "case_challenges.jsonl")
+    assert all("Which option is right?" in r.prompt for r in loglik)
+    assert not any("Which option is right?" in r.prompt for r in generated)
+    tasks = json.loads((out / "manifest.json").read_text())["tasks"]
+    assert tasks["case_challenges@loglik"]["prompt"] == "prompts/case_loglik.j2"
+    assert tasks["case_challenges"]["prompt"] == "prompts/case_challenge.j2"
