@@ -50,19 +50,24 @@ candidate = "bio-small"
 """
 
 
-@pytest.fixture
-def project_dir(tmp_path: Path) -> Path:
-    """A project directory with the repository's prompts and tasks and a models.toml of two tiny GGUFs."""
-    root = tmp_path / "project"
-    root.mkdir()
+def make_project(root: Path, models_toml: str = FAKE_MODELS_TOML) -> Path:
+    """root/project with the repository's prompts and tasks and `models_toml`; root/models with two tiny GGUFs."""
+    project = root / "project"
+    project.mkdir(parents=True)
     for name in ("prompts", "benchmarks"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("speed", "__pycache__"))
-    models = tmp_path / "models"
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("speed", "__pycache__"))
+    models = root / "models"
     models.mkdir()
     write_tiny_gguf(models / "general.gguf", "general")
     write_tiny_gguf(models / "bio.gguf", "bio")
-    (root / "models.toml").write_text(FAKE_MODELS_TOML)
-    return root
+    (project / "models.toml").write_text(models_toml)
+    return project
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path) -> Path:
+    """A project directory with the repository's prompts and tasks and a models.toml of two tiny GGUFs."""
+    return make_project(tmp_path)
 
 
 def real_model_paths() -> dict[str, Path]:

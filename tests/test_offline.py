@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeeval.cli import main
+from cli_support import run_cli
 from edgeeval.store import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,15 +26,6 @@ PATIENT_FRAGMENTS = ("Quilliam", "Oyelaran", "4471-0093")
 def run_args(project: Path, out: Path, *extra: str) -> list[str]:
     return ["run", "--pair", "test", "--task", "case_challenges", "--engine", "fake", "--quiet",
             "--models-dir", str(project.parent / "models"), "--out", str(out), *extra]
-
-
-def run_inprocess(project: Path, args: list[str]) -> int:
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        return main(args)
-    finally:
-        os.chdir(cwd)
 
 
 def cli(project: Path, args: list[str], env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
@@ -65,10 +56,10 @@ def test_no_code_path_opens_a_connection_in_process(project_dir, tmp_path, monke
     for name in ("create_connection", "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
         monkeypatch.setattr(socket, name, refuse(name))
     out = tmp_path / "run"
-    assert run_inprocess(project_dir, run_args(project_dir, out)) == 0
-    assert run_inprocess(project_dir, ["report", str(out)]) == 0
-    assert run_inprocess(project_dir, ["models", "--verify", "--models-dir", str(project_dir.parent / "models")]) == 0
-    assert run_inprocess(project_dir, ["tasks"]) == 0
+    assert run_cli(project_dir, *run_args(project_dir, out)) == 0
+    assert run_cli(project_dir, *["report", str(out)]) == 0
+    assert run_cli(project_dir, *["models", "--verify", "--models-dir", str(project_dir.parent / "models")]) == 0
+    assert run_cli(project_dir, *["tasks"]) == 0
     assert attempts == []
     assert len(read_records(out / "records" / "bio-small" / "case_challenges.jsonl")) == 36
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeeval.cli import main
+from cli_support import run_cli
 from edgeeval.engine import EngineSettings
 from edgeeval.engine import memory
 from edgeeval.errors import ConfigError
@@ -50,15 +50,6 @@ def run_args(project: Path, out: Path, tasks: list[str], *extra: str) -> list[st
     for task in tasks:
         args += ["--task", task]
     return args
-
-
-def run_inprocess(project: Path, args: list[str]) -> int:
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        return main(args)
-    finally:
-        os.chdir(cwd)
 
 
 def cli_cmd(args: list[str]) -> list[str]:
@@ -164,7 +155,7 @@ def test_kill_minus_9_at_random_moments_then_resume(project_dir, tmp_path):
     tasks = ["case_challenges", add_task_copy(project_dir)]
     units = len(MODELS) * len(tasks) * N_SAMPLE
     reference = tmp_path / "reference"
-    assert run_inprocess(project_dir, run_args(project_dir, reference, tasks)) == 0
+    assert run_cli(project_dir, *run_args(project_dir, reference, tasks)) == 0
 
     out = tmp_path / "killed"
     log = tmp_path / "generated.log"
@@ -233,7 +224,7 @@ def scored(out: Path):
 @pytest.mark.parametrize("fault", ["segv", "abort", "exit"])
 def test_native_crash_on_one_example_is_an_error_not_a_wrong_answer(project_dir, tmp_path, monkeypatch, fault):
     clean = tmp_path / "clean"
-    assert run_inprocess(project_dir, run_args(project_dir, clean, ["case_challenges"])) == 0
+    assert run_cli(project_dir, *run_args(project_dir, clean, ["case_challenges"])) == 0
     table = scored(clean)
     flags = {(r["model"], r["example_id"]): r for r in table.iter_rows(named=True)}
     # Crash on an example the candidate answers correctly, so the error must cost accuracy.
@@ -244,7 +235,7 @@ def test_native_crash_on_one_example_is_an_error_not_a_wrong_answer(project_dir,
 
     monkeypatch.setenv("EDGEEVAL_FAULT_INJECT", f"{fault}:{marker}")
     out = tmp_path / "crash"
-    assert run_inprocess(project_dir, run_args(project_dir, out, ["case_challenges"])) == 0
+    assert run_cli(project_dir, *run_args(project_dir, out, ["case_challenges"])) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     before, after = rates(clean), rates(out)
     for model in MODELS:
@@ -271,13 +262,13 @@ def test_crash_while_loading_a_model_says_what_to_change(project_dir, tmp_path, 
     """The out-of-memory killer strikes while llama.cpp allocates: exit 2 naming n_ctx, earlier work kept."""
     out = tmp_path / "run"
     monkeypatch.setenv("EDGEEVAL_FAULT_INJECT", "abort:bio.gguf")  # the candidate's worker dies loading
-    assert run_inprocess(project_dir, run_args(project_dir, out, ["case_challenges"])) == 2
+    assert run_cli(project_dir, *run_args(project_dir, out, ["case_challenges"])) == 2
     err = one_line_error(capsys.readouterr().err)
     assert "bio.gguf" in err and "SIGABRT" in err and "while loading the model" in err
     assert "n_ctx" in err and "models.toml" in err
     assert len(complete_records(out)) == N_SAMPLE  # the baseline's answers are kept
     monkeypatch.delenv("EDGEEVAL_FAULT_INJECT")
-    assert run_inprocess(project_dir, run_args(project_dir, out, ["case_challenges"])) == 0
+    assert run_cli(project_dir, *run_args(project_dir, out, ["case_challenges"])) == 0
     assert f"{N_SAMPLE} examples generated, {N_SAMPLE} already done" in capsys.readouterr().out
 
 
@@ -331,7 +322,7 @@ def test_context_too_large_for_memory_is_refused_before_allocation(project_dir, 
     real_popen = subprocess.Popen
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a) or real_popen(*a, **k))
     out = tmp_path / "run"
-    assert run_inprocess(project_dir, run_args(project_dir, out, ["case_challenges"])) == 2
+    assert run_cli(project_dir, *run_args(project_dir, out, ["case_challenges"])) == 2
     err = one_line_error(capsys.readouterr().err)
     assert "n_ctx = 131072" in err and "models.toml" in err and "40.0 GiB" in err and "8.0 GiB" in err
     assert "at most about 26112 would fit" in err
@@ -372,13 +363,13 @@ def remount(mount: Path, options: str) -> None:
 
 def test_disk_full_is_a_clear_error_and_the_records_stay_valid(project_dir, tmpfs, capsys):
     out = tmpfs / "run"
-    assert run_inprocess(project_dir, run_args(project_dir, out, ["case_challenges"])) == 2
+    assert run_cli(project_dir, *run_args(project_dir, out, ["case_challenges"])) == 2
     err = one_line_error(capsys.readouterr().err)
     assert "No space left on device" in err and str(out) in err
     kept = complete_records(out)  # every complete line is a valid record
     assert 0 < len(kept) < 2 * N_SAMPLE
     remount(tmpfs, "size=16m")  # space freed: the same command resumes
-    assert run_inprocess(project_dir, run_args(project_dir, out, ["case_challenges"])) == 0
+    assert run_cli(project_dir, *run_args(project_dir, out, ["case_challenges"])) == 0
     assert f"{2 * N_SAMPLE - len(kept)} examples generated, {len(kept)} already done" in capsys.readouterr().out
     final = complete_records(out)
     assert len(final) == 2 * N_SAMPLE == len({r.key() for r in final})
@@ -403,14 +394,14 @@ def test_write_failures_are_one_line_errors(project_dir, tmp_path, monkeypatch, 
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    assert run_inprocess(project_dir, run_args(project_dir, out, ["case_challenges"])) == 2
+    assert run_cli(project_dir, *run_args(project_dir, out, ["case_challenges"])) == 2
     err = one_line_error(capsys.readouterr().err)
     assert "No space left on device" in err
     kept = complete_records(out) if (out / "records").exists() else []
     if fail_at == "record":
         assert len(kept) == 5  # the five records written before the disk filled; the sixth is cut off
     monkeypatch.setattr(os, "fsync", real_fsync)
-    assert run_inprocess(project_dir, run_args(project_dir, out, ["case_challenges"])) == 0
+    assert run_cli(project_dir, *run_args(project_dir, out, ["case_challenges"])) == 0
     assert len(complete_records(out)) == 2 * N_SAMPLE
 
 
@@ -421,7 +412,7 @@ def test_any_disk_error_is_a_one_line_error(project_dir, tmp_path, monkeypatch, 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "run" / "records.parquet"))
 
     monkeypatch.setattr(edgeeval.report, "build_report", full)
-    assert run_inprocess(project_dir, run_args(project_dir, tmp_path / "run", ["case_challenges"])) == 2
+    assert run_cli(project_dir, *run_args(project_dir, tmp_path / "run", ["case_challenges"])) == 2
     err = one_line_error(capsys.readouterr().err)
     assert "records.parquet: No space left on device" in err
     assert len(complete_records(tmp_path / "run")) == 2 * N_SAMPLE
@@ -430,18 +421,18 @@ def test_any_disk_error_is_a_one_line_error(project_dir, tmp_path, monkeypatch, 
 def test_read_only_output_directory(project_dir, tmpfs, capsys):
     remount(tmpfs, "size=16m")
     out = tmpfs / "run"
-    assert run_inprocess(project_dir, run_args(project_dir, out, ["case_challenges"], "--limit", "5")) == 0
+    assert run_cli(project_dir, *run_args(project_dir, out, ["case_challenges"], "--limit", "5")) == 0
     snapshot = {p: p.read_bytes() for p in record_files(out)}
     remount(tmpfs, "ro")
     capsys.readouterr()
     for args in (run_args(project_dir, out, ["case_challenges"]), ["report", str(out)],
                  run_args(project_dir, tmpfs / "fresh", ["case_challenges"])):
-        assert run_inprocess(project_dir, args) == 2, args
+        assert run_cli(project_dir, *args) == 2, args
         err = one_line_error(capsys.readouterr().err)
         assert "Read-only file system" in err
     assert {p: p.read_bytes() for p in record_files(out)} == snapshot
     remount(tmpfs, "rw")
-    assert run_inprocess(project_dir, run_args(project_dir, out, ["case_challenges"])) == 0
+    assert run_cli(project_dir, *run_args(project_dir, out, ["case_challenges"])) == 0
     assert len({r.key() for r in complete_records(out)}) == 2 * N_SAMPLE
 
 
@@ -477,7 +468,7 @@ def test_second_run_on_the_same_directory_is_refused(project_dir, tmp_path):
 def test_same_run_twice_gives_identical_records_apart_from_timings(project_dir, tmp_path):
     tasks = ["case_challenges", add_task_copy(project_dir)]
     for name in ("a", "b"):
-        assert run_inprocess(project_dir, run_args(project_dir, tmp_path / name, tasks)) == 0
+        assert run_cli(project_dir, *run_args(project_dir, tmp_path / name, tasks)) == 0
     a, b = without_timings(tmp_path / "a"), without_timings(tmp_path / "b")
     assert len(a) == 4 and a == b
     for name in ("results.csv", "comparison.csv"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_MODELS_TOML, ROOT, write_tiny_gguf
+from conftest import FAKE_MODELS_TOML, ROOT, make_project
 from edgeeval.config import ContextSpec, load_models_config, load_task
 from edgeeval.context import fit_example
 from edgeeval.data import Example
@@ -30,19 +30,6 @@ EXPECTED_TASKS = {
     "medisumqa", "medisumcode", "longhealth_t1", "longhealth_t2", "longhealth_t3",
 }
 MODELS = ("general-small", "bio-small")
-
-
-def make_project(root: Path, models_toml: str = FAKE_MODELS_TOML) -> Path:
-    project = root / "project"
-    project.mkdir(parents=True)
-    for name in ("prompts", "benchmarks"):
-        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("speed", "__pycache__"))
-    models = root / "models"
-    models.mkdir()
-    write_tiny_gguf(models / "general.gguf", "general")
-    write_tiny_gguf(models / "bio.gguf", "bio")
-    (project / "models.toml").write_text(models_toml)
-    return project
 
 
 def fake_run(project: Path, out: Path, tasks: list[str], *extra: str) -> int:
