@@ -52,7 +52,8 @@ def parse_data_overrides(items: list[str]) -> dict[str, Path]:
 
 def cmd_run(args, pair: str | None = None, tasks: list[str] | None = None) -> int:
     from edgeeval.report import build_report
-    from edgeeval.runner import prepare_task, run_models
+    from edgeeval.planning import prepare_task
+    from edgeeval.runner import run_models
 
     project = load_project(args)
     pair = pair or args.pair
@@ -150,7 +151,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    from edgeeval.runner import TASKS_DIR, prepare_task
+    from edgeeval.planning import TASKS_DIR, prepare_task
 
     project = load_project(args)
     for path in sorted((project.root / TASKS_DIR).glob("*.toml")):

@@ -19,7 +19,7 @@ from edgeeval.config import ContextSpec, load_models_config, load_task
 from edgeeval.context import fit_example
 from edgeeval.data import Example
 from edgeeval.errors import ConfigError
-from edgeeval.runner import TASKS_DIR, prepare_task, task_messages
+from edgeeval.planning import TASKS_DIR, prepare_task, task_messages
 from edgeeval.store import read_records
 from cli_support import run_cli
 

@@ -574,7 +574,7 @@ def runner_prompts(model: str) -> tuple[list[str], list[str], str]:
     template when the file is one of the configured models, else with the GGUF's own template."""
     from edgeeval.config import ModelSpec, load_models_config, resolve_model_path
     from edgeeval.errors import EdgeevalError
-    from edgeeval.runner import plan_units, prepare_model, prepare_task
+    from edgeeval.planning import plan_units, prepare_model, prepare_task
 
     project = load_models_config(ROOT / "models.toml")
     name = None
