@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgeeval import kinds
 from edgeeval.errors import ConfigError, ModelFileError
 
 if sys.version_info >= (3, 11):
@@ -80,27 +81,6 @@ DataFormat = Literal[
     "multiple_choice", "medmcqa", "pubmedqa", "mednli", "meqsum", "problem_summary", "medisumqa",
     "medisumcode", "longhealth",
 ]
-TaskKind = Literal["multiple_choice", "label", "summary", "icd_coding", "abstention"]
-MetricName = Literal[
-    "accuracy", "invalid_rate", "error_rate", "hallucination_rate", "confusion", "macro_f1",
-    "rouge1", "rouge2", "rougeL", "problem_f1", "abstention_rate",
-    "code_precision", "code_recall", "code_f1", "code_precision_micro", "code_recall_micro", "code_f1_micro",
-    "category_precision", "category_recall", "category_f1",
-]
-
-# Which metrics each kind of task can compute; a task declaring another one is a config error.
-_COMMON_METRICS = ("invalid_rate", "error_rate")
-KIND_METRICS: dict[str, tuple[str, ...]] = {
-    "multiple_choice": ("accuracy", "hallucination_rate", "confusion", *_COMMON_METRICS),
-    "label": ("accuracy", "macro_f1", "confusion", *_COMMON_METRICS),
-    "summary": ("rouge1", "rouge2", "rougeL", "problem_f1", *_COMMON_METRICS),
-    "icd_coding": (
-        "code_precision", "code_recall", "code_f1", "code_precision_micro", "code_recall_micro", "code_f1_micro",
-        "category_precision", "category_recall", "category_f1", "hallucination_rate", *_COMMON_METRICS,
-    ),
-    "abstention": ("abstention_rate", "hallucination_rate", *_COMMON_METRICS),
-}
-
 # Data keys that only one loader reads; setting them for another format is a mistake worth reporting.
 _FORMAT_KEYS = {
     "answer_index_base": "medmcqa",
@@ -190,17 +170,14 @@ class LoglikSpec(Frozen):
     """Text of the assistant's reply before the option, e.g. 'The answer is ' when the prompt asks for it."""
 
 
-LOGLIK_KINDS = ("multiple_choice", "label", "abstention")
-
-
 class TaskSpec(Frozen):
     """One clinical task: its data, prompt, generation settings and metrics."""
 
     name: str
     description: str = ""
-    kind: TaskKind
-    """How outputs are parsed and scored: 'multiple_choice' (an option letter), 'label' (one word of
-    `labels`), 'summary' (free text vs a reference), 'icd_coding' (ICD-10-CM codes), 'abstention' (the
+    kind: str
+    """How outputs are parsed and scored (edgeeval.kinds): 'multiple_choice' (an option letter), 'label' (one
+    word of `labels`), 'summary' (free text vs a reference), 'icd_coding' (ICD-10-CM codes), 'abstention' (the
     right answer is to say the documents do not answer the question)."""
     labels: list[str] = []
     """kind 'label': the allowed answers; a gold label outside them is a data error."""
@@ -212,8 +189,8 @@ class TaskSpec(Frozen):
     """Maximum new tokens per answer."""
     stop: list[str] = []
     """Stop strings ending an answer (the model's end-of-turn token always stops)."""
-    metrics: list[MetricName] = ["accuracy", "invalid_rate"]
-    """What is reported; each must suit the kind (config.KIND_METRICS)."""
+    metrics: list[str] = ["accuracy", "invalid_rate"]
+    """What is reported; each must be one of the kind's metrics (edgeeval.kinds)."""
     few_shot: FewShotSpec | None = None
     """Solved examples before each question; none when absent."""
     context: ContextSpec = ContextSpec()
@@ -225,22 +202,32 @@ class TaskSpec(Frozen):
     """How the task is scored with `--mode loglik`; a task without it runs in generation mode only."""
     data: DataSpec
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in kinds.KINDS:
+            raise ValueError(f"unknown kind (kinds: {', '.join(kinds.KINDS)})")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> "TaskSpec":
-        allowed = KIND_METRICS[self.kind]
-        wrong = [m for m in self.metrics if m not in allowed]
+        kind = kinds.get(self.kind)
+        wrong = [m for m in self.metrics if m not in kind.metric_names]
         if wrong:
-            raise ValueError(f"metric(s) {wrong} do not apply to kind '{self.kind}' (allowed: {', '.join(allowed)})")
-        if self.kind == "label" and len(self.labels) < 2:
-            raise ValueError("kind 'label' needs 'labels' (at least two)")
-        if self.kind != "label" and self.labels:
-            raise ValueError("'labels' applies to kind 'label' only")
-        if self.loglik is not None and self.kind not in LOGLIK_KINDS:
-            raise ValueError(f"'loglik' applies to kinds {', '.join(LOGLIK_KINDS)} only (this task is '{self.kind}': "
+            raise ValueError(f"metrics {wrong} do not apply to kind '{self.kind}' "
+                             f"(allowed: {', '.join(kind.metric_names)})")
+        if kind.uses_labels and len(self.labels) < 2:
+            raise ValueError(f"kind '{self.kind}' needs 'labels' (at least two)")
+        if not kind.uses_labels and self.labels:
+            users = [k.name for k in kinds.KINDS.values() if k.uses_labels]
+            raise ValueError(f"'labels' applies to kind {', '.join(repr(u) for u in users)} only")
+        if self.loglik is not None and kind.loglik_options is None:
+            able = ", ".join(k.name for k in kinds.KINDS.values() if k.loglik_options is not None)
+            raise ValueError(f"'loglik' applies to kinds {able} only (this task is '{self.kind}': "
                              "its answers are free text)")
-        if self.loglik is not None and self.loglik.scoring == "letter" and self.kind == "label":
-            raise ValueError("loglik scoring 'letter' needs lettered options; a label task scores its labels "
-                             "as 'full_text'")
+        if self.loglik is not None and self.loglik.scoring == "letter" and not kind.lettered:
+            raise ValueError(f"loglik scoring 'letter' needs lettered options; a {self.kind} task scores its "
+                             "answers as 'full_text'")
         return self
 
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
-from edgeeval import stats
-from edgeeval.icd import category, is_valid
-from edgeeval.parsing import normalize_problem, parse_problem_list
-from edgeeval.rouge import ROUGE_TYPES, rouge_f
+from edgeeval import kinds, stats
+from edgeeval.kinds import Metric
+from edgeeval.kinds.base import correct_expr, errored_expr, invalid_expr
 
 # Every metric but macro-F1 and the confusion table is a ratio of sums over examples, sum(numerator) /
 # sum(denominator): a mean when the denominator is 1 (accuracy, ROUGE), a micro-average otherwise
@@ -20,19 +18,13 @@ from edgeeval.rouge import ROUGE_TYPES, rouge_f
 # (no generated codes: precision 0, hallucination rate 0), as CLUE scores an empty prediction.
 # Errors (engine crash, prompt too long) count against every quality metric like a wrong answer, are
 # reported on their own as error_rate, and are never hallucinations.
-# Paired comparisons: a paired bootstrap CI for every delta; the p-value is an exact McNemar test for
-# per-example yes/no metrics (accuracy, invalid_rate, abstention_rate, hallucination_rate of a
-# multiple-choice or abstention task) and a paired permutation (sign-flip) test otherwise; Holm adjusts
-# each metric's p-values across the tasks compared.
+# Paired comparisons: a paired bootstrap CI for every delta; the p-value comes from the test the task's kind
+# declares for the metric (edgeeval.kinds): an exact McNemar test for per-example yes/no metrics (accuracy,
+# invalid_rate, abstention_rate, hallucination_rate of a multiple-choice or abstention task) and a paired
+# permutation (sign-flip) test otherwise; Holm adjusts each metric's p-values across the tasks compared.
 
 REQUIRED_COLUMNS = ("model", "task", "example_id", "gold", "parsed", "error")
-DEFAULT_KIND = "multiple_choice"
 DEFAULT_METRICS = ("accuracy", "invalid_rate", "error_rate")
-# Not compared between models: error_rate reflects the engine, not the model; the confusion table is
-# a description, not a single number.
-UNPAIRED = frozenset({"error_rate", "confusion"})
-# Per-example yes/no outcomes: compared with McNemar when every example weighs 1.
-FLAG_METRICS = frozenset({"accuracy", "invalid_rate", "abstention_rate", "hallucination_rate"})
 
 SUMMARY_SCHEMA = {
     "model": pl.String,
@@ -61,50 +53,7 @@ COMPARISON_SCHEMA = {
 }
 
 
-@dataclass(frozen=True)
-class Ratio:
-    """A metric worth sum(numerator) / sum(denominator) over the examples."""
-
-    numerator: pl.Expr
-    denominator: pl.Expr = pl.lit(1.0)
-
-
-def _col(name: str) -> pl.Expr:
-    return pl.col(name).cast(pl.Float64).fill_null(0.0)
-
-
-RATIOS: dict[str, Ratio] = {
-    "accuracy": Ratio(_col("correct")),
-    "invalid_rate": Ratio(_col("invalid")),
-    "error_rate": Ratio(_col("errored")),
-    "abstention_rate": Ratio(_col("abstained")),
-    "hallucination_rate": Ratio(_col("hallucinated"), _col("hallucination_units")),
-    **{name: Ratio(_col(name)) for name in (*ROUGE_TYPES, "problem_f1")},
-    **{f"{unit}_{part}": Ratio(_col(f"{unit}_{part}"))
-       for unit in ("code", "category") for part in ("precision", "recall", "f1")},
-    "code_precision_micro": Ratio(_col("code_tp"), _col("code_pred")),
-    "code_recall_micro": Ratio(_col("code_tp"), _col("code_gold")),
-    "code_f1_micro": Ratio(2 * _col("code_tp"), _col("code_pred") + _col("code_gold")),
-}
-
-
 # --- per-example scores ----------------------------------------------------------------------------------
-
-
-def errored_expr() -> pl.Expr:
-    """The engine failed on this item (no answer text at all)."""
-    return pl.col("error").is_not_null()
-
-
-def invalid_expr() -> pl.Expr:
-    """The engine answered but the parser could not read an answer from it."""
-    return pl.col("parsed").is_null() & pl.col("error").is_null()
-
-
-def correct_expr() -> pl.Expr:
-    """Parsed answer equals gold; a null on either side or an engine error counts as wrong."""
-    same = pl.col("parsed").cast(pl.String) == pl.col("gold").cast(pl.String)
-    return (same & pl.col("error").is_null()).fill_null(False)
 
 
 def score_records(records: pl.DataFrame) -> pl.DataFrame:
@@ -113,9 +62,9 @@ def score_records(records: pl.DataFrame) -> pl.DataFrame:
     category_* for ICD coding, abstained/hallucinated for abstention, and so on. Row order is kept."""
     _require_columns(records, REQUIRED_COLUMNS)
     if "kind" not in records.columns:
-        records = records.with_columns(kind=pl.lit(DEFAULT_KIND))
-    records = records.with_columns(pl.col("kind").fill_null(DEFAULT_KIND)).with_row_index("_row")
-    parts = [_SCORERS[kind](part) for (kind,), part in records.group_by("kind", maintain_order=True)]
+        records = records.with_columns(kind=pl.lit(kinds.DEFAULT))
+    records = records.with_columns(pl.col("kind").fill_null(kinds.DEFAULT)).with_row_index("_row")
+    parts = [kinds.get(kind).score(part) for (kind,), part in records.group_by("kind", maintain_order=True)]
     if not parts:
         return records.drop("_row").with_columns(correct=correct_expr(), invalid=invalid_expr(), errored=errored_expr())
     return pl.concat(parts, how="diagonal_relaxed").sort("_row").drop("_row")
@@ -125,95 +74,17 @@ def score_records(records: pl.DataFrame) -> pl.DataFrame:
 score_multiple_choice = score_records
 
 
-def _score_choice(records: pl.DataFrame) -> pl.DataFrame:
-    unoffered = pl.col("unoffered_choice") if "unoffered_choice" in records.columns else pl.lit(None)
-    return records.with_columns(
-        correct=correct_expr(), invalid=invalid_expr(), errored=errored_expr(),
-        hallucinated=(unoffered.is_not_null() & pl.col("error").is_null()).cast(pl.Float64),
-        hallucination_units=pl.lit(1.0),
-    )
-
-
-def _score_label(records: pl.DataFrame) -> pl.DataFrame:
-    return records.with_columns(correct=correct_expr(), invalid=invalid_expr(), errored=errored_expr())
-
-
-def _score_abstention(records: pl.DataFrame) -> pl.DataFrame:
-    """Gold is the 'cannot be answered' option: choosing it (or saying so) is abstaining; any other
-    reply that is not an engine error answers a question the documents cannot answer."""
-    abstained = correct_expr()
-    return records.with_columns(
-        abstained=abstained, correct=abstained, invalid=invalid_expr(), errored=errored_expr(),
-        hallucinated=(~abstained & pl.col("error").is_null()).cast(pl.Float64),
-        hallucination_units=pl.lit(1.0),
-    )
-
-
-def _score_summary(records: pl.DataFrame) -> pl.DataFrame:
-    stemmer = records["rouge_stemmer"].fill_null(False).to_list() if "rouge_stemmer" in records.columns \
-        else [False] * records.height
-    rows = zip(records["gold"].to_list(), records["parsed"].to_list(), records["error"].to_list(), stemmer)
-    scores = [_summary_scores(gold, text if error is None else None, stem) for gold, text, error, stem in rows]
-    columns = {name: pl.Series(name, [s[name] for s in scores], dtype=pl.Float64) for name in (*ROUGE_TYPES, "problem_f1")}
-    empty = pl.col("parsed").cast(pl.String).fill_null("").str.strip_chars() == ""
-    return records.with_columns(
-        errored=errored_expr(), invalid=empty & pl.col("error").is_null(), **columns
-    )
-
-
-def _summary_scores(gold: str, text: str | None, stemmer: bool) -> dict[str, float]:
-    if not text:
-        return {name: 0.0 for name in (*ROUGE_TYPES, "problem_f1")}
-    scores = {name: float(value) for name, value in rouge_f(gold, text, stemmer).items()}
-    return {**scores, "problem_f1": problem_f1(gold, text)}
-
-
-def problem_f1(gold: str, text: str) -> float:
-    """F1 of the set of problems a reply lists against the gold ';'-separated list: problems match when
-    equal after case-folding and turning punctuation into spaces (normalize_problem)."""
-    truth = {normalize_problem(p) for p in gold.split(";")} - {""}
-    found = {normalize_problem(p) for p in parse_problem_list(text)} - {""}
-    return _f1(len(truth & found), len(found), len(truth))
-
-
-def _score_icd(records: pl.DataFrame) -> pl.DataFrame:
-    rows = zip(records["gold"].to_list(), records["parsed"].to_list(), records["error"].to_list())
-    counts = [icd_counts(gold, parsed if error is None else None) for gold, parsed, error in rows]
-    columns = {name: pl.Series(name, [c[name] for c in counts], dtype=pl.Float64) for name in counts[0]}
-    return records.with_columns(correct=pl.lit(None, pl.Boolean), invalid=invalid_expr(), errored=errored_expr(),
-                                **columns)
-
-
-def icd_counts(gold: str, parsed: str | None) -> dict[str, float]:
-    """Exact-code and 3-character-category counts and P/R/F1 for one example, plus how many generated
-    codes are not ICD-10-CM codes. Codes are compared normalised (upper case, no dots), each once."""
-    truth = list(dict.fromkeys(c for c in gold.split(";") if c))
-    found = list(dict.fromkeys(c for c in (parsed or "").split(";") if c))
-    result = {"hallucinated": float(sum(not is_valid(c) for c in found)), "hallucination_units": float(len(found))}
-    for unit, norm in (("code", str), ("category", category)):
-        t, f = {norm(c) for c in truth}, {norm(c) for c in found}
-        tp = len(t & f)
-        result.update({f"{unit}_tp": tp, f"{unit}_pred": len(f), f"{unit}_gold": len(t),
-                       f"{unit}_precision": _safe(tp, len(f)), f"{unit}_recall": _safe(tp, len(t)),
-                       f"{unit}_f1": _f1(tp, len(f), len(t))})
-    return {k: float(v) for k, v in result.items()}
-
-
-def _safe(num: float, den: float) -> float:
-    return num / den if den else 0.0
-
-
-def _f1(tp: int, predicted: int, gold: int) -> float:
-    return _safe(2 * tp, predicted + gold)
-
-
-_SCORERS: dict[str, Callable[[pl.DataFrame], pl.DataFrame]] = {
-    "multiple_choice": _score_choice,
-    "label": _score_label,
-    "abstention": _score_abstention,
-    "summary": _score_summary,
-    "icd_coding": _score_icd,
-}
+def metric_of(frame: pl.DataFrame, name: str) -> Metric:
+    """The metric `name` as the frame's task kind declares it (a frame holds one task, so one kind); a
+    name the kind does not declare is read as the first kind that does (frames built by hand)."""
+    kind = frame["kind"].drop_nulls()[0] if "kind" in frame.columns and frame["kind"].drop_nulls().len() else kinds.DEFAULT
+    try:
+        return kinds.metric(kind, name)
+    except KeyError:
+        for other in kinds.KINDS.values():
+            if name in other.metric_names:
+                return other.metric(name)
+        raise ValueError(f"unknown metric '{name}'") from None
 
 
 # --- statistics of one metric ----------------------------------------------------------------------------
@@ -221,12 +92,15 @@ _SCORERS: dict[str, Callable[[pl.DataFrame], pl.DataFrame]] = {
 IndexStatistic = Callable[..., object]
 
 
-def metric_statistic(metric: str, frame: pl.DataFrame) -> IndexStatistic:
+def metric_statistic(name: str, frame: pl.DataFrame) -> IndexStatistic:
     """statistic(indices[, axis]) -> the metric over frame rows `indices` (one row of indices per
     resample when 2-D), the form stats.bootstrap_ci and paired_bootstrap resample."""
-    if metric == "macro_f1":
+    metric = metric_of(frame, name)
+    if metric.form == "macro_f1":
         return _macro_f1_statistic(frame)
-    ratio = RATIOS[metric]
+    if metric.ratio is None:
+        raise ValueError(f"metric '{name}' is a table, not a single number")
+    ratio = metric.ratio
     values = frame.select(ratio.numerator.alias("num"), ratio.denominator.alias("den"))
     return _ratio_statistic(values["num"].to_numpy(), values["den"].to_numpy())
 
@@ -284,7 +158,7 @@ def task_metrics(group: pl.DataFrame) -> list[str]:
 
 
 def _summary_rows(model: str, task: str, metric: str, group: pl.DataFrame, seed: int) -> list[tuple]:
-    if metric == "confusion":
+    if metric_of(group, metric).form == "table":
         return confusion_rows(model, task, group, seed)
     statistic = metric_statistic(metric, group)
     value, low, high = stats.bootstrap_ci(np.arange(group.height), statistic, seed=seed)
@@ -336,7 +210,7 @@ def compare_pair(
         arms = [task_keys.join(rows_, on=["task", "example_id"], how="left", maintain_order="left")
                 for rows_ in (base.filter(pl.col("task") == task), cand.filter(pl.col("task") == task))]
         for metric in task_metrics(both):
-            if metric not in UNPAIRED:
+            if metric_of(both, metric).test is not None:
                 rows.append(_compare_metric(arms[0], arms[1], pair, task, metric, seed))
     table = pl.DataFrame(rows, schema=COMPARISON_SCHEMA, orient="row")
     return _add_holm(table)
@@ -349,7 +223,7 @@ def _compare_metric(base: pl.DataFrame, cand: pl.DataFrame, pair: str, task: str
     if n == 0:
         # Nothing paired: report the gap, not a p-value of 1.0 that reads as "no difference".
         nan = math.nan
-        test = "mcnemar_exact" if metric in FLAG_METRICS else "paired_permutation"
+        test = metric_of(pl.concat([base, cand], how="diagonal_relaxed"), metric).test
         return (pair, task, metric, nan, nan, nan, nan, nan, nan, test, 0, 0, 0, nan)
     flags = _flags_if_binary(metric, base, cand)
     if flags is not None:
@@ -367,9 +241,10 @@ def _compare_metric(base: pl.DataFrame, cand: pl.DataFrame, pair: str, task: str
 
 def _flags_if_binary(metric: str, base: pl.DataFrame, cand: pl.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
     """The per-example yes/no flags of both arms when the metric is one (every example weighs 1)."""
-    if metric not in FLAG_METRICS:
+    declared = metric_of(pl.concat([base, cand], how="diagonal_relaxed"), metric)
+    if declared.test != "mcnemar_exact" or declared.ratio is None:
         return None
-    ratio = RATIOS[metric]
+    ratio = declared.ratio
     arms = [frame.select(ratio.numerator.alias("num"), ratio.denominator.alias("den")) for frame in (base, cand)]
     if any((arm["den"] != 1.0).any() or not arm["num"].is_in([0.0, 1.0]).all() for arm in arms):
         return None

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeeval import kinds
 from edgeeval.chat import ChatTemplate, load_chat_template, prompt_hash
 from edgeeval.config import Project, TaskSpec, load_task, resolve_model_path, task_hash
 from edgeeval.context import fit_example
@@ -194,22 +195,10 @@ def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bo
         folded = folded or was_folded
         if task.mode == "loglik":
             text += answer_prefix
-            options = loglik_continuations(task, example)
+            options = kinds.get(task.spec.kind).loglik_options(task.spec, example)
             # What is scored is part of the unit's identity: other options, another scoring rule, a new unit.
             identity = "\0".join([text, task.spec.loglik.scoring, *(f"{k}={t}" for k, t in options)])
             units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.error, options))
         else:
             units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.error))
     return units, folded
-
-
-def loglik_continuations(task: PreparedTask, example: Example) -> tuple[tuple[str, str], ...]:
-    """The continuations a loglik unit scores, keyed as gold is: option letters, or a label task's labels."""
-    if task.spec.kind == "label":
-        return tuple((label, label) for label in task.spec.labels)
-    options = example.fields.get("options") or {}
-    if not options:
-        raise DataError(f"{example.source}: example {example.id} has no options to score")
-    if task.spec.loglik.scoring == "letter":
-        return tuple((letter, letter) for letter in options)
-    return tuple((letter, str(text)) for letter, text in options.items())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import platform
 import sys
 import time
@@ -15,13 +14,12 @@ from typing import Callable
 from tqdm import tqdm
 
 import edgeeval
-from edgeeval import icd
+from edgeeval import icd, kinds
 from edgeeval.config import Project
 from edgeeval.engine import Engine, EngineError, EngineSettings, Generation, OptionScore, error_score
-from edgeeval.errors import DataError
 from edgeeval.parsing import best_option
 from edgeeval.planning import PreparedModel, PreparedTask, Unit, plan_units, prepare_model
-from edgeeval.store import Record, RunStore, now_iso
+from edgeeval.store import Manifest, ModelEntry, PairEntry, Record, RunStore, TaskEntry, load_manifest, now_iso
 
 EngineFactory = Callable[[Path, EngineSettings], Engine]
 
@@ -100,41 +98,35 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def model_manifest(model: PreparedModel, project: Project, folded: bool) -> dict:
+def model_manifest(model: PreparedModel, project: Project, folded: bool) -> ModelEntry:
     spec = project.config.models[model.name]
-    return {
-        "path": str(model.path), "sha256": model.sha256, "size_bytes": model.gguf.size_bytes,
-        "architecture": model.gguf.architecture, "name": model.gguf.name,
-        "quantization": model.gguf.quantization, "context_length": model.gguf.context_length,
-        "family": spec.family, "base": spec.base, "source": spec.source,
-        "chat_template": model.chat.source,
-        "chat_template_sha256": hashlib.sha256(model.chat.text.encode()).hexdigest(),
-        "system_folded_into_user": folded,
-    }
+    return ModelEntry(
+        path=str(model.path), sha256=model.sha256, size_bytes=model.gguf.size_bytes,
+        architecture=model.gguf.architecture, name=model.gguf.name,
+        quantization=model.gguf.quantization, context_length=model.gguf.context_length,
+        family=spec.family, base=spec.base, source=spec.source,
+        chat_template=model.chat.source,
+        chat_template_sha256=hashlib.sha256(model.chat.text.encode()).hexdigest(),
+        system_folded_into_user=folded,
+    )
 
 
-def task_manifest(task: PreparedTask) -> dict:
-    """The task's entry in manifest.json: everything scoring needs (kind, labels, metrics) and what
-    shaped its prompts, so a run directory can be re-scored and understood without the task files."""
+def task_manifest(task: PreparedTask) -> TaskEntry:
+    """The task's entry in manifest.json: everything scoring needs (kind, labels, metrics, the parser and
+    scorer versions that read its answers) and what shaped its prompts, so a run directory can be re-scored
+    and understood without the task files."""
     spec = task.spec
     few_shot = None if spec.few_shot is None else {**spec.few_shot.model_dump(), "sha256": task.few_shot_sha256}
-    return {"hash": task.hash, "data": str(task.data_path), "data_sha256": task.data_sha256,
-            "format": spec.data.format, "examples": len(task.examples), "kind": spec.kind,
-            "labels": spec.labels, "metrics": spec.metrics, "rouge_stemmer": spec.rouge_stemmer,
-            "max_tokens": spec.max_tokens, "stop": spec.stop, "prompt": task.template, "few_shot": few_shot,
-            "context": spec.context.model_dump(), "mode": task.mode, "name": spec.name,
-            **({"loglik": spec.loglik.model_dump()} if task.mode == "loglik" else {}),
-            **({"icd_table": icd.TABLE} if spec.kind == "icd_coding" else {})}
-
-
-def load_manifest(run_dir: Path) -> dict:
-    path = run_dir / "manifest.json"
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+    return TaskEntry(
+        hash=task.hash, data=str(task.data_path), data_sha256=task.data_sha256,
+        format=spec.data.format, examples=len(task.examples), kind=spec.kind,
+        labels=spec.labels, metrics=spec.metrics, rouge_stemmer=spec.rouge_stemmer,
+        max_tokens=spec.max_tokens, stop=spec.stop, prompt=task.template, few_shot=few_shot,
+        context=spec.context.model_dump(), mode=task.mode, name=spec.name,
+        loglik=spec.loglik.model_dump() if task.mode == "loglik" and spec.loglik is not None else None,
+        icd_table=icd.TABLE if spec.kind == "icd_coding" else None,
+        **kinds.get(spec.kind).version,
+    )
 
 
 def run_models(project: Project, pair_name: str, models: list[str], tasks: list[PreparedTask],
@@ -146,34 +138,29 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
     summary = RunSummary(run_dir=out_dir)
     prepared = [prepare_model(project, name) for name in models]  # fail fast, before any inference
     with RunStore(out_dir) as store:
-        manifest = load_manifest(out_dir)
-        manifest.update({
-            "edgeeval": edgeeval.__version__,
-            "llama_cpp_python": package_version("llama_cpp_python"),
-            "machine": machine_info(),
-            "settings": asdict(settings.resolved()),
-            "config": str(project.config_path),
-        })
-        manifest.setdefault("pairs", {})[pair_name] = {
-            "baseline": project.config.pairs[pair_name].baseline if pair_name in project.config.pairs else models[0],
-            "candidate": project.config.pairs[pair_name].candidate if pair_name in project.config.pairs else models[-1],
-        }
-        manifest.setdefault("tasks", {}).update({t.run_name: task_manifest(t) for t in tasks})
-        manifest.setdefault("models", {})
-        manifest.setdefault("engine", {})
+        manifest = load_manifest(out_dir) or Manifest()
+        manifest.edgeeval = edgeeval.__version__
+        manifest.llama_cpp_python = package_version("llama_cpp_python")
+        manifest.machine = machine_info()
+        manifest.settings = asdict(settings.resolved())
+        manifest.config = str(project.config_path)
+        pair = project.config.pairs.get(pair_name)
+        manifest.pairs[pair_name] = PairEntry(baseline=pair.baseline if pair else models[0],
+                                              candidate=pair.candidate if pair else models[-1])
+        manifest.tasks.update({t.run_name: task_manifest(t) for t in tasks})
         # Every model's prompts are rendered before any inference, so a template that fails on
         # the candidate does not wait for hours of baseline work to say so.
         all_plans = [[(task, *plan_units(model, task)) for task in tasks] for model in prepared]
         for model, plans in zip(prepared, all_plans):
-            manifest["models"][model.name] = model_manifest(model, project, any(f for _, _, f in plans))
+            manifest.models[model.name] = model_manifest(model, project, any(f for _, _, f in plans))
         store.write_manifest(manifest)
         for model, plans in zip(prepared, all_plans):
             info = _run_model(store, model, plans, settings, engine_factory, summary, progress, parallel,
                               retry_errors)
             if info:
-                manifest["engine"][model.name] = info
+                manifest.engine[model.name] = info
         summary.seconds = time.perf_counter() - started
-        manifest.setdefault("invocations", []).append({
+        manifest.invocations.append({
             "finished": now_iso(), "wall_seconds": round(summary.seconds, 2), "generated": summary.done,
             "skipped_done": summary.skipped, "errors": summary.errors, "argv": sys.argv[1:],
             "modes": sorted({t.mode for t in tasks}), "parallel": parallel, "retry_errors": retry_errors,

@@ -10,11 +10,11 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edgeeval.errors import EdgeevalError
+from edgeeval.errors import DataError, EdgeevalError
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -58,6 +58,99 @@ class Record(BaseModel):
 
     def key(self) -> tuple[str, str, str, str]:
         return (self.model_sha256, self.task_hash, self.example_id, self.prompt_hash)
+
+
+class _Entry(BaseModel):
+    # Unknown keys are kept, not refused: a manifest is written by edgeeval itself, and a newer version's
+    # additions must survive being read and re-written by this one.
+    model_config = ConfigDict(extra="allow")
+
+
+class ModelEntry(_Entry):
+    """A model as the run used it: its file, identity and how its prompts were formatted."""
+
+    sha256: str
+    """The GGUF file's sha256; records of another file are not this model's."""
+    path: str | None = None
+    size_bytes: int | None = None
+    architecture: str | None = None
+    name: str | None = None
+    quantization: str | None = None
+    context_length: int | None = None
+    family: str | None = None
+    base: str | None = None
+    source: str | None = None
+    chat_template: str | None = None
+    chat_template_sha256: str | None = None
+    system_folded_into_user: bool | None = None
+
+
+class TaskEntry(_Entry):
+    """A task as the run defined it: everything scoring needs, so a run directory is re-scored without the
+    task files (kind, labels, metrics), and what shaped its prompts."""
+
+    hash: str
+    """The task's identity: records of another definition, template or data file are not this task's."""
+    kind: str = "multiple_choice"
+    labels: list[str] = []
+    metrics: list[str] = []
+    rouge_stemmer: bool = False
+    mode: Literal["generate", "loglik"] = "generate"
+    name: str | None = None
+    examples: int | None = None
+    data: str | None = None
+    data_sha256: str | None = None
+    format: str | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    prompt: str | None = None
+    few_shot: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    loglik: dict[str, Any] | None = None
+    icd_table: str | None = None
+    parser_version: str | None = None
+    """The kind's parser version when the answers were recorded (edgeeval.kinds); None before it was kept."""
+    scorer_version: str | None = None
+
+
+class PairEntry(_Entry):
+    baseline: str
+    candidate: str
+
+
+class Manifest(_Entry):
+    """manifest.json: versions, machine, settings, and the models, tasks and pairs a run directory holds."""
+
+    edgeeval: str | None = None
+    llama_cpp_python: str | None = None
+    machine: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    config: str | None = None
+    pairs: dict[str, PairEntry] = {}
+    tasks: dict[str, TaskEntry] = {}
+    models: dict[str, ModelEntry] = {}
+    engine: dict[str, dict[str, Any]] = {}
+    """Per model: what the engine reported (backend, llama.cpp system info, restarts, crashes, speed)."""
+    invocations: list[dict[str, Any]] = []
+    """One entry per `edgeeval run` that wrote here: when, how long, how many, with which arguments."""
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def load_manifest(run_dir: Path) -> Manifest | None:
+    """The run directory's manifest, or None when it has none yet; DataError names a broken one."""
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc.strerror})") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"])
+        raise DataError(f"{path}: unreadable manifest ({where}: {err['msg']})") from None
 
 
 def now_iso() -> str:
@@ -171,8 +264,9 @@ class RunStore:
                     os.ftruncate(fd, start)
             raise EdgeevalError(f"cannot write records to {path}: {exc.strerror}; records written so far are kept") from None
 
-    def write_manifest(self, manifest: dict) -> None:
-        write_private_text(self.root / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    def write_manifest(self, manifest: Manifest | dict) -> None:
+        body = manifest.as_json() if isinstance(manifest, Manifest) else Manifest.model_validate(manifest).as_json()
+        write_private_text(self.root / "manifest.json", json.dumps(body, indent=2, sort_keys=True) + "\n")
 
     def close(self) -> None:
         for fd in self._fds.values():

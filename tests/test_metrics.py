@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgeeval.kinds.icd_coding import icd_counts
+from edgeeval.kinds.summary import problem_f1
 from edgeeval.metrics import (
     compare_pair,
-    icd_counts,
     metric_statistic,
-    problem_f1,
     score_multiple_choice,
     score_records,
     summarize,

@@ -499,3 +499,26 @@ def test_headline_counts_tasks_and_reads_failure_measures_the_right_way_round():
                     "and less often on 1 (1 significantly).")
     row = study.comparison.row(3, named=True)  # hallucination_rate up by 0.1, significant
     assert verdict(row, "general", "biomedical") == "general better"
+
+
+def test_results_carry_the_parser_and_scorer_versions(built_run):
+    results = pl.read_csv(built_run / "results.csv")
+    assert results.columns[:7] == ["model", "task", "metric", "value", "ci_low", "ci_high", "n"]
+    from edgeeval import kinds
+
+    for row in results.select("task", "parser_version", "scorer_version").unique().iter_rows(named=True):
+        current = kinds.get(manifest()["tasks"][row["task"]]["kind"]).version
+        assert str(row["parser_version"]) == current["parser_version"]
+        assert str(row["scorer_version"]) == current["scorer_version"]
+
+
+def test_rescoring_under_another_parser_version_says_so(copy_run):
+    run = copy_run("old-parser")
+    meta = json.loads((run / "manifest.json").read_text())
+    meta["tasks"]["mednli"]["parser_version"] = "0"
+    (run / "manifest.json").write_text(json.dumps(meta))
+    build_report(run)
+    report = (run / "report.md").read_text()
+    assert "task mednli (old-parser): recorded under another version" in report
+    assert "parser 0 → 1" in report
+    assert "task medqa" not in report.split("recorded under another version")[0].rsplit("\n", 1)[-1]

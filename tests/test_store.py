@@ -1,5 +1,6 @@
 """The run store: records round-trip, torn lines are repaired, permissions are owner-only, one writer."""
 
+import json
 import os
 import stat
 
@@ -88,3 +89,26 @@ def test_arbitrary_unicode_round_trips(tmp_path_factory, ids, outputs):
         for r in written:
             store.append(r)
         assert store.load("m", "t") == written
+
+
+def test_a_broken_manifest_is_one_error_naming_the_file(tmp_path):
+    from edgeeval.errors import DataError
+    from edgeeval.store import load_manifest
+
+    assert load_manifest(tmp_path) is None
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match="manifest.json: unreadable manifest"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"tasks": {"t": {"kind": "label"}}}))
+    with pytest.raises(DataError, match=r"tasks\.t\.hash: Field required"):
+        load_manifest(tmp_path)
+
+
+def test_a_manifest_keeps_keys_it_does_not_know(tmp_path):
+    from edgeeval.store import load_manifest
+
+    with RunStore(tmp_path) as store:
+        store.write_manifest({"future": {"x": 1}, "tasks": {"t": {"hash": "h", "extra": True}}})
+    manifest = load_manifest(tmp_path)
+    assert manifest.tasks["t"].hash == "h" and manifest.tasks["t"].kind == "multiple_choice"
+    assert json.loads((tmp_path / "manifest.json").read_text())["tasks"]["t"]["extra"] is True

@@ -4,20 +4,19 @@ headline tally per pair ("the fine-tune is worse on 5 of 7 tasks and gives more 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import polars as pl
 
+from edgeeval import kinds
+
 SIGNIFICANCE = 0.05
 
-# Metrics that count failures: fewer is better. Matched by name so that new rows from the
-# scoring stage (hallucination_rate, invalid_code_rate, ...) are read the right way round.
-_FAILURE_METRIC = re.compile(r"invalid|error|hallucinat")
 
 
 def lower_is_better(metric: str) -> bool:
-    return bool(_FAILURE_METRIC.search(metric))
+    """Metrics that count failures (fewer is better), as the task kinds declare them."""
+    return kinds.lower_is_better(metric)
 
 
 def is_hallucination_measure(metric: str) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
+from edgeeval import kinds
 from edgeeval.errors import EdgeevalError
 from edgeeval.metrics import COMPARISON_SCHEMA, SUMMARY_SCHEMA, compare_pair, score_records, summarize
 from edgeeval.scoring import load_current_records
@@ -20,7 +21,7 @@ SAFE_STRING_COLUMNS = frozenset({"model", "task", "example_id", "gold", "parsed"
                                  "metrics", "unoffered_choice"})
 # Gold and parsed answers are kept under --no-text only for tasks whose answers are labels (an option
 # letter, "entailment", ICD codes) and only when short; never a reference summary or a free-text answer.
-LABEL_KINDS = frozenset({"multiple_choice", "label", "abstention", "icd_coding"})
+LABEL_KINDS = frozenset(name for name, kind in kinds.KINDS.items() if kind.short_answers)
 LABEL_MAX_CHARS = 40
 LABEL_MAX_SPACES = 2
 WITHHELD = "[text withheld]"
@@ -79,7 +80,8 @@ class Study:
 def score_run(run_dir: Path) -> tuple[dict, pl.DataFrame]:
     """The manifest and one scored row per (model, task, example) of a run directory."""
     manifest, records = load_current_records(run_dir)
-    return manifest, score_records(records) if records.height else records
+    # The report reads the manifest as plain JSON (it shows whatever a run recorded, old or new).
+    return manifest.as_json(), score_records(records) if records.height else records
 
 
 def study_from_run(run_dir: Path, seed: int = 0) -> Study:
@@ -163,9 +165,36 @@ def _assemble(title, runs, arms, pairs, tasks, scored, seed, notes) -> Study:
     order = [a for p in pairs for a in (p.baseline, p.candidate)] + list(arms)
     arms = {label: arms[label] for label in dict.fromkeys(order) if label in arms}
     results = summarize(scored, seed=seed) if scored.height else pl.DataFrame(schema=SUMMARY_SCHEMA)
+    results = with_versions(results, scored)
     comparisons = [compare_pair(scored, p.name, p.baseline, p.candidate, seed=seed) for p in pairs]
     comparison = pl.concat(comparisons) if comparisons else pl.DataFrame(schema=COMPARISON_SCHEMA)
+    notes = notes + version_drift(runs)
     return Study(title, runs, arms, pairs, tasks, scored, results, comparison, True, notes)
+
+
+def with_versions(results: pl.DataFrame, scored: pl.DataFrame) -> pl.DataFrame:
+    """The results with the parser and scorer versions (of the task's kind) that computed each row."""
+    task_kind = dict(scored.select("task", "kind").unique().iter_rows()) if "kind" in scored.columns else {}
+    versions = [kinds.get(task_kind.get(task) or kinds.DEFAULT).version for task in results["task"].to_list()]
+    return results.with_columns(
+        parser_version=pl.Series([v["parser_version"] for v in versions], dtype=pl.String),
+        scorer_version=pl.Series([v["scorer_version"] for v in versions], dtype=pl.String),
+    )
+
+
+def version_drift(runs: list[Run]) -> list[str]:
+    """A note for each task whose answers were recorded under another parser or scorer version than the one
+    scoring them now: re-scoring an old run may then give other figures than its first report."""
+    notes = []
+    for run in runs:
+        for task, meta in run.manifest.get("tasks", {}).items():
+            current = kinds.get(meta.get("kind") or kinds.DEFAULT).version
+            changed = [f"{part.split('_')[0]} {meta[part]} → {current[part]}" for part in current
+                       if meta.get(part) is not None and meta[part] != current[part]]
+            if changed:
+                notes.append(f"task {task} ({run.name}): recorded under another version than it is scored with now "
+                             f"({', '.join(changed)}); figures may differ from the run's first report")
+    return notes
 
 
 def without_text(study: Study) -> Study:

@@ -1,0 +1,61 @@
+"""Summary: free text scored against a reference with ROUGE, and problem lists with a set F1 (MeQSum,
+problem summaries, MeDiSumQA)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import polars as pl
+
+from edgeeval.kinds.base import COMMON, Kind, Metric, Ratio, errored_expr, f1, number
+from edgeeval.parsing import normalize_problem, parse_problem_list
+from edgeeval.rouge import ROUGE_TYPES, rouge_f
+
+SCORE_COLUMNS = (*ROUGE_TYPES, "problem_f1")
+
+
+def parse(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:
+    return reply.strip() or None
+
+
+def score(records: pl.DataFrame) -> pl.DataFrame:
+    stemmer = records["rouge_stemmer"].fill_null(False).to_list() if "rouge_stemmer" in records.columns \
+        else [False] * records.height
+    rows = zip(records["gold"].to_list(), records["parsed"].to_list(), records["error"].to_list(), stemmer)
+    scores = [summary_scores(gold, text if error is None else None, stem) for gold, text, error, stem in rows]
+    columns = {name: pl.Series(name, [s[name] for s in scores], dtype=pl.Float64) for name in SCORE_COLUMNS}
+    empty = pl.col("parsed").cast(pl.String).fill_null("").str.strip_chars() == ""
+    return records.with_columns(errored=errored_expr(), invalid=empty & pl.col("error").is_null(), **columns)
+
+
+def summary_scores(gold: str, text: str | None, stemmer: bool) -> dict[str, float]:
+    if not text:
+        return {name: 0.0 for name in SCORE_COLUMNS}
+    scores = {name: float(value) for name, value in rouge_f(gold, text, stemmer).items()}
+    return {**scores, "problem_f1": problem_f1(gold, text)}
+
+
+def problem_f1(gold: str, text: str) -> float:
+    """F1 of the set of problems a reply lists against the gold ';'-separated list: problems match when
+    equal after case-folding and turning punctuation into spaces (normalize_problem)."""
+    truth = {normalize_problem(p) for p in gold.split(";")} - {""}
+    found = {normalize_problem(p) for p in parse_problem_list(text)} - {""}
+    return f1(len(truth & found), len(found), len(truth))
+
+
+KIND = Kind(
+    name="summary",
+    description="free text against a reference",
+    metrics=(
+        *(Metric(name, f"{name.upper()} F-measure against the reference", ratio=Ratio(number(name)))
+          for name in ROUGE_TYPES),
+        Metric("problem_f1", "F1 of the listed problems against the gold problem list",
+               ratio=Ratio(number("problem_f1"))),
+        *COMMON,
+    ),
+    parse=parse,
+    score=score,
+    parser_version="1",
+    scorer_version="1",
+    short_answers=False,
+)
