@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edgeeval.config import DataSpec, TaskSpec
-from edgeeval.data import (
-    Example,
-    Row,
-    brief,
-    check_unique_ids,
-    csv_rows,
-    jsonl_rows,
-    kind_name,
-    load_multiple_choice,
-    parse_json,
-    read_text,
-    show,
-    text_cell,
-)
+from edgeeval.data import Example, check_unique_ids, load_multiple_choice
 from edgeeval.errors import DataError
 from edgeeval.icd import normalize_code
 from edgeeval.longhealth import load_longhealth
+from edgeeval.readers import (
+    TABLE_EXTENSIONS,
+    brief,
+    kind_name,
+    optional_text,
+    read_json,
+    required_text,
+    row_id,
+    show,
+    table_rows,
+    text_cell,
+)
 
 Loader = Callable[[Path, DataSpec], list[Example]]
 
@@ -41,7 +39,6 @@ PROBLEM_SUMMARY = (
 MEDISUMQA = "MeDiSumQA JSON lines: {note_id, with_discharge_summary, Question, Answer} per line"
 MEDISUMCODE = "MeDiSumCode JSON lines: {hadm_id, text, icd_codes: [{code, description}, ...]} per line"
 
-_TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
 _CODE_SHAPE = re.compile(r"[A-Z][0-9][0-9A-Z][0-9A-Z]{0,4}")
 
 
@@ -60,126 +57,6 @@ def _checked_label(example: Example, labels: list[str]) -> Example:
             f"{example.source}: label {brief(example.gold)} is not one of the task's labels ({', '.join(labels)})"
         )
     return example if label == example.gold else example.model_copy(update={"gold": label})
-
-
-# --- reading tables --------------------------------------------------------------------------------------
-
-
-def table_rows(path: Path, expected: str, required: tuple[str, ...] = (),
-               extensions: tuple[str, ...] = _TABLE_EXTENSIONS) -> list[Row]:
-    """Rows of a .csv, .json (a list, JSON lines or pandas columns), .jsonl or .xlsx file; never empty."""
-    suffix = path.suffix.lower()
-    if suffix not in extensions:
-        raise DataError(f"{path}: unsupported extension {path.suffix!r} (expected {expected}; as {', '.join(extensions)})")
-    if suffix == ".xlsx":
-        rows = xlsx_rows(path, expected)
-    elif suffix == ".csv":
-        rows = csv_rows(path, read_text(path), required, ", ".join(required) + f" ({expected})")
-    elif suffix == ".jsonl":
-        rows = jsonl_rows(path, read_text(path))
-    else:
-        rows = json_rows(path, read_text(path), expected)
-    if not rows:
-        raise DataError(f"{path}: no data rows (expected {expected})")
-    return rows
-
-
-def json_rows(path: Path, text: str, expected: str) -> list[Row]:
-    """A JSON list of objects, pandas' column-oriented {column: {row: value}}, or JSON lines in a .json
-    file (MedMCQA and MeDiSumCode ship their JSON lines named .json)."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data":
-            return jsonl_rows(path, text)
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-    except (RecursionError, ValueError):
-        data = parse_json(text, path, None)  # repeats the failure as a DataError
-    if isinstance(data, list):
-        return [(f"{path}:row {i}", _object(path, f"row {i}", item, expected)) for i, item in enumerate(data)]
-    if isinstance(data, dict) and data and all(isinstance(column, dict) for column in data.values()):
-        keys = list(dict.fromkeys(k for column in data.values() for k in column))
-        return [(f"{path}:row {k}", {c: col[k] for c, col in data.items() if k in col}) for k in keys]
-    if isinstance(data, dict) and data:
-        return [(f"{path}:1", data)]  # one JSON object: a JSON-lines file with a single line
-    raise DataError(f"{path}: unrecognised JSON structure (top level is {kind_name(data)}); expected {expected}")
-
-
-def _object(path: Path, where: str, value: Any, expected: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise DataError(f"{path}:{where}: expected a JSON object, got {kind_name(value)} ({expected})")
-    return value
-
-
-def xlsx_rows(path: Path, expected: str) -> list[Row]:
-    """Rows of the first worksheet of an Excel workbook; the first non-empty row is the header."""
-    import openpyxl  # only the xlsx formats need it
-
-    try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except FileNotFoundError:
-        raise DataError(f"{path}: data file not found") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged workbook can fail in zipfile, XML or openpyxl itself
-        raise DataError(f"{path}: not a readable .xlsx workbook ({type(exc).__name__}); expected {expected}") from None
-    try:
-        return _sheet_rows(path, book.worksheets[0].iter_rows(values_only=True))
-    except DataError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - see above
-        # Only the exception's type: its message could quote a cell, and cells may hold patient text.
-        raise DataError(f"{path}: damaged .xlsx worksheet ({type(exc).__name__}); expected {expected}") from None
-    finally:
-        book.close()
-
-
-def _sheet_rows(path: Path, cells_by_row: Any) -> list[Row]:
-    header: list[str] | None = None
-    rows: list[Row] = []
-    for number, cells in enumerate(cells_by_row, 1):
-        if all(cell is None or (isinstance(cell, str) and not cell.strip()) for cell in cells):
-            continue  # Excel keeps formatted but empty rows; they are not data
-        if header is None:
-            header = [str(cell).strip() if cell is not None else "" for cell in cells]
-            _check_header(path, number, header)
-            continue
-        rows.append((f"{path}:row {number}", {k: v for k, v in zip(header, cells) if k}))
-    return rows
-
-
-def _check_header(path: Path, number: int, header: list[str]) -> None:
-    named = [name for name in header if name]
-    for name in sorted(set(named)):
-        if named.count(name) > 1:
-            raise DataError(f"{path}:row {number}: column {show(name)} appears more than once in the header")
-
-
-# --- cells -----------------------------------------------------------------------------------------------
-
-
-def required_text(record: dict[str, Any], keys: tuple[str, ...], source: str, expected: str) -> str:
-    """The first of `keys` present in the record, as non-empty text."""
-    key = next((k for k in keys if k in record), None)
-    if key is None:
-        names = " or ".join(repr(k) for k in keys)
-        raise DataError(f"{source}: missing field {names} (expected {expected})")
-    value = text_cell(record[key], key, source)
-    if value is None:
-        raise DataError(f"{source}: field {key!r} is empty")
-    return value
-
-
-def optional_text(record: dict[str, Any], keys: tuple[str, ...], source: str) -> str:
-    key = next((k for k in keys if k in record), None)
-    return (text_cell(record[key], key, source) or "") if key is not None else ""
-
-
-def row_id(record: dict[str, Any], key: str, source: str, default: str) -> str:
-    if key not in record:
-        return default
-    value = text_cell(record[key], key, source)
-    if value is None:
-        raise DataError(f"{source}: empty {key!r}")
-    return value
 
 
 def _finish(path: Path, examples: list[Example]) -> list[Example]:
@@ -236,7 +113,7 @@ def load_pubmedqa(path: Path, data: DataSpec) -> list[Example]:
     context_labels (their headings), year. Gold: final_decision (yes / no / maybe)."""
     if path.suffix.lower() != ".json":
         raise DataError(f"{path}: unsupported extension {path.suffix!r} (expected {PUBMEDQA})")
-    items = parse_json(read_text(path), path, None)
+    items = read_json(path)
     if not isinstance(items, dict):
         raise DataError(f"{path}: top level is {kind_name(items)}; expected {PUBMEDQA}")
     if not items:
@@ -291,7 +168,7 @@ def load_mednli(path: Path, data: DataSpec) -> list[Example]:
 def load_meqsum(path: Path, data: DataSpec) -> list[Example]:
     """MeQSum (the released .xlsx, or .csv/.json/.jsonl with the same columns). Fields: question (the
     consumer health question, CHQ). Gold: Summary."""
-    rows = table_rows(path, MEQSUM, ("CHQ", "Summary"), (*_TABLE_EXTENSIONS, ".xlsx"))
+    rows = table_rows(path, MEQSUM, ("CHQ", "Summary"), (*TABLE_EXTENSIONS, ".xlsx"))
     examples = [
         Example(id=row_id(record, "File", source, f"{path.stem}-{n}"),
                 fields={"question": required_text(record, ("CHQ",), source, MEQSUM)},

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeeval.config import DataSpec
-from edgeeval.data import Example, brief, check_unique_ids, kind_name, parse_json, read_text, show, text_cell
+from edgeeval.data import Example, check_unique_ids
 from edgeeval.errors import DataError
+from edgeeval.readers import brief, kind_name, read_json, required_text, show, text_cell
 
 LONGHEALTH = (
     "LongHealth benchmark_v5.json: {patient: {texts: {text_0: ..., ...}, questions: [{No, question, "
@@ -25,7 +26,7 @@ def load_longhealth(path: Path, data: DataSpec) -> list[Example]:
 
     Which documents: see DataSpec.documents. Distractors are other patients' documents, chosen and the
     shown order shuffled by hashing the example id, so every run shows the same prompt."""
-    patients = parse_json(read_text(path), path, None)
+    patients = read_json(path)
     if not isinstance(patients, dict) or not patients:
         raise DataError(f"{path}: top level is {kind_name(patients)}; expected {LONGHEALTH}")
     records = {key: _patient(path, str(key), value) for key, value in patients.items()}
@@ -75,27 +76,19 @@ def _example(path: Path, key: str, number: int, question: Any, texts: dict[str, 
     example_id = f"{key}-q{_number(question, number, source)}"
     answer_ids = _answer_ids(question, texts, source)
     documents = _documents(example_id, key, texts, answer_ids, library, data, source)
-    fields = {"question": _text(question, "question", source), "options": options, "documents": documents}
+    fields = {"question": required_text(question, ("question",), source, LONGHEALTH), "options": options,
+              "documents": documents}
     return Example(id=example_id, fields=fields, gold=gold, source=source)
 
 
-def _text(question: dict[str, Any], key: str, source: str) -> str:
-    if key not in question:
-        raise DataError(f"{source}: missing field {key!r} (expected {LONGHEALTH})")
-    value = text_cell(question[key], key, source)
-    if value is None:
-        raise DataError(f"{source}: field {key!r} is empty")
-    return value
-
-
 def _options(question: dict[str, Any], source: str) -> dict[str, str]:
-    return {letter: _text(question, key, source) for letter, key in zip(_LETTERS, _ANSWER_KEYS)}
+    return {letter: required_text(question, (key,), source, LONGHEALTH) for letter, key in zip(_LETTERS, _ANSWER_KEYS)}
 
 
 def _letter_of(question: dict[str, Any], options: dict[str, str], source: str) -> str:
     """The letter of the option whose text is `correct`: an exact match (ignoring case and spacing), else
     the single option that contains it (the rule CLUE's scorer applies)."""
-    correct = " ".join(_text(question, "correct", source).casefold().split())
+    correct = " ".join(required_text(question, ("correct",), source, LONGHEALTH).casefold().split())
     flat = {letter: " ".join(text.casefold().split()) for letter, text in options.items()}
     exact = [letter for letter, text in flat.items() if text == correct]
     within = [letter for letter, text in flat.items() if correct in text]
