@@ -14,6 +14,7 @@ import edgeeval
 from edgeeval.config import Project, load_models_config, load_task, resolve_model_path
 from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError, EdgeevalError
+from edgeeval.machine import usable_cpus
 
 DEMO_PAIR = "demo"
 DEMO_TASK = "case_challenges"
@@ -90,7 +91,7 @@ def warn_if_busy(backend: str) -> None:
     every step, so on shared cores a run can be many times slower than its share of the machine."""
     if backend != "llama" or not hasattr(os, "getloadavg"):
         return
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    load, cpus = os.getloadavg()[0], usable_cpus()
     if load >= cpus:
         print(f"edgeeval: warning: the machine is busy (load {load:.1f} on {cpus} CPUs); llama.cpp slows down "
               "badly on shared cores: stop the other work, or use --threads 1", file=sys.stderr)

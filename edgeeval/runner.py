@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -24,6 +23,7 @@ from edgeeval.engine import Engine, EngineError, EngineSettings, Generation, Opt
 from edgeeval.errors import ConfigError, DataError, TemplateError
 from edgeeval.formats import load_examples
 from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
+from edgeeval.machine import machine_info
 from edgeeval.parsing import best_option
 from edgeeval.prompts import AnswerTemplate, TaskPrompt
 from edgeeval.store import Record, RunStore, now_iso
@@ -283,19 +283,6 @@ def loglik_record(model: PreparedModel, task: PreparedTask, unit: Unit, scores: 
         mode="loglik", scores=table, normalization=normalization,
         n_prompt_tokens=n_context, seconds=round(seconds, 4), created=now_iso(),
     )
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpu": cpu,
-            "machine": platform.machine()}
 
 
 def package_version(name: str) -> str | None:
