@@ -125,7 +125,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from edgeeval.gguf_file import read_gguf_metadata, sha256_file
+    from edgeeval.gguf_file import read_gguf_metadata
+    from edgeeval.sha256_cache import cached_sha256
 
     project = load_project(args)
     failures = 0
@@ -137,7 +138,7 @@ def cmd_models(args) -> int:
         try:
             path = resolve_model_path(project, name)
             info = read_gguf_metadata(path)
-            sha = sha256_file(path)
+            sha = cached_sha256(path)
         except EdgeevalError as exc:
             failures += 1
             print(f"    MISSING/INVALID: {exc}")
