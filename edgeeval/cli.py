@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument("--out", help="run directory (re-running the same command resumes it)")
     running.add_argument("--limit", type=int, help="first N examples of each task only")
     running.add_argument("--max-tokens", type=int, help="override the tasks' max new tokens")
-    running.add_argument("--threads", type=int, default=0, help="CPU threads (default: physical cores)")
+    running.add_argument("--threads", type=int, default=0,
+                         help="CPU threads (default: one per physical core within this process's CPU affinity "
+                              "and cgroup quota)")
     running.add_argument("--seed", type=int, default=0, help="seed for the bootstrap (decoding is greedy)")
     running.add_argument("--mode", choices=["generate", "loglik"], default="generate",
                          help="generate: answers are generated and parsed (default); loglik: multiple-choice and "
