@@ -15,6 +15,7 @@ from edgeeval.errors import ConfigError, DataError, TemplateError
 from edgeeval.formats import load_examples
 from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
 from edgeeval.prompts import AnswerTemplate, TaskPrompt
+from edgeeval.sha256_cache import cached_sha256
 
 TASKS_DIR = Path("benchmarks/clinical")
 
@@ -121,11 +122,11 @@ def few_shot_turns(project: Project, spec: TaskSpec, prompt: TaskPrompt,
     return turns, sha256_file(path)
 
 
-def prepare_model(project: Project, name: str, sha_cache: dict | None = None) -> PreparedModel:
+def prepare_model(project: Project, name: str) -> PreparedModel:
     spec = project.config.models[name]
     path = resolve_model_path(project, name)
     info = read_gguf_metadata(path)
-    sha = cached_sha256(path, sha_cache if sha_cache is not None else {})
+    sha = cached_sha256(path)
     if spec.sha256 and spec.sha256.lower() != sha:
         raise ConfigError(f"model '{name}': {path} has sha256 {sha}, but models.toml expects {spec.sha256}")
     # llama.cpp adds the BOS token itself when it tokenizes, so templates get an empty bos_token;
@@ -136,15 +137,6 @@ def prepare_model(project: Project, name: str, sha_cache: dict | None = None) ->
         raise TemplateError(f"model '{name}' ({path}): {exc}") from None
     n_ctx = min(spec.n_ctx, info.context_length or spec.n_ctx)
     return PreparedModel(name, path, sha, info, chat, n_ctx)
-
-
-def cached_sha256(path: Path, cache: dict) -> str:
-    """sha256 of a model file, remembered per (path, size, mtime) so big files are hashed once."""
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    if key not in cache:
-        cache[key] = sha256_file(path)
-    return cache[key]
 
 
 def task_messages(task: PreparedTask, example: Example) -> list[dict[str, str]]:

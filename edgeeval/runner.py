@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -17,6 +16,7 @@ import edgeeval
 from edgeeval import icd, kinds
 from edgeeval.config import Project
 from edgeeval.engine import Engine, EngineError, EngineSettings, Generation, OptionScore, error_score
+from edgeeval.machine import machine_info
 from edgeeval.parsing import best_option
 from edgeeval.planning import PreparedModel, PreparedTask, Unit, plan_units, prepare_model
 from edgeeval.store import Manifest, ModelEntry, PairEntry, Record, RunStore, TaskEntry, load_manifest, now_iso
@@ -76,19 +76,6 @@ def loglik_record(model: PreparedModel, task: PreparedTask, unit: Unit, scores: 
         mode="loglik", scores=table, normalization=normalization,
         n_prompt_tokens=n_context, seconds=round(seconds, 4), created=now_iso(),
     )
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpu": cpu,
-            "machine": platform.machine()}
 
 
 def package_version(name: str) -> str | None:

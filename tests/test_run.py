@@ -222,12 +222,12 @@ def test_models_verify_and_tasks_listing(project_dir, capsys):
 
 @pytest.mark.parametrize("load, warned", [(1.5, False), (2.0, True), (6.0, True)])
 def test_busy_machine_warning(monkeypatch, capsys, load, warned):
-    from edgeeval.cli import warn_if_busy
+    from edgeeval import cli
 
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    warn_if_busy("llama")
-    warn_if_busy("fake")  # the fake engine has no threads to fight over
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 2)  # e.g. 2 CPUs of a bigger host (affinity, cgroup quota)
+    cli.warn_if_busy("llama")
+    cli.warn_if_busy("fake")  # the fake engine has no threads to fight over
     err = capsys.readouterr().err
     assert (f"the machine is busy (load {load:.1f} on 2 CPUs)" in err) == warned
     assert err.count("warning") == int(warned)

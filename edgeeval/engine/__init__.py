@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
+
+from edgeeval.machine import cpu_has_amx, default_threads
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,7 @@ class EngineSettings:
     n_batch: int = 512
     n_ubatch: int = 512
     n_threads: int = 0
-    """0 means one thread per physical core."""
+    """0 means one thread per physical core this process may use (affinity and cgroup quota)."""
     seed: int = 0
     flash_attn: bool = False
     """Off by default: llama.cpp's CPU flash attention gives results that change with how tokens are
@@ -38,7 +39,7 @@ class EngineSettings:
     def resolved(self) -> "EngineSettings":
         values = asdict(self)
         if self.n_threads <= 0:
-            values["n_threads"] = physical_cores()
+            values["n_threads"] = default_threads()
         if self.use_extra_bufts is None:
             values["use_extra_bufts"] = not cpu_has_amx()
         return EngineSettings(**values)
@@ -110,35 +111,3 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def physical_cores() -> int:
-    """Physical cores (llama.cpp is slower with hyper-threads); falls back to the logical count."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError:
-        return os.cpu_count() or 1
-    cores = set()
-    physical = core = None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "physical id":
-            physical = value.strip()
-        elif key == "core id":
-            core = value.strip()
-        elif not line.strip() and core is not None:
-            cores.add((physical, core))
-            physical = core = None
-    if core is not None:
-        cores.add((physical, core))
-    return len(cores) or os.cpu_count() or 1
-
-
-def cpu_has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            return " amx_" in handle.read()
-    except OSError:
-        return False
