@@ -17,8 +17,8 @@ from tqdm import tqdm
 import edgeeval
 from edgeeval import icd
 from edgeeval.config import Project
-from edgeeval.engine import Engine, EngineError, EngineSettings, Generation, OptionScore, error_score
-from edgeeval.errors import DataError
+from edgeeval.engine import Engine, EngineError, EngineSettings, Generation, OptionScore
+from edgeeval.errors import DataError, ErrorKind
 from edgeeval.parsing import best_option
 from edgeeval.planning import PreparedModel, PreparedTask, Unit, plan_units, prepare_model
 from edgeeval.store import Record, RunStore, now_iso
@@ -63,12 +63,9 @@ def loglik_record(model: PreparedModel, task: PreparedTask, unit: Unit, scores: 
     """A loglik unit's record: every option's scores and the best option by the task's normalisation
     (as `output`); an option the engine could not score makes the whole unit an error."""
     normalization = task.spec.loglik.normalization
-    error = unit.error or next((s["error"] for s in scores if s.get("error")), None)
-    table = None if error else {
-        key: {"logprob": s["logprob"], "mean_logprob": s["mean_logprob"], "n_tokens": s["n_tokens"],
-              "token_logprobs": s["token_logprobs"], "is_greedy": s.get("is_greedy")}
-        for (key, _), s in zip(unit.continuations, scores)}
-    n_context = next((s.get("n_context_tokens") for s in scores if s.get("n_context_tokens") is not None), None)
+    error = unit.error or next((s.error for s in scores if s.error is not None), None)
+    table = None if error else {key: s.record_entry() for (key, _), s in zip(unit.continuations, scores)}
+    n_context = next((s.n_context_tokens for s in scores if s.n_context_tokens is not None), None)
     return Record(
         model=model.name, model_sha256=model.sha256, task=task.run_name, task_hash=task.hash,
         example_id=unit.example.id, prompt_hash=unit.prompt_hash, prompt=unit.prompt, gold=unit.example.gold,
@@ -276,9 +273,7 @@ def _letter_scores(engine: Engine, unit: Unit) -> list[OptionScore]:
     try:
         logprobs = engine.letter_logprobs(unit.prompt, letters)
     except EngineError as exc:
-        if str(exc).startswith("not_single_token"):
+        if exc.kind is ErrorKind.NOT_SINGLE_TOKEN:
             return engine.loglikelihood(unit.prompt, letters)
-        return [error_score(str(exc)) for _ in letters]
-    return [{"logprob": logprobs[letter], "mean_logprob": logprobs[letter], "n_tokens": 1, "n_context_tokens": None,
-             "token_logprobs": [logprobs[letter]], "greedy": None, "is_greedy": None, "error": None}
-            for letter in letters]
+        return [OptionScore.failed(exc.kind, exc.detail) for _ in letters]
+    return [OptionScore.single_token(logprobs[letter]) for letter in letters]
