@@ -47,8 +47,18 @@ class ErrorKind(str, Enum):
     """The worker took longer than unit_timeout_s, twice."""
     ENGINE = "engine"
     """Any other exception inside the engine."""
+    OTHER = "error"
+    """Only for records written before kinds were stored, whose message starts with no known kind."""
 
     def message(self, detail: str) -> str:
         """The text records and reports show: 'kind: detail'."""
         return f"{self.value}: {detail}"
 
+    @classmethod
+    def of_message(cls, message: str) -> "ErrorKind":
+        """The kind an error message starts with; for records written before the kind was stored."""
+        prefix = message.split(":", 1)[0].strip()
+        try:
+            return cls(prefix)
+        except ValueError:
+            return cls.OTHER

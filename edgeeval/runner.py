@@ -49,6 +49,7 @@ def make_record(model: PreparedModel, task: PreparedTask, unit: Unit, gen: Gener
         options=unit.example.fields.get("options"),
         output=gen.text if gen.error is None else None,
         error=gen.error,
+        error_kind=gen.error_kind,
         truncation=unit.truncation,
         finish_reason=gen.finish_reason,
         n_prompt_tokens=gen.n_prompt_tokens,
@@ -63,7 +64,9 @@ def loglik_record(model: PreparedModel, task: PreparedTask, unit: Unit, scores: 
     """A loglik unit's record: every option's scores and the best option by the task's normalisation
     (as `output`); an option the engine could not score makes the whole unit an error."""
     normalization = task.spec.loglik.normalization
-    error = unit.error or next((s.error for s in scores if s.error is not None), None)
+    error, error_kind = next(((s.error, s.error_kind) for s in scores if s.error is not None), (None, None))
+    if unit.error is not None:
+        error, error_kind = unit.error, unit.error_kind
     table = None if error else {key: s.record_entry() for (key, _), s in zip(unit.continuations, scores)}
     n_context = next((s.n_context_tokens for s in scores if s.n_context_tokens is not None), None)
     return Record(
@@ -71,7 +74,7 @@ def loglik_record(model: PreparedModel, task: PreparedTask, unit: Unit, scores: 
         example_id=unit.example.id, prompt_hash=unit.prompt_hash, prompt=unit.prompt, gold=unit.example.gold,
         options=unit.example.fields.get("options"),
         output=None if table is None else best_option(table, normalization),
-        error=error, truncation=unit.truncation, finish_reason="error" if error else None,
+        error=error, error_kind=error_kind, truncation=unit.truncation, finish_reason="error" if error else None,
         mode="loglik", scores=table, normalization=normalization,
         n_prompt_tokens=n_context, seconds=round(seconds, 4), created=now_iso(),
     )
@@ -248,7 +251,8 @@ def _work(engine: Engine, model: PreparedModel, task: PreparedTask, units: list[
         gens = [engine.generate(u.prompt, spec.max_tokens, list(spec.stop)) for u in ready]
     results = dict(zip(map(id, ready), gens))
     for unit in units:
-        gen = results.get(id(unit)) or Generation(text=None, finish_reason="error", error=unit.error)
+        gen = results.get(id(unit)) or Generation(text=None, finish_reason="error", error=unit.error,
+                                                  error_kind=unit.error_kind)
         yield make_record(model, task, unit, gen)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from edgeeval.engine import EngineError, EngineSettings, OptionScore
+from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
 from edgeeval.engine.fake import FakeModel
 from edgeeval.errors import ErrorKind
 from edgeeval.engine.worker import FAULT_ENV, WorkerEngine
@@ -129,6 +129,13 @@ def test_option_score_constructors_and_the_record_entry():
         assert OptionScore.from_wire(score.to_wire()) == score
     with pytest.raises(ValidationError):
         OptionScore(logprob=-1.0, surprise=1)
+
+
+def test_generation_refuses_an_error_without_a_kind():
+    with pytest.raises(ValueError, match="error_kind"):
+        Generation(text=None, finish_reason="error", error="engine: boom")
+    failed = Generation.failed(ErrorKind.ENGINE, "boom", n_prompt_tokens=3)
+    assert (failed.text, failed.finish_reason, failed.error, failed.n_prompt_tokens) == (None, "error", "engine: boom", 3)
 
 
 def test_a_unit_that_times_out_twice_is_recorded_as_a_timeout(tmp_path):

@@ -6,8 +6,10 @@ import stat
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from edgeeval.errors import EdgeevalError
+from edgeeval.errors import EdgeevalError, ErrorKind
+from edgeeval.scoring import parse_answer
 from edgeeval.store import Record, RunStore, read_records
 
 
@@ -88,3 +90,54 @@ def test_arbitrary_unicode_round_trips(tmp_path_factory, ids, outputs):
         for r in written:
             store.append(r)
         assert store.load("m", "t") == written
+
+
+# Lines as records were written before `error_kind` existed (scores rounded for reading).
+OLD_RECORDS = [
+    '{"model":"m","model_sha256":"' + "s" * 64 + '","task":"t","task_hash":"h","example_id":"e1","prompt_hash":"p",'
+    '"prompt":"prompt","gold":"A","options":null,"output":null,"error":"native crash: worker killed by SIGSEGV '
+    '(signal 11) while generating","truncation":null,"finish_reason":"error","mode":"generate","scores":null,'
+    '"normalization":null,"n_prompt_tokens":null,"n_output_tokens":null,"seconds":0.0,"created":""}',
+    '{"model":"m","model_sha256":"' + "s" * 64 + '","task":"t","task_hash":"h","example_id":"e2","prompt_hash":"p",'
+    '"prompt":"prompt","gold":"A","options":null,"output":null,"error":"prompt_too_long: about 9000 tokens do not '
+    'fit","truncation":null,"finish_reason":"error","mode":"generate","scores":null,"normalization":null,'
+    '"n_prompt_tokens":null,"n_output_tokens":null,"seconds":0.0,"created":""}',
+    '{"model":"m","model_sha256":"' + "s" * 64 + '","task":"t@loglik","task_hash":"h","example_id":"e3",'
+    '"prompt_hash":"p","prompt":"prompt","gold":"B","options":{"A":"x","B":"y"},"output":"A","error":null,'
+    '"truncation":null,"finish_reason":null,"mode":"loglik","scores":{"A":{"logprob":-2.0,"mean_logprob":-1.0,'
+    '"n_tokens":2,"token_logprobs":[-1.5,-0.5],"is_greedy":false},"B":{"logprob":-1.25,"mean_logprob":-1.25,'
+    '"n_tokens":1,"token_logprobs":[-1.25],"is_greedy":null}},"normalization":"mean","n_prompt_tokens":12,'
+    '"n_output_tokens":null,"seconds":0.5,"created":"2025-01-01T00:00:00+00:00"}',
+    '{"model":"m","model_sha256":"' + "s" * 64 + '","task":"t","task_hash":"h","example_id":"e4","prompt_hash":"p",'
+    '"prompt":"prompt","gold":"A","output":null,"error":"something else entirely","finish_reason":"error"}',
+]
+
+
+def test_records_written_before_error_kind_load_with_the_kind_of_their_message(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(OLD_RECORDS) + "\n")
+    crash, too_long, scored, other = read_records(path)
+    assert crash.error_kind is ErrorKind.NATIVE_CRASH and crash.error.startswith("native crash: worker killed")
+    assert too_long.error_kind is ErrorKind.PROMPT_TOO_LONG
+    assert other.error_kind is ErrorKind.OTHER and other.error == "something else entirely"
+    assert scored.error_kind is None
+    # Scored as before: the answer comes from the recorded table, which loads unchanged.
+    assert parse_answer(scored.model_dump(), "multiple_choice", []) == scored.output == "A"
+    assert scored.scores["A"] == {"logprob": -2.0, "mean_logprob": -1.0, "n_tokens": 2,
+                                  "token_logprobs": [-1.5, -0.5], "is_greedy": False}
+    # Written again, the kind is stored; read again, nothing changes.
+    again = tmp_path / "again.jsonl"
+    again.write_text("".join(r.model_dump_json() + "\n" for r in (crash, too_long, scored, other)))
+    assert '"error_kind":"native crash"' in again.read_text()
+    assert read_records(again) == [crash, too_long, scored, other]
+
+
+@given(kind=st.sampled_from(list(ErrorKind)), detail=text)
+def test_the_kind_of_a_message_is_the_kind_it_was_made_with(kind, detail):
+    assert ErrorKind.of_message(kind.message(detail)) is kind
+
+
+def test_a_record_refuses_a_kind_without_an_error():
+    with pytest.raises(ValidationError, match="error_kind"):
+        record(error_kind=ErrorKind.ENGINE)
+

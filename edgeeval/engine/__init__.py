@@ -65,6 +65,8 @@ class Generation:
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if (self.error is None) != (self.error_kind is None):
+            raise ValueError("a Generation's error and error_kind are set together")
         if self.error_kind is not None:
             object.__setattr__(self, "error_kind", ErrorKind(self.error_kind))
 
