@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from edgeeval.engine import FinishReason
 from edgeeval.errors import EdgeevalError, ErrorKind
 
 DIR_MODE = 0o700
@@ -44,7 +45,8 @@ class Record(BaseModel):
     truncation: dict | None = None
     """Set when the task's context policy cut the prompt to fit the model's window: the rule, the field,
     what was dropped and the token estimate (the prompt itself shows the cut)."""
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
+    """'stop', 'length', 'context' or 'error' (generate mode); in loglik mode 'error' or None."""
     mode: Literal["generate", "loglik"] = "generate"
     """'generate': `output` is generated text, parsed when scored. 'loglik': nothing was generated; `scores`
     holds every option's log-probability and the answer is the best one by `normalization`."""

@@ -148,3 +148,9 @@ def test_a_unit_that_times_out_twice_is_recorded_as_a_timeout(tmp_path):
     finally:
         engine.close()
 
+
+def test_generation_refuses_an_unknown_finish_reason():
+    with pytest.raises(ValueError, match="finish_reason"):
+        Generation(text="x", finish_reason="eos")
+    for reason in ("stop", "length", "context", None):
+        assert Generation(text="x", finish_reason=reason).finish_reason == reason

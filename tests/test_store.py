@@ -141,3 +141,13 @@ def test_a_record_refuses_a_kind_without_an_error():
     with pytest.raises(ValidationError, match="error_kind"):
         record(error_kind=ErrorKind.ENGINE)
 
+
+def test_a_record_refuses_an_unknown_finish_reason(tmp_path):
+    with pytest.raises(ValidationError, match="finish_reason"):
+        record(finish_reason="eos")
+    for reason in ("stop", "length", "context", "error", None):  # what the engine and runner write
+        record(finish_reason=reason)
+    path = tmp_path / "t.jsonl"
+    path.write_text(record().model_dump_json().replace('"finish_reason":null', '"finish_reason":"eos"') + "\n")
+    with pytest.raises(EdgeevalError, match=r"t.jsonl:1: corrupt record"):
+        read_records(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -49,6 +49,11 @@ class EngineSettings:
         return EngineSettings(**values)
 
 
+FinishReason = Literal["stop", "length", "context", "error"]
+"""Why an answer ended: 'stop' (end of turn or a stop string), 'length' (max_tokens), 'context' (window
+full), or 'error' (there is no answer)."""
+
+
 @dataclass(frozen=True)
 class Generation:
     """One answer, or the reason there is none (`error`, whose kind is `error_kind`)."""
@@ -56,8 +61,7 @@ class Generation:
     text: str | None
     n_prompt_tokens: int | None = None
     n_output_tokens: int | None = None
-    finish_reason: str | None = None
-    """'stop' (end of turn or a stop string), 'length' (max_tokens), 'context' (window full), or 'error'."""
+    finish_reason: FinishReason | None = None
     seconds: float = 0.0
     error: str | None = None
     """'kind: detail', for people; `error_kind` is the kind as data."""
@@ -65,6 +69,8 @@ class Generation:
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.finish_reason not in (None, *get_args(FinishReason)):
+            raise ValueError(f"finish_reason {self.finish_reason!r} is not one of {get_args(FinishReason)}")
         if (self.error is None) != (self.error_kind is None):
             raise ValueError("a Generation's error and error_kind are set together")
         if self.error_kind is not None:

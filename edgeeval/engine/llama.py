@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import llama_cpp as L
 import numpy as np
 
-from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
+from edgeeval.engine import EngineError, EngineSettings, FinishReason, Generation, OptionScore
 from edgeeval.errors import ErrorKind
 
 _LOG_ERROR = 4
@@ -240,7 +240,7 @@ class LlamaModel:
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def _decode_loop(self, n_prompt: int, max_tokens: int, stop: list[str],
-                     ignore_eos: bool = False) -> tuple[str, int, str]:
+                     ignore_eos: bool = False) -> tuple[str, int, FinishReason]:
         out = bytearray()
         n_out = 0
         room = self.n_ctx - n_prompt
@@ -646,7 +646,7 @@ class _Slot:
     n_out: int = 0
     out: bytearray = field(default_factory=bytearray)
     text: str = ""
-    reason: str | None = None
+    reason: FinishReason | None = None
     ignore_eos: bool = False
 
     def accept(self, token: int, model: LlamaModel, max_tokens: int, stop: list[str]) -> bool:
