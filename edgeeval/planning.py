@@ -11,7 +11,7 @@ from edgeeval.chat import ChatTemplate, load_chat_template, prompt_hash
 from edgeeval.config import Project, TaskSpec, load_task, resolve_model_path, task_hash
 from edgeeval.context import fit_example
 from edgeeval.data import Example
-from edgeeval.errors import ConfigError, DataError, TemplateError
+from edgeeval.errors import ConfigError, DataError, ErrorKind, TemplateError
 from edgeeval.formats import load_examples
 from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
 from edgeeval.prompts import AnswerTemplate, TaskPrompt
@@ -171,6 +171,8 @@ class Unit:
     """Why the prompt cannot be sent (it cannot fit the window even cut); recorded without generating."""
     continuations: tuple[tuple[str, str], ...] = ()
     """loglik: (option key, text scored after the prompt) for every option."""
+    error_kind: ErrorKind | None = None
+    """The kind of `error`."""
 
 
 def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bool]:
@@ -190,7 +192,9 @@ def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bo
             options = kinds.get(task.spec.kind).loglik_options(task.spec, example)
             # What is scored is part of the unit's identity: other options, another scoring rule, a new unit.
             identity = "\0".join([text, task.spec.loglik.scoring, *(f"{k}={t}" for k, t in options)])
-            units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.error, options))
+            units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.error, options,
+                              error_kind=fitted.error_kind))
         else:
-            units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.error))
+            units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.error,
+                              error_kind=fitted.error_kind))
     return units, folded

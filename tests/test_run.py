@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeeval.errors import ErrorKind
 from edgeeval.store import read_records
 from cli_support import run_cli
 
@@ -164,6 +165,7 @@ def test_prompt_longer_than_context_is_recorded_not_truncated(project_dir, tmp_p
     assert fake_run(project_dir, out, "--data", f"case_challenges={data}") == 0
     recs = {r.example_id: r for r in records(out, "bio-small")}
     assert recs["long-1"].error.startswith("prompt_too_long") and recs["long-1"].output is None
+    assert recs["long-1"].error_kind is ErrorKind.PROMPT_TOO_LONG and recs["long-1"].finish_reason == "error"
     assert recs["long-2"].error is None
 
 
