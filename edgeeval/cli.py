@@ -14,17 +14,17 @@ import edgeeval
 from edgeeval.config import Project, load_models_config, load_task, resolve_model_path
 from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError, EdgeevalError
+from edgeeval.locations import BUILTIN_CONFIG
 
 DEMO_PAIR = "demo"
 DEMO_TASK = "case_challenges"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 MAX_PARALLEL = EngineSettings.n_seq_max
 
 
 def default_config() -> Path:
-    """./models.toml when there is one, else the one beside the edgeeval checkout."""
+    """./models.toml when there is one, else the study's, shipped in the package."""
     local = Path("models.toml")
-    return local if local.exists() else PACKAGE_ROOT / "models.toml"
+    return local if local.exists() else BUILTIN_CONFIG
 
 
 def load_project(args) -> Project:
@@ -98,7 +98,7 @@ def warn_if_busy(backend: str) -> None:
 
 
 def cmd_demo(args) -> int:
-    args.config = args.config or str(PACKAGE_ROOT / "models.toml")
+    args.config = args.config or str(BUILTIN_CONFIG)
     args.out = args.out or "runs/demo"
     return cmd_run(args, pair=DEMO_PAIR, tasks=[DEMO_TASK])
 

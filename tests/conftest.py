@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+BUILTIN = ROOT / "edgeeval" / "builtin"
 
 
 def write_tiny_gguf(path: Path, name: str = "tiny", chat_template: str | None = None, arch: str = "llama") -> Path:
@@ -55,7 +56,7 @@ def make_project(root: Path, models_toml: str = FAKE_MODELS_TOML) -> Path:
     project = root / "project"
     project.mkdir(parents=True)
     for name in ("prompts", "benchmarks"):
-        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("speed", "__pycache__"))
+        shutil.copytree(BUILTIN / name, project / name, ignore=shutil.ignore_patterns("speed", "__pycache__"))
     models = root / "models"
     models.mkdir()
     write_tiny_gguf(models / "general.gguf", "general")
@@ -75,7 +76,7 @@ def real_model_paths() -> dict[str, Path]:
     from edgeeval.config import load_models_config, resolve_model_path
     from edgeeval.errors import ModelFileError
 
-    project = load_models_config(ROOT / "models.toml")
+    project = load_models_config(BUILTIN / "models.toml")
     found = {}
     for key, name in (("gemma", "gemma3-270m"), ("smollm2", "smollm2-135m-instruct")):
         try:
