@@ -101,3 +101,17 @@ def real_models() -> dict[str, Path]:
     if missing:
         pytest.skip(missing)
     return found
+
+
+@pytest.fixture(scope="session")
+def _empty_config_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("config-home")
+
+
+@pytest.fixture(autouse=True)
+def _no_user_config(_empty_config_home, monkeypatch):
+    """The tests choose their models.toml and task folders themselves: the developer's own
+    $EDGEEVAL_CONFIG, $EDGEEVAL_TASKS_DIRS or ~/.config/edgeeval/models.toml must not leak in."""
+    monkeypatch.delenv("EDGEEVAL_CONFIG", raising=False)
+    monkeypatch.delenv("EDGEEVAL_TASKS_DIRS", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(_empty_config_home))
