@@ -1,9 +1,11 @@
-"""The `edgeeval` command line: demo, models, tasks, run, report, compare."""
+"""The `edgeeval` command line: demo, models, tasks, init, run, report, compare."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -14,7 +16,7 @@ import edgeeval
 from edgeeval.config import Project, load_models_config, load_task, resolve_model_path
 from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError, EdgeevalError
-from edgeeval.locations import BUILTIN_CONFIG, ConfigChoice, env_tasks_dirs, find_config
+from edgeeval.locations import BUILTIN_CONFIG, STARTER_ROOT, ConfigChoice, env_tasks_dirs, find_config
 
 DEMO_PAIR = "demo"
 DEMO_TASK = "case_challenges"
@@ -163,6 +165,28 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    """A project folder for the hospital's own models and data, laid out like edgeeval's built-in one:
+    models.toml and one example task (TOML, prompt, three sample rows), each commented on what to change."""
+    target = Path(args.dir).expanduser()
+    files = sorted(p.relative_to(STARTER_ROOT) for p in STARTER_ROOT.rglob("*") if p.is_file())
+    existing = [str(target / f) for f in files if (target / f).exists()]
+    if existing:
+        raise ConfigError(f"{existing[0]}: already exists; edgeeval init writes new files only (choose another folder)")
+    for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(STARTER_ROOT / name, target / name)
+    written = "".join(f"  {target / f}\n" for f in files)
+    print(f"wrote\n{written}\n"
+          f"Try it (the two small demo models on the three example questions):\n"
+          f"  cd {shlex.quote(str(target))}\n"
+          f"  edgeeval tasks          # our_cases beside the built-in tasks\n"
+          f"  edgeeval run --pair demo --task our_cases\n\n"
+          f"Then put your models in models.toml and your questions in benchmarks/clinical/our_cases.toml "
+          f"(the comments in each say what to change).")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="models.toml to read (default: $EDGEEVAL_CONFIG, ./models.toml, "
@@ -203,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(func=cmd_models)
     tasks = sub.add_parser("tasks", parents=[common], help="list the tasks: built-in and your own, and where each came from")
     tasks.set_defaults(func=cmd_tasks)
+    init = sub.add_parser("init", help="write a starting models.toml and an example task for your own data")
+    init.add_argument("dir", metavar="DIR", help="the folder to write (created; existing files are never replaced)")
+    init.set_defaults(func=cmd_init)
     run = sub.add_parser("run", parents=[common, running], help="evaluate both models of a pair")
     run.add_argument("--pair", required=True)
     run.add_argument("--task", action="append", required=True, help="task name (repeatable)")

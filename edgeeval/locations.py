@@ -25,6 +25,8 @@ BUILTIN_ROOT = _builtin_root()
 """The built-in tasks (benchmarks/clinical/), their prompts and samples, the chat templates
 (prompts/chat/) and the study's models.toml: edgeeval/builtin/ in a checkout and in a wheel alike."""
 BUILTIN_CONFIG = BUILTIN_ROOT / "models.toml"
+STARTER_ROOT = BUILTIN_ROOT / "starter"
+"""What `edgeeval init DIR` copies: a models.toml and one example task, laid out like BUILTIN_ROOT."""
 TASKS_SUBDIR = Path("benchmarks/clinical")
 """Where a folder laid out like the repository (the built-in root, a project made by `edgeeval init`)
 keeps its task TOMLs; their relative paths resolve against the folder above benchmarks/."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cli_support import run_cli
-from conftest import BUILTIN, FAKE_MODELS_TOML, write_tiny_gguf
+from conftest import BUILTIN, FAKE_MODELS_TOML, real_model_paths, write_tiny_gguf
 from edgeeval.planning import TASKS_DIR
 from edgeeval.store import read_records
 
@@ -198,3 +198,35 @@ def test_an_unknown_task_says_which_tasks_there_are(tmp_path, capsys):
     assert fake_run(tmp_path, out, "--config", str(tmp_path / "elsewhere" / "models.toml"), "--task", "nope") == 2
     err = capsys.readouterr().err
     assert "unknown task 'nope'" in err and "case_challenges" in err and "--tasks-dir" in err
+
+
+# --- edgeeval init -------------------------------------------------------------------------------------
+
+def test_init_writes_a_project_that_runs_as_written(tmp_path, capsys):
+    target = tmp_path / "hospital"
+    assert run_cli(tmp_path, "init", str(target)) == 0
+    printed = capsys.readouterr().out
+    written = {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()}
+    assert written == {"models.toml", "prompts/our_cases.j2", "benchmarks/clinical/our_cases.toml",
+                       "benchmarks/clinical/data/our_cases.csv"}
+    commands = [line.split("#")[0].split() for line in printed.splitlines() if line.startswith("  ")
+                and not line.startswith(f"  {target}/")]
+    assert commands[0] == ["cd", str(target)]
+    assert [c[:2] for c in commands[1:]] == [["edgeeval", "tasks"], ["edgeeval", "run"]]
+    assert run_cli(target, *commands[1][1:]) == 0
+    assert listed_tasks(capsys.readouterr().out)["our_cases"] == str(target)
+    if len(real_model_paths()) < 2:
+        pytest.skip("the demo model packages are not installed (run scripts/setup.sh)")
+    assert run_cli(target, *commands[2][1:], "--engine", "fake", "--quiet") == 0
+    assert len(read_records(target / "runs" / "demo" / "records" / "gemma3-270m" / "our_cases.jsonl")) == 3
+    assert (target / "runs" / "demo" / "report.html").is_file()
+
+
+def test_init_never_replaces_a_file(tmp_path, capsys):
+    target = tmp_path / "hospital"
+    (target / "prompts").mkdir(parents=True)
+    (target / "prompts" / "our_cases.j2").write_text("mine")
+    assert run_cli(tmp_path, "init", str(target)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(target / "prompts" / "our_cases.j2") in err and "already exists" in err
+    assert (target / "prompts" / "our_cases.j2").read_text() == "mine" and not (target / "models.toml").exists()
