@@ -51,9 +51,11 @@ if ! ls "$CACHE"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   rm -rf "$CACHE.tmp" && mkdir -p "$CACHE"
   cmake_args="-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
   [ "$BACKEND" = cuda ] && cmake_args="$cmake_args -DGGML_CUDA=on"
+  # --no-cache-dir: pip's own wheel cache is keyed by the source, not by CMAKE_ARGS, and would hand
+  # back the last build whatever the flags or backend (a native CPU wheel for a portable or CUDA one).
   CMAKE_ARGS="$cmake_args $EXTRA" \
   CMAKE_BUILD_PARALLEL_LEVEL="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)" \
-    "$PYTHON" -m pip --disable-pip-version-check -q wheel --no-deps --no-binary llama-cpp-python \
+    "$PYTHON" -m pip --disable-pip-version-check -q --no-cache-dir wheel --no-deps --no-binary llama-cpp-python \
       -w "$CACHE.tmp" "llama-cpp-python==$LLAMA_CPP_VERSION" >&2
   mv "$CACHE.tmp"/llama_cpp_python-*.whl "$CACHE"/ && rm -rf "$CACHE.tmp"
 else
