@@ -2,7 +2,7 @@
 # llama-cpp-python is compiled once and cached as a wheel).
 PY := .venv/bin/python
 
-.PHONY: setup setup-dev demo test
+.PHONY: setup setup-dev demo test wheelhouse
 setup:
 	scripts/setup.sh
 
@@ -12,5 +12,10 @@ setup-dev:
 demo: setup
 	.venv/bin/edgeeval demo
 
-test: setup-dev
-	$(PY) -m pytest
+# The packaging tests install edgeeval from the wheelhouse into a fresh venv, offline.
+test: setup-dev wheelhouse
+	EDGEEVAL_WHEELHOUSE=dist/wheelhouse $(PY) -m pytest
+
+# Everything an air-gapped machine needs, in dist/wheelhouse (see the README).
+wheelhouse:
+	scripts/wheelhouse.sh dist/wheelhouse

@@ -1,9 +1,11 @@
-"""The `edgeeval` command line: demo, models, tasks, run, report, compare."""
+"""The `edgeeval` command line: demo, models, tasks, init, run, report, compare."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -14,22 +16,20 @@ import edgeeval
 from edgeeval.config import Project, load_models_config, load_task, resolve_model_path
 from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError, EdgeevalError
+from edgeeval.locations import BUILTIN_CONFIG, STARTER_ROOT, ConfigChoice, env_tasks_dirs, find_config
 from edgeeval.machine import usable_cpus
 
 DEMO_PAIR = "demo"
 DEMO_TASK = "case_challenges"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 MAX_PARALLEL = EngineSettings.n_seq_max
 
 
-def default_config() -> Path:
-    """./models.toml when there is one, else the one beside the edgeeval checkout."""
-    local = Path("models.toml")
-    return local if local.exists() else PACKAGE_ROOT / "models.toml"
-
-
-def load_project(args) -> Project:
-    return load_models_config(Path(args.config) if args.config else default_config(), args.models_dir)
+def load_project(args, choice: ConfigChoice | None = None) -> Project:
+    """The models.toml found as locations.find_config says, with the task folders of
+    $EDGEEVAL_TASKS_DIRS and then --tasks-dir (later ones win)."""
+    choice = choice or find_config(args.config)
+    tasks_dirs = (*env_tasks_dirs(), *(Path(d) for d in args.tasks_dir))
+    return load_models_config(choice.path, args.models_dir, tasks_dirs)
 
 
 def engine_factory(backend: str):
@@ -99,7 +99,7 @@ def warn_if_busy(backend: str) -> None:
 
 
 def cmd_demo(args) -> int:
-    args.config = args.config or str(PACKAGE_ROOT / "models.toml")
+    args.config = args.config or str(BUILTIN_CONFIG)
     args.out = args.out or "runs/demo"
     return cmd_run(args, pair=DEMO_PAIR, tasks=[DEMO_TASK])
 
@@ -129,7 +129,9 @@ def cmd_models(args) -> int:
     from edgeeval.gguf_file import read_gguf_metadata
     from edgeeval.sha256_cache import cached_sha256
 
-    project = load_project(args)
+    choice = find_config(args.config)
+    project = load_project(args, choice)
+    print(f"config: {project.config_path} (from {choice.chosen_by})")
     failures = 0
     for name, spec in project.config.models.items():
         where = spec.path or f"package {spec.package} ({spec.file})"
@@ -153,21 +155,47 @@ def cmd_models(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    from edgeeval.planning import TASKS_DIR, prepare_task
+    from edgeeval.planning import prepare_task, project_tasks
 
     project = load_project(args)
-    for path in sorted((project.root / TASKS_DIR).glob("*.toml")):
-        spec = load_task(path)
-        task = prepare_task(project, spec.name, None, None)
+    for name, found in project_tasks(project).items():
+        spec = load_task(found.path)
+        task = prepare_task(project, name, None, None)
         shots = f"{spec.few_shot.count}-shot" if spec.few_shot else "0-shot"
-        print(f"{spec.name:17} {spec.kind:16} {spec.data.format:16} {len(task.examples):5} examples  {shots:7} "
-              f"{spec.data.path}\n{'':17} metrics: {', '.join(spec.metrics)}")
+        print(f"{name:17} {spec.kind:16} {spec.data.format:16} {len(task.examples):5} examples  {shots:7} "
+              f"{spec.data.path}\n{'':17} metrics: {', '.join(spec.metrics)}\n{'':17} from: {found.folder.origin}")
+    return 0
+
+
+def cmd_init(args) -> int:
+    """A project folder for the hospital's own models and data, laid out like edgeeval's built-in one:
+    models.toml and one example task (TOML, prompt, three sample rows), each commented on what to change."""
+    target = Path(args.dir).expanduser()
+    files = sorted(p.relative_to(STARTER_ROOT) for p in STARTER_ROOT.rglob("*") if p.is_file())
+    existing = [str(target / f) for f in files if (target / f).exists()]
+    if existing:
+        raise ConfigError(f"{existing[0]}: already exists; edgeeval init writes new files only (choose another folder)")
+    for name in files:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(STARTER_ROOT / name, target / name)
+    written = "".join(f"  {target / f}\n" for f in files)
+    print(f"wrote\n{written}\n"
+          f"Try it (the two small demo models on the three example questions):\n"
+          f"  cd {shlex.quote(str(target))}\n"
+          f"  edgeeval tasks          # our_cases beside the built-in tasks\n"
+          f"  edgeeval run --pair demo --task our_cases\n\n"
+          f"Then put your models in models.toml and your questions in benchmarks/clinical/our_cases.toml "
+          f"(the comments in each say what to change).")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="models.toml to read (default: ./models.toml)")
+    common.add_argument("--config", help="models.toml to read (default: $EDGEEVAL_CONFIG, ./models.toml, "
+                        "~/.config/edgeeval/models.toml, then the study's, shipped with edgeeval)")
+    common.add_argument("--tasks-dir", action="append", default=[], metavar="DIR",
+                        help="a folder of your own task TOMLs, prompts and data (repeatable; also "
+                        "$EDGEEVAL_TASKS_DIRS); a task named like a built-in one replaces it")
     common.add_argument("--models-dir", help="directory relative model paths resolve against "
                         "(default: $EDGEEVAL_MODELS_DIR or ~/models)")
     running = argparse.ArgumentParser(add_help=False)
@@ -201,8 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", parents=[common], help="list models.toml (--verify checks the files)")
     models.add_argument("--verify", action="store_true")
     models.set_defaults(func=cmd_models)
-    tasks = sub.add_parser("tasks", parents=[common], help="list the tasks in benchmarks/clinical/")
+    tasks = sub.add_parser("tasks", parents=[common], help="list the tasks: built-in and your own, and where each came from")
     tasks.set_defaults(func=cmd_tasks)
+    init = sub.add_parser("init", help="write a starting models.toml and an example task for your own data")
+    init.add_argument("dir", metavar="DIR", help="the folder to write (created; existing files are never replaced)")
+    init.set_defaults(func=cmd_init)
     run = sub.add_parser("run", parents=[common, running], help="evaluate both models of a pair")
     run.add_argument("--pair", required=True)
     run.add_argument("--task", action="append", required=True, help="task name (repeatable)")

@@ -45,7 +45,8 @@ class ModelSpec(Frozen):
     """For a fine-tune: the name of the model it was trained from."""
     chat_template: str = "gguf"
     """'gguf' (the file's own tokenizer.chat_template), 'none' (plain completion, for base models),
-    or a template path such as 'prompts/chat/llama3.j2' for files that carry none."""
+    or a template path such as 'prompts/chat/llama3.j2' for files that carry none: relative to the
+    folder of models.toml when the file is there, else to the built-in templates."""
     sha256: str | None = None
     """Expected sha256 of the file; checked by `edgeeval models --verify` and before a run."""
     n_ctx: int = Field(default=4096, ge=256, le=1_048_576)
@@ -94,7 +95,8 @@ class DataSpec(Frozen):
     """Where a task's examples come from."""
 
     path: str
-    """The bundled sample, relative to the project root; `--data TASK=PATH` points at the real file."""
+    """The bundled sample, relative to the task's root (see TaskSpec.prompt); `--data TASK=PATH` points
+    at the real file."""
     format: DataFormat = "multiple_choice"
     """Which loader reads it (edgeeval.formats.LOADERS)."""
     answer_index_base: Literal[0, 1] = 1
@@ -124,7 +126,7 @@ class FewShotSpec(Frozen):
     """Solved examples shown before each question, as earlier user/assistant turns."""
 
     path: str
-    """A small file in the task's data format, relative to the project root; never the test file."""
+    """A small file in the task's data format, relative to the task's root; never the test file."""
     count: int = Field(ge=1, le=16)
     """How many: the file's first `count` examples, in file order (deterministic)."""
     answer: str = "{{ gold }}"
@@ -165,7 +167,7 @@ class LoglikSpec(Frozen):
     """Which score picks the answer: 'mean' (per-token mean log-probability, as llama-perplexity) or
     'sum' (total log-probability, lm-eval's `acc`). Records keep both."""
     prompt: str | None = None
-    """A user-message template for this mode (relative to the project root); default: the task's."""
+    """A user-message template for this mode (relative to the task's root); default: the task's."""
     answer_prefix: str = ""
     """Text of the assistant's reply before the option, e.g. 'The answer is ' when the prompt asks for it."""
 
@@ -182,7 +184,9 @@ class TaskSpec(Frozen):
     labels: list[str] = []
     """kind 'label': the allowed answers; a gold label outside them is a data error."""
     prompt: str
-    """The Jinja template for the user message, relative to the project root."""
+    """The Jinja template for the user message, relative to the task's root, which it must stay inside:
+    the folder above benchmarks/ for a task in <root>/benchmarks/clinical/ (the built-in tasks, a
+    project laid out like the repository), else the --tasks-dir folder holding the TOML."""
     system: str = ""
     """System text placed before the user message (folded into the user turn for templates without a system role)."""
     max_tokens: int = Field(default=256, ge=1, le=32768)
@@ -236,8 +240,13 @@ class Project(Frozen):
 
     config_path: Path
     root: Path
+    """The folder of models.toml: its chat template paths resolve here first (then the built-in ones),
+    and its benchmarks/clinical/ tasks, if it has some, join the built-in tasks."""
     models_dir: Path
     config: ModelsConfig
+    tasks_dirs: tuple[Path, ...] = ()
+    """The user's task folders (--tasks-dir, $EDGEEVAL_TASKS_DIRS), in order: a later one's task replaces
+    an earlier one's, or a built-in, of the same name."""
 
 
 def _read_toml(path: Path) -> dict:
@@ -280,7 +289,7 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return current
 
 
-def load_models_config(path: Path, models_dir: str | None = None) -> Project:
+def load_models_config(path: Path, models_dir: str | None = None, tasks_dirs: tuple[Path, ...] = ()) -> Project:
     """Read models.toml; check that every pair names known models."""
     path = path.expanduser().resolve()
     raw = _read_toml(path)
@@ -302,7 +311,8 @@ def load_models_config(path: Path, models_dir: str | None = None) -> Project:
                 known = ", ".join(config.models)
                 raise ConfigError(f"{path}: pair '{name}' {role} '{target}' is not a model in this file (models: {known})")
     chosen = models_dir or os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR
-    return Project(config_path=path, root=path.parent, models_dir=Path(chosen).expanduser(), config=config)
+    return Project(config_path=path, root=path.parent, models_dir=Path(chosen).expanduser(), config=config,
+                   tasks_dirs=tuple(tasks_dirs))
 
 
 def load_task(path: Path) -> TaskSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from edgeeval.data import Example
 from edgeeval.errors import ConfigError, DataError, ErrorKind, TemplateError
 from edgeeval.formats import load_examples
 from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
+from edgeeval.locations import BUILTIN_ROOT, TASKS_SUBDIR, TaskFile, find_tasks, task_folders
 from edgeeval.prompts import AnswerTemplate, TaskPrompt
 from edgeeval.sha256_cache import cached_sha256
 
-TASKS_DIR = Path("benchmarks/clinical")
+TASKS_DIR = TASKS_SUBDIR
 
 @dataclass(frozen=True)
 class PreparedTask:
@@ -57,12 +59,18 @@ class PreparedModel:
     n_ctx: int
 
 
-def task_path(project: Project, name: str) -> Path:
-    path = project.root / TASKS_DIR / f"{name}.toml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (project.root / TASKS_DIR).glob("*.toml")))
-        raise ConfigError(f"unknown task '{name}' (no {path}; tasks: {known})")
-    return path
+def project_tasks(project: Project) -> dict[str, TaskFile]:
+    """Every task the project can run by name: the built-in ones, those of a config folder laid out like
+    the repository, then the user's task folders (a later one replacing an earlier one of the same name)."""
+    return find_tasks(task_folders(project.root, project.tasks_dirs))
+
+
+def task_file(project: Project, name: str) -> TaskFile:
+    tasks = project_tasks(project)
+    if name not in tasks:
+        raise ConfigError(f"unknown task '{name}' (tasks: {', '.join(tasks) or 'none'}; add your own with "
+                          "--tasks-dir DIR)")
+    return tasks[name]
 
 
 MODES = ("generate", "loglik")
@@ -70,7 +78,8 @@ MODES = ("generate", "loglik")
 
 def prepare_task(project: Project, name: str, data_override: Path | None, limit: int | None,
                  max_tokens: int | None = None, mode: str = "generate") -> PreparedTask:
-    path = task_path(project, name)
+    found = task_file(project, name)
+    path, root = found.path, found.folder.root
     spec = load_task(path)
     if mode not in MODES:
         raise ConfigError(f"unknown mode '{mode}' (modes: {', '.join(MODES)})")
@@ -79,10 +88,13 @@ def prepare_task(project: Project, name: str, data_override: Path | None, limit:
                           "parsed, so run it with --mode generate")
     if max_tokens is not None:
         spec = spec.model_copy(update={"max_tokens": max_tokens})
-    data_path = data_override if data_override is not None else project.root / spec.data.path
+    data_path = data_override if data_override is not None else root / spec.data.path
     examples = load_examples(data_path, spec)
-    prompt = TaskPrompt(Path(user_template(spec, mode)), root=project.root)
-    shots, shots_sha = few_shot_turns(project, spec, prompt, examples)
+    try:
+        prompt = TaskPrompt(Path(user_template(spec, mode)), root=root)
+    except TemplateError as exc:
+        raise TemplateError(f"{path}: {exc}") from None
+    shots, shots_sha = few_shot_turns(root, spec, prompt, examples)
     if limit is not None:
         examples = examples[:limit]
     data_sha = sha256_file(data_path)
@@ -101,13 +113,14 @@ def user_template(spec: TaskSpec, mode: str) -> str:
     return spec.prompt
 
 
-def few_shot_turns(project: Project, spec: TaskSpec, prompt: TaskPrompt,
+def few_shot_turns(root: Path, spec: TaskSpec, prompt: TaskPrompt,
                    examples: list[Example]) -> tuple[list[tuple[str, str]], str | None]:
-    """The first `count` examples of the task's few-shot file as (user, assistant) turns, and the file's
-    sha256. A few-shot example that is also a test item (the same rendered prompt) is an error."""
+    """The first `count` examples of the task's few-shot file (relative to the task's `root`) as (user,
+    assistant) turns, and the file's sha256. A few-shot example that is also a test item (the same
+    rendered prompt) is an error."""
     if spec.few_shot is None:
         return [], None
-    path = project.root / spec.few_shot.path
+    path = root / spec.few_shot.path
     shots = load_examples(path, spec)
     if len(shots) < spec.few_shot.count:
         raise ConfigError(f"{path}: {len(shots)} example(s), but task '{spec.name}' asks for "
@@ -132,11 +145,20 @@ def prepare_model(project: Project, name: str) -> PreparedModel:
     # llama.cpp adds the BOS token itself when it tokenizes, so templates get an empty bos_token;
     # the EOS text is real (multi-turn Llama-2/Mistral prompts close earlier turns with it).
     try:
-        chat = load_chat_template(spec.chat_template, info.chat_template, "", info.eos_token or "", project.root)
+        chat = load_chat_template(spec.chat_template, info.chat_template, "", info.eos_token or "",
+                                  chat_template_root(project, spec.chat_template))
     except TemplateError as exc:
         raise TemplateError(f"model '{name}' ({path}): {exc}") from None
     n_ctx = min(spec.n_ctx, info.context_length or spec.n_ctx)
     return PreparedModel(name, path, sha, info, chat, n_ctx)
+
+
+def chat_template_root(project: Project, template: str) -> Path:
+    """Where a chat template path from models.toml resolves: the config's folder when the file is there
+    (then it must stay inside that folder), else the built-in templates (prompts/chat/ in the package)."""
+    local, builtin = project.root / template, BUILTIN_ROOT / template
+    # Neither: the error then names the config's folder, where the user would put it.
+    return BUILTIN_ROOT if not os.path.lexists(local) and os.path.lexists(builtin) else project.root
 
 
 def task_messages(task: PreparedTask, example: Example) -> list[dict[str, str]]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+BUILTIN = ROOT / "edgeeval" / "builtin"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -64,7 +65,7 @@ def make_project(root: Path, models_toml: str = FAKE_MODELS_TOML) -> Path:
     project = root / "project"
     project.mkdir(parents=True)
     for name in ("prompts", "benchmarks"):
-        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("speed", "__pycache__"))
+        shutil.copytree(BUILTIN / name, project / name, ignore=shutil.ignore_patterns("speed", "__pycache__"))
     models = root / "models"
     models.mkdir()
     write_tiny_gguf(models / "general.gguf", "general")
@@ -84,7 +85,7 @@ def real_model_paths() -> dict[str, Path]:
     from edgeeval.config import load_models_config, resolve_model_path
     from edgeeval.errors import ModelFileError
 
-    project = load_models_config(ROOT / "models.toml")
+    project = load_models_config(BUILTIN / "models.toml")
     found = {}
     for key, name in (("gemma", "gemma3-270m"), ("smollm2", "smollm2-135m-instruct")):
         try:
@@ -109,3 +110,17 @@ def real_models() -> dict[str, Path]:
     if missing:
         pytest.skip(missing)
     return found
+
+
+@pytest.fixture(scope="session")
+def _empty_config_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("config-home")
+
+
+@pytest.fixture(autouse=True)
+def _no_user_config(_empty_config_home, monkeypatch):
+    """The tests choose their models.toml and task folders themselves: the developer's own
+    $EDGEEVAL_CONFIG, $EDGEEVAL_TASKS_DIRS or ~/.config/edgeeval/models.toml must not leak in."""
+    monkeypatch.delenv("EDGEEVAL_CONFIG", raising=False)
+    monkeypatch.delenv("EDGEEVAL_TASKS_DIRS", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(_empty_config_home))

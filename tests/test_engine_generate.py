@@ -15,7 +15,7 @@ from edgeeval.prompts import TaskPrompt
 from engine_support import write_tiny_f32_llama
 
 pytestmark = pytest.mark.real_model
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent / "edgeeval" / "builtin"
 CASES = ROOT / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
 SYSTEM = "You are an experienced physician answering a clinical case challenge. Be accurate and concise."
 CHAT = {

@@ -28,6 +28,7 @@ from edgeeval.report.exports import records_table, write_parquet
 from edgeeval.report.findings import headline, tally_pair, verdict
 from edgeeval.report.html import render_html
 from edgeeval.report.study import Arm, Pair, Run, Study, study_from_run
+from edgeeval.report.views import backend_summary
 from edgeeval.store import Record, RunStore
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -522,3 +523,32 @@ def test_rescoring_under_another_parser_version_says_so(copy_run):
     assert "task mednli (old-parser): recorded under another version" in report
     assert "parser 0 → 1" in report
     assert "task medqa" not in report.split("recorded under another version")[0].rsplit("\n", 1)[-1]
+
+
+# --- provenance ---------------------------------------------------------------------------------------
+
+CPU_INFO = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX_VNNI = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
+            "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | "
+            "OPENMP = 1 | REPACK = 1 | ")
+
+
+def test_the_llama_cpp_column_names_the_build_and_the_backend_in_a_few_words(run_dir):
+    meta = json.loads((run_dir / "manifest.json").read_text())
+    for info in meta["engine"].values():
+        info.update(backend="llama", system_info=CPU_INFO, llama_cpp={"version": "0.25.3", "commit": "0c1e570"})
+    (run_dir / "manifest.json").write_text(json.dumps(meta))
+    text = build_report(run_dir).read_text()
+    assert "| 0c1e570 (ggml 0.25.3), CPU AVX512+AMX |" in text and "SSSE3" not in text
+    assert json.loads((run_dir / "manifest.json").read_text())["engine"]["bio-small"]["system_info"] == CPU_INFO
+
+
+@pytest.mark.parametrize("system_info, expected", [
+    ("CUDA : ARCHS = 890 | USE_GRAPHS = 1 | PEER_MAX_BATCH_SIZE = 128 | CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | "
+     "F16C = 1 | FMA = 1 | OPENMP = 1 | ", "CUDA + CPU AVX2"),
+    ("Metal : EMBED_LIBRARY = 1 | CPU : NEON = 1 | ARM_FMA = 1 | FP16_VA = 1 | DOTPROD = 1 | ACCELERATE = 1 | ",
+     "Metal + CPU NEON"),
+    ("CPU : SSE3 = 1 | SSSE3 = 1 | LLAMAFILE = 1 | ", "CPU SSE3"),
+    ("fake engine (no model)", "fake engine (no model)"),
+])
+def test_backend_summary(system_info, expected):
+    assert backend_summary(system_info) == expected

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-CASES = ROOT / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
+CASES = ROOT / "edgeeval" / "builtin" / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
 RESULTS = Path(__file__).resolve().parent / "results.json"
 PEERS_DIR = Path(os.environ.get("EDGEEVAL_PEERS_DIR", Path.home() / ".cache" / "edgeeval" / "peers"))
 LMEVAL_VENV = Path(os.environ.get("EDGEEVAL_LMEVAL_VENV", "/tmp/peers/lmeval-venv"))
@@ -578,7 +578,7 @@ def runner_prompts(model: str) -> tuple[list[str], list[str], str]:
     from edgeeval.errors import EdgeevalError
     from edgeeval.planning import plan_units, prepare_model, prepare_task
 
-    project = load_models_config(ROOT / "models.toml")
+    project = load_models_config(ROOT / "edgeeval" / "builtin" / "models.toml")
     name = None
     for candidate in project.config.models:
         try:
@@ -718,7 +718,7 @@ def default_models() -> list[str]:
     """The bundled demo models, found the way `edgeeval demo` finds them."""
     from edgeeval.config import load_models_config, resolve_model_path
 
-    project = load_models_config(ROOT / "models.toml")
+    project = load_models_config(ROOT / "edgeeval" / "builtin" / "models.toml")
     return [str(resolve_model_path(project, name)) for name in ("gemma3-270m", "smollm2-135m-instruct")]
 
 

@@ -36,6 +36,19 @@ _LOGITS_BUDGET_BYTES = 64 << 20
 per call (64 rows of Gemma 3's 262k vocabulary), which bounds llama.cpp's output buffer too."""
 
 
+def _library_build() -> dict[str, str]:
+    """The llama.cpp build as the library reports it: ggml's version and the llama.cpp commit it was
+    compiled from ('-dirty': with local changes; 'unknown': built outside git). llama-cpp-python does
+    not bind these two functions, so they are looked up in the library it loaded."""
+    found = {}
+    for key in ("version", "commit"):
+        function = getattr(L.llama_cpp._lib, f"ggml_{key}", None)
+        if function is not None:
+            function.argtypes, function.restype = [], ctypes.c_char_p
+            found[key] = (function() or b"").decode(errors="replace")
+    return found
+
+
 @L.llama_log_callback
 def _quiet_log(level, text, user_data):  # pragma: no cover - called from C
     # llama.cpp is chatty on load; keep only errors, on stderr.
@@ -93,6 +106,7 @@ class LlamaModel:
     def info(self) -> dict:
         return {
             "llama_cpp_python": L.__version__,
+            "llama_cpp": _library_build(),
             "system_info": L.llama_print_system_info().decode(errors="replace").strip(),
             "gpu_offload": bool(L.llama_supports_gpu_offload()),
             "n_ctx": self.n_ctx,

@@ -45,7 +45,7 @@ def run_facts(run: Run) -> dict[str, str]:
     return {
         "edgeeval": str(manifest.get("edgeeval", "–")),
         "llama-cpp-python": str(manifest.get("llama_cpp_python", "–")),
-        "llama.cpp": " / ".join(sorted({str(e.get("system_info")) for e in engines if e.get("system_info")})) or "–",
+        "llama.cpp": " / ".join(sorted({llama_cpp_build(e) for e in engines if e.get("system_info")})) or "–",
         "CPU": f"{machine.get('cpu', '–')} ({machine.get('machine', '–')})",
         "platform": f"{machine.get('platform', '–')}, Python {machine.get('python', '–')}",
         "backend": f"{settings.get('backend', '–')}, {settings.get('n_threads', '–')} threads, "
@@ -56,6 +56,43 @@ def run_facts(run: Run) -> dict[str, str]:
         "finished": invocations[-1].get("finished", "–") if invocations else "–",
         "wall time": f"{sum(i.get('wall_seconds', 0) for i in invocations):.1f} s over {len(invocations)} invocation(s)",
     }
+
+
+def llama_cpp_build(engine: dict) -> str:
+    """An engine's llama.cpp in a few words, e.g. '0c1e570 (ggml 0.25.3), CPU AVX512+AMX' or
+    '... , CUDA + CPU AVX2'; the full system-info string stays in manifest.json."""
+    build = engine.get("llama_cpp") or {}
+    backends = backend_summary(str(engine["system_info"]))
+    if not build.get("commit"):
+        return backends
+    version = f" (ggml {build['version']})" if build.get("version") else ""
+    return f"{build['commit']}{version}, {backends}"
+
+
+_CPU_LEVELS = ("AVX512", "AVX2", "AVX", "SSE3", "SVE", "NEON")
+"""The instruction sets named for a CPU backend: the widest one it was built with."""
+
+
+def backend_summary(system_info: str) -> str:
+    """llama.cpp's system info ('CUDA : ARCHS = 890 | ... | CPU : SSE3 = 1 | AVX2 = 1 | ...') as its
+    backends, the CPU's with its widest instruction set; text that is not in that form, as it is."""
+    backends: dict[str, list[str]] = {}
+    current = None
+    for part in system_info.split("|"):
+        name, sep, rest = part.partition(" : ")
+        if sep:
+            current, part = name.strip(), rest
+        key, eq, value = part.partition("=")
+        if current is not None and eq:
+            backends.setdefault(current, []).extend([key.strip()] if value.strip() == "1" else [])
+    if not backends:
+        return system_info
+    words = []
+    for name, flags in backends.items():
+        level = next((f for f in _CPU_LEVELS if f in flags), "") if name == "CPU" else ""
+        amx = "+AMX" if name == "CPU" and any(f.startswith("AMX") for f in flags) else ""
+        words.append(f"{name} {level}{amx}".strip())
+    return " + ".join(words)
 
 
 def _prompt_tokens(engines) -> str:
