@@ -47,7 +47,7 @@ class RetrievalSpec(Frozen):
     exclude_leaks: bool = False
     """Leave out, for the items concerned, passages that contain the item's own question text (near-duplicates)."""
     leak_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
-    """A passage is a near-duplicate of a query when this share of the shorter one's 5-word shingles is shared."""
+    """A passage is a near-duplicate of an item when it holds this share of the item's query's 5-word shingles."""
     embedding_model: str | None = None
     """retriever 'embedding': the models.toml entry (a GGUF) that embeds passages and queries."""
     template: str = "prompts/retrieval.j2"

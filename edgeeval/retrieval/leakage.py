@@ -22,15 +22,16 @@ def shingles(text: str, size: int = SHINGLE_WORDS) -> frozenset[tuple[str, ...]]
     return frozenset(tuple(words[i:i + size]) for i in range(len(words) - size + 1))
 
 
-def overlap(query: frozenset, passage: frozenset) -> float:
-    """The share of the smaller shingle set found in the other: 1.0 when either text contains the other."""
+def containment(query: frozenset, passage: frozenset) -> float:
+    """The share of the query's shingles found in the passage: 1.0 when the passage holds the whole query.
+    (Not Jaccard: a long passage that quotes the question whole is exactly the leak to find.)"""
     if not query or not passage:
         return 0.0
     shared = len(query & passage)
-    if shared < min(MIN_SHARED, len(query), len(passage)):
+    if shared < min(MIN_SHARED, len(query)):
         return 0.0
-    return shared / min(len(query), len(passage))
+    return shared / len(query)
 
 
 def is_near_duplicate(query: str, passage: str, threshold: float) -> bool:
-    return overlap(shingles(query), shingles(passage)) >= threshold
+    return containment(shingles(query), shingles(passage)) >= threshold
