@@ -351,3 +351,10 @@ def test_real_demo_with_retrieval_runs_offline(real_models, tmp_path):
     assert all(r.retrieval["passages"] for r in rag)
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["pairs"]) == {"demo", "demo-rag", "demo-rag-vs-gemma"}
+
+
+def test_the_embedding_retriever_is_refused_clearly_until_it_works(rag_project, tmp_path, capsys):
+    toml = (rag_project / "models.toml").read_text().replace("k = 3\n", 'k = 3\nretriever = "embedding"\n'
+                                                            'embedding_model = "general-small"\n')
+    (rag_project / "models.toml").write_text(toml)
+    assert "retriever 'embedding' is not available yet" in one_line_error(rag_project, tmp_path / "run", capsys)

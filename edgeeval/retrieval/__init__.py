@@ -1,7 +1,6 @@
 """Retrieval augmentation: a model entry that reads passages from a local corpus in every prompt.
 
-corpus.py reads a corpus into passages, index.py builds and caches its BM25 index (embedding.py its
-embedding index), leakage.py finds test items that are in the corpus, augment.py puts passages into prompts
+corpus.py reads a corpus into passages, index.py builds and caches its BM25 index, leakage.py finds test items that are in the corpus, augment.py puts passages into prompts
 and describes them for the records. Retrieval runs while prompts are planned, so the passages are part of
 each prompt and of its hash."""
 
@@ -31,12 +30,9 @@ def prepare_retrieval(project: Project, model: str, spec: RetrievalSpec, n_ctx: 
                           f"is not smaller than its context window ({n_ctx} tokens)")
     corpus = corpus_path(project, spec)
     template = TaskPrompt(Path(spec.template), root=project.root)
-    if spec.retriever == "embedding":
-        from edgeeval.retrieval.embedding import open_embedding
+    if spec.retriever != "bm25":  # load_models_config refuses the others already
+        raise ConfigError(f"model '{model}': retriever '{spec.retriever}' is not available")
+    from edgeeval.retrieval.index import open_bm25
 
-        index = open_embedding(project, corpus, spec, progress=progress)
-    else:
-        from edgeeval.retrieval.index import open_bm25
-
-        index = open_bm25(corpus, spec.chunk_words, spec.chunk_overlap, progress=progress)
+    index = open_bm25(corpus, spec.chunk_words, spec.chunk_overlap, progress=progress)
     return Retrieval(spec, corpus, index, template)
