@@ -358,3 +358,13 @@ def test_the_embedding_retriever_is_refused_clearly_until_it_works(rag_project, 
                                                             'embedding_model = "general-small"\n')
     (rag_project / "models.toml").write_text(toml)
     assert "retriever 'embedding' is not available yet" in one_line_error(rag_project, tmp_path / "run", capsys)
+
+
+def test_a_task_template_may_place_the_passages_itself(rag_project):
+    (rag_project / "prompts" / "case_challenge.j2").write_text(
+        "{% if passages is defined %}{% for p in passages %}<<{{ p.id }}>> {{ p.text }}\n{% endfor %}{% endif %}"
+        "{{ question }}\n{% for letter, text in options.items() %}{{ letter }}. {{ text }}\n{% endfor %}")
+    rag = plan(rag_project, "general-rag")[0]
+    assert "<<cardiology/right_ventricular_infarction.md>>" in rag.prompt and "Reference passages" not in rag.prompt
+    plain = plan(rag_project, "general-small")[0]
+    assert "<<" not in plain.prompt and "A 58-year-old" in plain.prompt
