@@ -138,7 +138,7 @@ def measure_demo_share(work: Path, threads: int) -> dict:
         best = float("inf")
         for _ in range(3):
             began = time.perf_counter()
-            plan_units(prepare_model(project, name, sha_cache=_SHA), task)
+            plan_units(prepare_model(project, name), task)
             best = min(best, time.perf_counter() - began)
         timings[name] = best
     retrieval_s = max(0.0, timings["smollm2-135m-rag"] - timings["smollm2-135m-instruct"])
@@ -146,7 +146,6 @@ def measure_demo_share(work: Path, threads: int) -> dict:
             "wall_share": round(retrieval_s / wall, 5), "corpus": str(corpus_path(project, spec))}
 
 
-_SHA: dict = {}
 
 
 def main() -> int:
