@@ -15,9 +15,9 @@ from edgeeval.errors import ConfigError, DataError, TemplateError
 from edgeeval.formats import load_examples
 from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
 from edgeeval.prompts import AnswerTemplate, TaskPrompt
-from edgeeval.sha256_cache import cached_sha256
 from edgeeval.retrieval import Retrieval, prepare_retrieval
 from edgeeval.retrieval.augment import query_text, user_message
+from edgeeval.sha256_cache import cached_sha256
 
 TASKS_DIR = Path("benchmarks/clinical")
 
