@@ -140,6 +140,8 @@ def cmd_models(args) -> int:
     failures = 0
     for name, spec in project.config.models.items():
         where = spec.path or f"package {spec.package} ({spec.file})"
+        if spec.retrieval is not None:
+            where += f" + retrieval ({spec.retrieval.retriever}, corpus {spec.retrieval.corpus})"
         print(f"{name:24} {spec.family:10} {spec.chat_template:28} {where}")
         if not args.verify:
             continue
