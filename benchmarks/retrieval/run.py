@@ -86,21 +86,21 @@ def measure_index(corpus: Path, cache: Path, n_queries: int) -> dict:
 
 
 LOAD_SNIPPET = """
-import sys, json, resource
+import sys, json
 sys.path.insert(0, {root!r})
 from pathlib import Path
 import edgeeval.retrieval.index as ix
-def rss_mb():
+def rss_mb(field="VmRSS:"):
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
 import bm25s
 before = rss_mb()
 index = ix.open_bm25(Path({corpus!r}), 150, 30, progress=False, cache=Path({cache!r}))
 assert not index.built
 index.search("t1q t2q t3q", 5)
-print(json.dumps({{"before_mb": before, "after_mb": rss_mb(),
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+# VmHWM, not ru_maxrss: ru_maxrss survives fork and exec, so it would report the parent's peak.
+print(json.dumps({{"before_mb": before, "after_mb": rss_mb(), "peak_mb": rss_mb("VmHWM:")}}))
 """
 
 
