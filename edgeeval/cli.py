@@ -20,6 +20,8 @@ from edgeeval.locations import BUILTIN_CONFIG, STARTER_ROOT, ConfigChoice, env_t
 from edgeeval.machine import usable_cpus
 
 DEMO_PAIR = "demo"
+DEMO_RETRIEVAL_PAIRS = ["demo-rag", "demo-rag-vs-gemma"]
+"""`edgeeval demo --retrieval` adds the retrieval arm (SmolLM2 reading the bundled corpus) in these pairs."""
 DEMO_TASK = "case_challenges"
 MAX_PARALLEL = EngineSettings.n_seq_max
 
@@ -51,16 +53,17 @@ def parse_data_overrides(items: list[str]) -> dict[str, Path]:
     return overrides
 
 
-def cmd_run(args, pair: str | None = None, tasks: list[str] | None = None) -> int:
+def cmd_run(args, pairs: list[str] | None = None, tasks: list[str] | None = None) -> int:
     from edgeeval.report import build_report
     from edgeeval.planning import prepare_task
     from edgeeval.runner import run_models
 
     project = load_project(args)
-    pair = pair or args.pair
-    if pair not in project.config.pairs:
-        known = ", ".join(project.config.pairs) or "none"
-        raise ConfigError(f"{project.config_path}: unknown pair '{pair}' (pairs: {known})")
+    pairs = list(dict.fromkeys(pairs or args.pair))
+    for pair in pairs:
+        if pair not in project.config.pairs:
+            known = ", ".join(project.config.pairs) or "none"
+            raise ConfigError(f"{project.config_path}: unknown pair '{pair}' (pairs: {known})")
     tasks = tasks or args.task
     overrides = parse_data_overrides(getattr(args, "data", []) or [])
     unknown = set(overrides) - set(tasks)
@@ -69,20 +72,23 @@ def cmd_run(args, pair: str | None = None, tasks: list[str] | None = None) -> in
     if not 1 <= args.parallel <= MAX_PARALLEL:
         raise ConfigError(f"--parallel must be between 1 and {MAX_PARALLEL} (got {args.parallel})")
     prepared = [prepare_task(project, t, overrides.get(t), args.limit, args.max_tokens, args.mode) for t in tasks]
-    spec = project.config.pairs[pair]
-    out = Path(args.out) if args.out else Path("runs") / pair
+    out = Path(args.out) if args.out else Path("runs") / "+".join(pairs)
     settings = EngineSettings(n_threads=args.threads, seed=args.seed, backend=args.engine,
                               fake_delay_s=float(os.environ.get("EDGEEVAL_FAKE_DELAY_S", "0")))
     warn_if_busy(args.engine)
     started = time.perf_counter()
-    summary = run_models(project, pair, [spec.baseline, spec.candidate], prepared, out, settings,
-                         engine_factory(args.engine), progress=not args.quiet, parallel=args.parallel,
-                         retry_errors=args.retry_errors)
+    # Pairs run one after another into one directory: a model that two pairs share is run once, the second
+    # pair finding its records done.
+    for pair in pairs:
+        spec = project.config.pairs[pair]
+        summary = run_models(project, pair, [spec.baseline, spec.candidate], prepared, out, settings,
+                             engine_factory(args.engine), progress=not args.quiet, parallel=args.parallel,
+                             retry_errors=args.retry_errors)
+        rate = f", {summary.done / summary.seconds:.2f} examples/s" if summary.done and summary.seconds else ""
+        which = f"{pair}: " if len(pairs) > 1 else ""
+        print(f"{which}{summary.done} examples generated, {summary.skipped} already done, {summary.errors} errors; "
+              f"{time.perf_counter() - started:.1f} s{rate}")
     report = build_report(out, seed=args.seed, no_text=args.no_text)
-    wall = time.perf_counter() - started
-    rate = f", {summary.done / summary.seconds:.2f} examples/s" if summary.done and summary.seconds else ""
-    print(f"{summary.done} examples generated, {summary.skipped} already done, {summary.errors} errors; "
-          f"{wall:.1f} s{rate}")
     print(f"report: {report.resolve()}")
     return 0
 
@@ -100,8 +106,9 @@ def warn_if_busy(backend: str) -> None:
 
 def cmd_demo(args) -> int:
     args.config = args.config or str(BUILTIN_CONFIG)
-    args.out = args.out or "runs/demo"
-    return cmd_run(args, pair=DEMO_PAIR, tasks=[DEMO_TASK])
+    args.out = args.out or ("runs/demo-retrieval" if args.retrieval else "runs/demo")
+    pairs = [DEMO_PAIR] + (DEMO_RETRIEVAL_PAIRS if args.retrieval else [])
+    return cmd_run(args, pairs=pairs, tasks=[DEMO_TASK])
 
 
 def cmd_report(args) -> int:
@@ -135,6 +142,8 @@ def cmd_models(args) -> int:
     failures = 0
     for name, spec in project.config.models.items():
         where = spec.path or f"package {spec.package} ({spec.file})"
+        if spec.retrieval is not None:
+            where += f" + retrieval ({spec.retrieval.retriever}, corpus {spec.retrieval.corpus})"
         print(f"{name:24} {spec.family:10} {spec.chat_template:28} {where}")
         if not args.verify:
             continue
@@ -225,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgeeval {edgeeval.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", parents=[common, running], help="the whole pipeline on the bundled small models")
+    demo.add_argument("--retrieval", action="store_true",
+                      help="add a third arm: SmolLM2 reading passages from the bundled corpus (BM25), compared with "
+                      "SmolLM2 alone and with Gemma")
     demo.set_defaults(func=cmd_demo)
     models = sub.add_parser("models", parents=[common], help="list models.toml (--verify checks the files)")
     models.add_argument("--verify", action="store_true")
@@ -235,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("dir", metavar="DIR", help="the folder to write (created; existing files are never replaced)")
     init.set_defaults(func=cmd_init)
     run = sub.add_parser("run", parents=[common, running], help="evaluate both models of a pair")
-    run.add_argument("--pair", required=True)
+    run.add_argument("--pair", action="append", required=True,
+                     help="pair from models.toml (repeatable: pairs sharing a model run it once)")
     run.add_argument("--task", action="append", required=True, help="task name (repeatable)")
     run.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="real data file for a task")
     run.set_defaults(func=cmd_run)

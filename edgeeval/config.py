@@ -28,6 +28,44 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class RetrievalSpec(Frozen):
+    """Retrieval for a model entry: passages from a local corpus placed in every prompt (edgeeval.retrieval)."""
+
+    corpus: str
+    """A folder of .txt/.md/.jsonl files, or one .jsonl file (`id`, `title`, and `text` or `content` per line, as
+    MedRAG's corpora); relative to the folder of models.toml, or absolute, or '~/...'."""
+    retriever: Literal["bm25", "embedding"] = "bm25"
+    """'bm25' (bm25s, in the driver process). 'embedding' (a GGUF embedding model run by llama.cpp in a worker) is
+    reserved and refused for now: llama-cpp-python 0.3.36 crashes computing embeddings with the bundled GGUFs."""
+    k: int = Field(default=5, ge=1, le=50)
+    """How many passages each prompt gets at most (fewer when the passage budget or the window is full)."""
+    chunk_words: int = Field(default=150, ge=20, le=4000)
+    """Corpus documents are cut into passages of this many words."""
+    chunk_overlap: int = Field(default=30, ge=0, le=2000)
+    """Words shared by consecutive passages of one document."""
+    passage_tokens: int = Field(default=1024, ge=32, le=1_048_576)
+    """The most (estimated) tokens all passages of one prompt may take; must be below the model's window."""
+    exclude_leaks: bool = False
+    """Leave out, for the items concerned, passages that contain the item's own question text (near-duplicates)."""
+    leak_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+    """A passage is a near-duplicate of an item when it holds this share of the item's query's 5-word shingles."""
+    embedding_model: str | None = None
+    """retriever 'embedding': the models.toml entry (a GGUF) that embeds passages and queries."""
+    template: str = "prompts/retrieval.j2"
+    """The template placing passages before the task's user message (unless the task's template places `passages`)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RetrievalSpec":
+        if self.chunk_overlap >= self.chunk_words:
+            raise ValueError(f"retrieval chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_words "
+                             f"({self.chunk_words})")
+        if self.retriever == "embedding" and not self.embedding_model:
+            raise ValueError("retriever 'embedding' needs 'embedding_model' (a models.toml entry)")
+        if self.retriever == "bm25" and self.embedding_model:
+            raise ValueError("'embedding_model' applies to retriever 'embedding' only")
+        return self
+
+
 class ModelSpec(Frozen):
     """One GGUF model: where its file is, where a person gets it, and how to format its prompts."""
 
@@ -52,6 +90,11 @@ class ModelSpec(Frozen):
     n_ctx: int = Field(default=4096, ge=256, le=1_048_576)
     """Context window to allocate, in tokens."""
     description: str = ""
+    base_model: str | None = None
+    """Another entry whose file and settings this one runs (keys given here override them): an arm such as
+    the general model plus retrieval."""
+    retrieval: RetrievalSpec | None = None
+    """Passages from a local corpus in every prompt; see RetrievalSpec."""
 
     @field_validator("chat_template")
     @classmethod
@@ -172,6 +215,14 @@ class LoglikSpec(Frozen):
     """Text of the assistant's reply before the option, e.g. 'The answer is ' when the prompt asks for it."""
 
 
+class TaskRetrievalSpec(Frozen):
+    """How a model with retrieval queries the corpus for this task's examples."""
+
+    query: list[str] = ["question"]
+    """The example fields that form the query, joined by blank lines: by default the question alone, never the
+    options or the answer."""
+
+
 class TaskSpec(Frozen):
     """One clinical task: its data, prompt, generation settings and metrics."""
 
@@ -204,6 +255,8 @@ class TaskSpec(Frozen):
     whose default is no stemming."""
     loglik: LoglikSpec | None = None
     """How the task is scored with `--mode loglik`; a task without it runs in generation mode only."""
+    retrieval: TaskRetrievalSpec = TaskRetrievalSpec()
+    """For models with retrieval: which fields form the query. Few-shot turns never get passages."""
     data: DataSpec
 
     @field_validator("kind")
@@ -293,6 +346,7 @@ def load_models_config(path: Path, models_dir: str | None = None, tasks_dirs: tu
     """Read models.toml; check that every pair names known models."""
     path = path.expanduser().resolve()
     raw = _read_toml(path)
+    _inherit_base_models(path, raw)
     try:
         config = ModelsConfig.model_validate(raw)
     except ValidationError as exc:
@@ -304,6 +358,7 @@ def load_models_config(path: Path, models_dir: str | None = None, tasks_dirs: tu
             raise ConfigError(f"{path}: model '{name}' names a package but no 'file'")
         if spec.base is not None and spec.base not in config.models:
             raise ConfigError(f"{path}: model '{name}' has base '{spec.base}', which is not a model in this file")
+        _check_retrieval(path, name, spec, config)
     for name, pair in config.pairs.items():
         for role in ("baseline", "candidate"):
             target = getattr(pair, role)
@@ -313,6 +368,46 @@ def load_models_config(path: Path, models_dir: str | None = None, tasks_dirs: tu
     chosen = models_dir or os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR
     return Project(config_path=path, root=path.parent, models_dir=Path(chosen).expanduser(), config=config,
                    tasks_dirs=tuple(tasks_dirs))
+
+
+# What an entry with `base_model` takes from that model unless it sets the key itself.
+_INHERITED = ("path", "package", "file", "source", "family", "base", "chat_template", "sha256", "n_ctx")
+
+
+def _inherit_base_models(path: Path, raw: dict) -> None:
+    """Fill entries that name a `base_model` with that model's file and settings (in place, before validation)."""
+    models = raw.get("models")
+    if not isinstance(models, dict):
+        return
+    for name, entry in models.items():
+        if not isinstance(entry, dict) or "base_model" not in entry:
+            continue
+        base = entry["base_model"]
+        if not isinstance(base, str) or not isinstance(models.get(base), dict):
+            raise ConfigError(f"{path}: model '{name}' has base_model {base!r}, which is not a model in this file "
+                              f"(models: {', '.join(models)})")
+        if "base_model" in models[base]:
+            raise ConfigError(f"{path}: model '{name}' has base_model '{base}', which itself has a base_model; "
+                              "name the model with the file instead")
+        inherited = {key: value for key, value in models[base].items() if key in _INHERITED}
+        if "path" in entry or "package" in entry:  # the entry names its own file: take none of the base's
+            inherited = {k: v for k, v in inherited.items() if k not in ("path", "package", "file")}
+        models[name] = {**inherited, **entry}
+
+
+def _check_retrieval(path: Path, name: str, spec: ModelSpec, config: ModelsConfig) -> None:
+    retrieval = spec.retrieval
+    if retrieval is None:
+        return
+    if retrieval.passage_tokens >= spec.n_ctx:
+        raise ConfigError(f"{path}: model '{name}' retrieval.passage_tokens ({retrieval.passage_tokens}) is not "
+                          f"smaller than its context window n_ctx ({spec.n_ctx})")
+    embedder = retrieval.embedding_model
+    if embedder is not None and embedder not in config.models:
+        raise ConfigError(f"{path}: model '{name}' retrieval.embedding_model '{embedder}' is not a model in this file")
+    if retrieval.retriever == "embedding":
+        raise ConfigError(f"{path}: model '{name}' retrieval.retriever 'embedding' is not available yet (llama-cpp-python "
+                          "0.3.36 crashes computing embeddings with the bundled GGUFs); use 'bm25'")
 
 
 def load_task(path: Path) -> TaskSpec:
@@ -328,7 +423,8 @@ def load_task(path: Path) -> TaskSpec:
 def task_hash(spec: TaskSpec, template_text: str, data_sha256: str) -> str:
     """Changes whenever the task definition, its prompt template or its data file changes."""
     # The loglik section shapes loglik runs only (their hash adds the mode); generation records stay valid.
-    payload = spec.model_dump_json(exclude={"loglik"}) + "\0" + template_text + "\0" + data_sha256
+    # The retrieval query shapes only retrieval prompts, whose prompt hashes cover the passages it finds.
+    payload = spec.model_dump_json(exclude={"loglik", "retrieval"}) + "\0" + template_text + "\0" + data_sha256
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

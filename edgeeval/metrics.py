@@ -259,6 +259,12 @@ def _mcnemar_row(pair: str, task: str, metric: str, base: np.ndarray, cand: np.n
             stats.mcnemar_exact(b, c), "mcnemar_exact", base.size, b, c, math.nan)
 
 
+def holm_per_metric(table: pl.DataFrame) -> pl.DataFrame:
+    """Holm-adjust a comparison table's p-values across all its rows (tasks, and pairs when it holds several),
+    separately for each metric."""
+    return _add_holm(table)
+
+
 def _add_holm(table: pl.DataFrame) -> pl.DataFrame:
     """Holm-adjust p-values across tasks, separately for each metric."""
     adjusted = np.full(table.height, math.nan)

@@ -17,6 +17,8 @@ from edgeeval.formats import load_examples
 from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
 from edgeeval.locations import BUILTIN_ROOT, TASKS_SUBDIR, TaskFile, find_tasks, task_folders
 from edgeeval.prompts import AnswerTemplate, TaskPrompt
+from edgeeval.retrieval import Retrieval, prepare_retrieval
+from edgeeval.retrieval.augment import query_text, user_message
 from edgeeval.sha256_cache import cached_sha256
 
 TASKS_DIR = TASKS_SUBDIR
@@ -57,6 +59,8 @@ class PreparedModel:
     gguf: GGUFInfo
     chat: ChatTemplate
     n_ctx: int
+    retrieval: Retrieval | None = None
+    """Passages from a corpus in every prompt (a retrieval arm); None for a plain model."""
 
 
 def project_tasks(project: Project) -> dict[str, TaskFile]:
@@ -150,7 +154,8 @@ def prepare_model(project: Project, name: str) -> PreparedModel:
     except TemplateError as exc:
         raise TemplateError(f"model '{name}' ({path}): {exc}") from None
     n_ctx = min(spec.n_ctx, info.context_length or spec.n_ctx)
-    return PreparedModel(name, path, sha, info, chat, n_ctx)
+    retrieval = None if spec.retrieval is None else prepare_retrieval(project, name, spec.retrieval, n_ctx)
+    return PreparedModel(name, path, sha, info, chat, n_ctx, retrieval)
 
 
 def chat_template_root(project: Project, template: str) -> Path:
@@ -195,6 +200,8 @@ class Unit:
     """loglik: (option key, text scored after the prompt) for every option."""
     error_kind: ErrorKind | None = None
     """The kind of `error`."""
+    retrieval: dict | None = None
+    """A retrieval arm's audit: the passages shown (ids, sources, scores), a hash of their text, leaks."""
 
 
 def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bool]:
@@ -202,12 +209,20 @@ def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bo
     budget = model.n_ctx - task.spec.max_tokens
     answer_prefix = task.spec.loglik.answer_prefix if task.mode == "loglik" else ""
 
-    def render(example: Example) -> str:
-        return build_prompt(model.chat, task_messages(task, example))[0] + answer_prefix
+    def messages(example: Example, hits) -> list[dict[str, str]]:
+        turns = task_messages(task, example)
+        if model.retrieval is None:
+            return turns
+        # Only the question's turn gets passages; few-shot turns stay as the task wrote them.
+        return turns[:-1] + [{"role": "user", "content": user_message(model.retrieval, task.prompt, example, hits)}]
+
+    def render(example: Example, hits=()) -> str:
+        return build_prompt(model.chat, messages(example, list(hits)))[0] + answer_prefix
 
     for example in task.examples:
-        fitted = fit_example(example, task.spec.context, budget, render)
-        text, was_folded = build_prompt(model.chat, task_messages(task, fitted.example))
+        hits, audit = _passages(model, task, example, budget, render)
+        fitted = fit_example(example, task.spec.context, budget, lambda ex: render(ex, hits))
+        text, was_folded = build_prompt(model.chat, messages(fitted.example, hits))
         folded = folded or was_folded
         if task.mode == "loglik":
             text += answer_prefix
@@ -215,8 +230,19 @@ def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bo
             # What is scored is part of the unit's identity: other options, another scoring rule, a new unit.
             identity = "\0".join([text, task.spec.loglik.scoring, *(f"{k}={t}" for k, t in options)])
             units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.error, options,
-                              error_kind=fitted.error_kind))
+                              error_kind=fitted.error_kind, retrieval=audit))
         else:
             units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.error,
-                              error_kind=fitted.error_kind))
+                              error_kind=fitted.error_kind, retrieval=audit))
     return units, folded
+
+
+def _passages(model: PreparedModel, task: PreparedTask, example: Example, budget: int, render) -> tuple[list, dict | None]:
+    """A retrieval arm's passages for one example, fitted to the passage budget and then to the window (before
+    the task's own context policy may cut anything of the task's text), and their audit; ([], None) otherwise."""
+    if model.retrieval is None:
+        return [], None
+    policy, fields = task.spec.context, task.spec.retrieval.query
+    selection = model.retrieval.select(query_text(example, fields, task.spec.name), policy.chars_per_token)
+    selection = model.retrieval.fit_window(selection, lambda hits: render(example, hits), budget, policy)
+    return selection.hits, model.retrieval.audit(selection, fields, policy)

@@ -55,6 +55,7 @@ def make_record(model: PreparedModel, task: PreparedTask, unit: Unit, gen: Gener
         n_output_tokens=gen.n_output_tokens,
         seconds=round(gen.seconds, 4),
         created=now_iso(),
+        retrieval=unit.retrieval,
     )
 
 
@@ -75,7 +76,7 @@ def loglik_record(model: PreparedModel, task: PreparedTask, unit: Unit, scores: 
         output=None if table is None else best_option(table, normalization),
         error=error, error_kind=error_kind, truncation=unit.truncation, finish_reason="error" if error else None,
         mode="loglik", scores=table, normalization=normalization,
-        n_prompt_tokens=n_context, seconds=round(seconds, 4), created=now_iso(),
+        n_prompt_tokens=n_context, seconds=round(seconds, 4), created=now_iso(), retrieval=unit.retrieval,
     )
 
 
@@ -96,6 +97,8 @@ def model_manifest(model: PreparedModel, project: Project, folded: bool) -> Mode
         chat_template=model.chat.source,
         chat_template_sha256=hashlib.sha256(model.chat.text.encode()).hexdigest(),
         system_folded_into_user=folded,
+        **({"base_model": spec.base_model} if spec.base_model else {}),
+        **({"retrieval": model.retrieval.manifest()} if model.retrieval is not None else {}),
     )
 
 

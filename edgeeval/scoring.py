@@ -9,6 +9,7 @@ import polars as pl
 from edgeeval import kinds
 from edgeeval.errors import DataError
 from edgeeval.parsing import best_option
+from edgeeval.retrieval.audit import COLUMNS as RETRIEVAL_COLUMNS, audit_columns
 from edgeeval.store import Manifest, TaskEntry, load_manifest, read_records
 
 RECORD_COLUMNS = ["model", "task", "example_id", "gold", "output", "error", "error_kind", "prompt", "options",
@@ -39,9 +40,10 @@ def load_current_records(run_dir: Path) -> tuple[Manifest, pl.DataFrame]:
             rows.extend(_row(r.model_dump(), entry) for r in latest.values())
     if not rows:
         return manifest, pl.DataFrame(schema={c: pl.Utf8 for c in ("model", "task", "example_id", "gold")})
-    schema = {**{c: None for c in RECORD_COLUMNS if c != "options"}, **TASK_COLUMNS, **PARSED_COLUMNS}
+    schema = {**{c: None for c in RECORD_COLUMNS if c != "options"}, **TASK_COLUMNS, **PARSED_COLUMNS,
+              **RETRIEVAL_COLUMNS}
     frame = pl.DataFrame([{c: r.get(c) for c in schema} for r in rows],
-                         schema_overrides={**TASK_COLUMNS, **PARSED_COLUMNS})
+                         schema_overrides={**TASK_COLUMNS, **PARSED_COLUMNS, **RETRIEVAL_COLUMNS})
     return manifest, frame
 
 
@@ -54,7 +56,8 @@ def _row(record: dict, task: TaskEntry) -> dict:
                  and record.get("output") is not None else None)
     return {**record, "kind": kind.name, "metrics": ",".join(task.metrics) or None,
             "rouge_stemmer": task.rouge_stemmer, "parsed": parsed,
-            "unoffered_choice": unoffered, "truncated": record.get("truncation") is not None}
+            "unoffered_choice": unoffered, "truncated": record.get("truncation") is not None,
+            **audit_columns(record.get("retrieval"))}
 
 
 def parse_answer(record: dict, kind: str, labels: list[str]) -> str | None:

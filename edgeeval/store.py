@@ -59,6 +59,10 @@ class Record(BaseModel):
     n_output_tokens: int | None = None
     seconds: float = 0.0
     created: str = ""
+    retrieval: dict | None = None
+    """A retrieval arm's audit (edgeeval.retrieval.augment): `passages` shown ({id, source, score, rank}, best
+    first), `text_sha256` of their text, `n_passage_tokens` (estimated), `leaked` (ids of candidate passages
+    holding the item's own query text), `excluded`, `trimmed_chars`, `dropped_for_context`."""
 
     @model_validator(mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from html import escape
 import polars as pl
 
 from edgeeval.report.assets import CSS, SCRIPT
+from edgeeval.report.retrieval import INTRO as RETRIEVAL_INTRO, retrieval_rows, sources_text
 from edgeeval.report.findings import (favours, headline, is_hallucination_measure, quality_metric,
                                       significant_findings, tally_pair, verdict)
 from edgeeval.report.study import Pair, Study
@@ -31,7 +32,7 @@ PROMPT_CHARS = 6000
 
 def render_html(study: Study) -> str:
     sections = [_findings(study), _forest_plots(study), _headline_tables(study), _model_bars(study),
-                _task_sections(study), _drill_down(study), _run_summary(study), _reading_notes()]
+                _task_sections(study), _retrieval(study), _drill_down(study), _run_summary(study), _reading_notes()]
     return _page(study, "\n".join(sections))
 
 
@@ -42,7 +43,8 @@ def _page(study: Study, body: str) -> str:
               "img-src 'none'; base-uri 'none'; form-action 'none'")
     nav = "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label in (
         ("findings", "Findings"), ("forest", "Forest plot"), ("comparison", "Paired comparison"),
-        ("models", "Per model"), ("tasks", "Per task"), ("disagreements", "Disagreements"), ("run", "Run"),
+        ("models", "Per model"), ("tasks", "Per task"), *((("retrieval", "Retrieval"),) if retrieval_rows(study) else ()),
+        ("disagreements", "Disagreements"), ("run", "Run"),
         ("method", "Method")))
     return (
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -347,6 +349,18 @@ def _task_pairs(study: Study, task: str) -> str:
                    ("test", False), ("b / c", True), ("verdict", False)], rows)
 
 
+def _retrieval(study: Study) -> str:
+    rows = retrieval_rows(study)
+    if not rows:
+        return ""
+    table = _table([("arm", False), ("task", False), ("items", True), ("passages per item", True),
+                    ("passage tokens per item (est.)", True), ("best passage from", False), ("leakage guard", False)],
+                   [[_td(r.arm), _td(r.task), _num(r.items, str(r.items)), _num(r.mean_passages, fmt(r.mean_passages, 2)),
+                     _num(r.mean_passage_tokens, fmt(r.mean_passage_tokens, 0)), _td(sources_text(r)), _td(r.leak_note)]
+                    for r in rows])
+    return _section("retrieval", "Retrieval", f"<p>{escape(RETRIEVAL_INTRO)}</p>{table}")
+
+
 def _drill_down(study: Study) -> str:
     intro = ("<p>Examples where the two models of a pair give different answers, discordant ones (one right, "
              "one wrong: those McNemar's test counts) first. Open one to see "
@@ -409,12 +423,14 @@ def _example_text(row: dict, pair: Pair) -> str:
         f'<div><h5>{escape(arm)} answered</h5><pre>{escape(_text_or_error(row, suffix))}</pre>'
         f'<p>parsed: {_answer_span(row, suffix)}</p></div>'
         for arm, suffix in ((pair.baseline, ""), (pair.candidate, "_c")))
+    seen = "".join(f"<p class=\"passages\">passages {escape(arm)} saw: {escape(row[f'passages{suffix}'])}</p>"
+                   for arm, suffix in ((pair.baseline, ""), (pair.candidate, "_c")) if row.get(f"passages{suffix}"))
     prompts = [(pair.baseline, row.get("prompt"))]
     if row.get("prompt_c") != row.get("prompt"):
         prompts.append((pair.candidate, row.get("prompt_c")))
     shown = "".join(f"<details><summary>prompt as {escape(arm)} saw it</summary><pre>{escape(_shortened(text or ''))}"
                     "</pre></details>" for arm, text in prompts)
-    return f'{reference}<div class="answers">{answers}</div>{shown}'
+    return f'{reference}<div class="answers">{answers}</div>{seen}{shown}'
 
 
 def _shortened(text: str) -> str:

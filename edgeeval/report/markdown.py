@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from edgeeval.report.retrieval import INTRO as RETRIEVAL_INTRO, retrieval_rows, sources_text
 from edgeeval.report.findings import headline, significant_findings, tally_pair, verdict
 from edgeeval.report.study import Study
 from edgeeval.report.views import (arm_with_family, arms_with_results, confusion_table, disagreements,
@@ -35,9 +36,20 @@ def render_markdown(study: Study) -> str:
         lines += _pair_summary(study, pair)
     if not study.pairs:
         lines += ["", "## Paired comparison", "", "No pair has records for both models yet."]
-    lines += _per_task(study) + _disagreements(study)
+    lines += _per_task(study) + _retrieval(study) + _disagreements(study)
     lines += ["", "## How to read this report", "", READING_NOTE, ""]
     return "\n".join(lines)
+
+
+def _retrieval(study: Study) -> list[str]:
+    rows = retrieval_rows(study)
+    if not rows:
+        return []
+    return ["", "## Retrieval", "", RETRIEVAL_INTRO, ""] + _table(
+        ["arm", "task", "items", "passages per item", "passage tokens per item (est.)", "best passage from",
+         "leakage guard"],
+        [[r.arm, r.task, str(r.items), fmt(r.mean_passages, 2), fmt(r.mean_passage_tokens, 0), sources_text(r),
+          r.leak_note] for r in rows])
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

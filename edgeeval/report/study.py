@@ -10,7 +10,7 @@ import polars as pl
 
 from edgeeval import kinds
 from edgeeval.errors import EdgeevalError
-from edgeeval.metrics import COMPARISON_SCHEMA, SUMMARY_SCHEMA, compare_pair, score_records, summarize
+from edgeeval.metrics import COMPARISON_SCHEMA, SUMMARY_SCHEMA, compare_pair, holm_per_metric, score_records, summarize
 from edgeeval.scoring import load_current_records
 
 # Record columns that hold patient or model text; --no-text drops them, and any other string column
@@ -88,7 +88,18 @@ def study_from_run(run_dir: Path, seed: int = 0) -> Study:
     run = Run(run_dir.resolve().name, run_dir, manifest)
     arms = {m: Arm(m, run.name, m, meta) for m, meta in manifest.get("models", {}).items()}
     pairs = [Pair(n, p["baseline"], p["candidate"]) for n, p in manifest.get("pairs", {}).items()]
-    return _assemble("edgeeval report", [run], arms, pairs, manifest.get("tasks", {}), scored, seed, [])
+    study = _assemble("edgeeval report", [run], arms, pairs, manifest.get("tasks", {}), scored, seed, [])
+    return _one_family(study)
+
+
+def _one_family(study: Study) -> Study:
+    """Pairs of one run share arms (general, general + retrieval, biomedical): their comparisons are one family,
+    so p (Holm) adjusts each metric across the tasks of every pair, not of each pair alone."""
+    if len(study.pairs) < 2 or not study.comparison.height:
+        return study
+    note = (f"p (Holm) adjusts each metric across the tasks of all {len(study.pairs)} pairs together "
+            "(the pairs share arms, so their comparisons are one family)")
+    return replace(study, comparison=holm_per_metric(study.comparison), notes=study.notes + [note])
 
 
 def study_from_runs(run_dirs: list[Path], seed: int = 0) -> Study:

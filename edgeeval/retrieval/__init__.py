@@ -1,0 +1,41 @@
+"""Retrieval augmentation: a model entry that reads passages from a local corpus in every prompt.
+
+corpus.py reads a corpus into passages, index.py builds and caches its BM25 index, leakage.py finds test items that are in the corpus, augment.py puts passages into prompts
+and describes them for the records. Retrieval runs while prompts are planned, so the passages are part of
+each prompt and of its hash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeeval.config import Project, RetrievalSpec
+from edgeeval.errors import ConfigError
+from edgeeval.locations import BUILTIN_ROOT
+from edgeeval.prompts import TaskPrompt
+from edgeeval.retrieval.augment import Retrieval
+
+__all__ = ["Retrieval", "prepare_retrieval", "corpus_path"]
+
+
+def corpus_path(project: Project, spec: RetrievalSpec) -> Path:
+    """The corpus as models.toml names it: absolute, '~/...', or relative to the folder of models.toml."""
+    path = Path(spec.corpus).expanduser()
+    return path if path.is_absolute() else project.root / path
+
+
+def prepare_retrieval(project: Project, model: str, spec: RetrievalSpec, n_ctx: int,
+                      progress: bool = True) -> Retrieval:
+    """The model's retrieval, its index opened (or built once and cached); errors say what and where."""
+    if spec.passage_tokens >= n_ctx:
+        raise ConfigError(f"{project.config_path}: model '{model}' retrieval.passage_tokens ({spec.passage_tokens}) "
+                          f"is not smaller than its context window ({n_ctx} tokens)")
+    corpus = corpus_path(project, spec)
+    # The template resolves like a chat template: the config's folder first, then the built-in prompts.
+    local = (project.root / spec.template).exists()
+    template = TaskPrompt(Path(spec.template), root=project.root if local else BUILTIN_ROOT)
+    if spec.retriever != "bm25":  # load_models_config refuses the others already
+        raise ConfigError(f"model '{model}': retriever '{spec.retriever}' is not available")
+    from edgeeval.retrieval.index import open_bm25
+
+    index = open_bm25(corpus, spec.chunk_words, spec.chunk_overlap, progress=progress)
+    return Retrieval(spec, corpus, index, template)
