@@ -8,8 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Hypothesis profiles. "dev" (the default) explores: every run draws new examples, and the examples
+# that failed before are replayed first from .hypothesis/. "ci" is the same on every run and every
+# clone (derandomized, no example database), so a CI result depends on the code alone; a failure there
+# prints its reproduction blob. Neither has a deadline: the tests that need one time themselves, and on
+# a busy 2-core machine a per-example deadline measures the neighbours. Choose with
+# HYPOTHESIS_PROFILE=ci (.ci/run sets it) or pytest --hypothesis-profile=ci. A test's own @settings
+# (max_examples, health checks) still apply under either profile.
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def write_tiny_gguf(path: Path, name: str = "tiny", chat_template: str | None = None, arch: str = "llama") -> Path:
@@ -100,3 +112,4 @@ def real_models() -> dict[str, Path]:
     if missing:
         pytest.skip(missing)
     return found
+
