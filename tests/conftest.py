@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTIN = ROOT / "edgeeval" / "builtin"
@@ -20,6 +24,37 @@ def private_cache_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDGEEVAL_CACHE_DIR", str(tmp_path_factory.mktemp("edgeeval-cache")))
         yield
+
+# Hypothesis profiles. "dev" (the default) explores: every run draws new examples, and the examples
+# that failed before are replayed first from .hypothesis/. "ci" is the same on every run and every
+# clone (derandomized, no example database), so a CI result depends on the code alone; a failure there
+# prints its reproduction blob. Neither has a deadline: the tests that need one time themselves, and on
+# a busy 2-core machine a per-example deadline measures the neighbours. Choose with
+# HYPOTHESIS_PROFILE=ci (.ci/run sets it) or pytest --hypothesis-profile=ci. A test's own @settings
+# (max_examples, health checks) still apply under either profile.
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of the child processes it has reaped (user + system)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@contextlib.contextmanager
+def takes_at_most(cpu_s: float, wall_s: float | None = None):
+    """The block must finish within `cpu_s` seconds of CPU and `wall_s` seconds of wall time (default:
+    six times the CPU bound, at least 30 s). The CPU bound is the tight one: it measures the work done,
+    which a busy machine does not change (two cores shared with other jobs stretch wall time six-fold);
+    the wall bound still catches time spent waiting rather than working."""
+    wall_s = max(30.0, 6 * cpu_s) if wall_s is None else wall_s
+    cpu0, wall0 = cpu_seconds(), time.monotonic()
+    yield
+    cpu, wall = cpu_seconds() - cpu0, time.monotonic() - wall0
+    assert cpu < cpu_s, f"took {cpu:.2f} s of CPU (at most {cpu_s} s)"
+    assert wall < wall_s, f"took {wall:.1f} s (at most {wall_s} s; {cpu:.2f} s of CPU)"
 
 
 def write_tiny_gguf(path: Path, name: str = "tiny", chat_template: str | None = None, arch: str = "llama") -> Path:

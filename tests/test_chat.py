@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ import jinja2.sandbox
 import numpy as np
 import pytest
 
+from conftest import takes_at_most
 from edgeeval.chat import MAX_RENDER_CHARS, ChatTemplate, load_chat_template, prompt_hash
 from edgeeval.errors import TemplateError
 from edgeeval.gguf_file import read_gguf_metadata
@@ -182,8 +182,10 @@ def test_hf_environment_features() -> None:
         "{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}|{{ bos_token }}{{ eos_token }}|"
         "{{ {'a': '<é>'}|tojson }}|{{ strftime_now('%Y') }}"
     )
+    year = datetime.now().year
     out = gguf_template(text).render(SYSTEM_USER)
-    assert out == f"You are a careful clinician.|<s></s>|{{\"a\": \"<é>\"}}|{datetime.now().year}"
+    # A render at midnight on New Year's Eve may see either year.
+    assert out in {f"You are a careful clinician.|<s></s>|{{\"a\": \"<é>\"}}|{y}" for y in (year, datetime.now().year)}
 
 
 def test_trim_and_lstrip_blocks_like_hf() -> None:
@@ -356,10 +358,9 @@ DOS_PAYLOADS = [
 def test_resource_exhaustion_in_gguf_fails_fast(tmp_path: Path, payload: str) -> None:
     info = read_gguf_metadata(write_gguf_with_template(tmp_path / "dos.gguf", payload))
     template = load_chat_template("gguf", info.chat_template, "<s>", "</s>", tmp_path)
-    start = time.monotonic()
-    with pytest.raises(TemplateError):
-        template.render(SYSTEM_USER)
-    assert time.monotonic() - start < 4
+    with takes_at_most(cpu_s=4):
+        with pytest.raises(TemplateError):
+            template.render(SYSTEM_USER)
 
 
 def test_sandbox_range_limit_is_in_force() -> None:
@@ -388,10 +389,24 @@ def test_state_is_clean_after_a_failed_render() -> None:
     assert template.render(SYSTEM_USER) == GOLDEN_SYSTEM_USER["chatml"]
 
 
-# --- real-world templates (llama.cpp's collection, when its source tree is present) -------------------------
+# --- real-world templates (kept as fixtures: see tests/fixtures/chat_templates/README.md) -------------------
 
-LLAMA_CPP_TEMPLATES = Path("/tmp/src/llama_cpp_python-0.3.36/vendor/llama.cpp/models/templates")
-REAL_TEMPLATES = [
+REAL_TEMPLATE_DIR = Path(__file__).parent / "fixtures" / "chat_templates"
+# The study's models (models.toml) -> the official chat template of their family (see the README for where
+# each file comes from): Llama 3 Instruct's (OpenBioLLM was fine-tuned from it and uses its format), Mistral
+# 7B Instruct v0.1's (BioMistral's starting point), Llama 2 chat's (Llama 2 7B and Meditron 7B are base
+# models that the study runs without a chat format; their family's template is checked all the same).
+STUDY_TEMPLATES = {
+    "llama3-8b-instruct": "meta-llama-Meta-Llama-3-8B-Instruct.jinja",
+    "llama3-70b-instruct": "meta-llama-Meta-Llama-3-8B-Instruct.jinja",
+    "openbiollm-8b": "meta-llama-Meta-Llama-3-8B-Instruct.jinja",
+    "openbiollm-70b": "meta-llama-Meta-Llama-3-8B-Instruct.jinja",
+    "mistral-7b-instruct": "mistralai-Mistral-7B-Instruct-v0.1.jinja",
+    "biomistral-7b": "mistralai-Mistral-7B-Instruct-v0.1.jinja",
+    "llama2-7b": "meta-llama-Llama-2-7b-chat-hf.jinja",
+    "meditron-7b": "meta-llama-Llama-2-7b-chat-hf.jinja",
+}
+REAL_TEMPLATES = sorted({*STUDY_TEMPLATES.values(), "mistralai-v1-with-system-prompt.jinja",
     "meta-llama-Llama-3.1-8B-Instruct.jinja",
     "meta-llama-Llama-3.2-3B-Instruct.jinja",
     "Qwen-Qwen2.5-7B-Instruct.jinja",
@@ -402,10 +417,11 @@ REAL_TEMPLATES = [
     "HuggingFaceTB-SmolLM3-3B.jinja",
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja",
     "ibm-granite-granite-3.3-2B-Instruct.jinja",
-]
+})
 
 
-def hf_reference_render(source: str, messages: list[dict[str, str]]) -> str:
+def hf_reference_render(source: str, messages: list[dict[str, str]], bos_token: str = "<s>",
+                        eos_token: str = "</s>") -> str:
     """How transformers' apply_chat_template renders: a plain ImmutableSandboxedEnvironment."""
     import json
 
@@ -435,16 +451,13 @@ def hf_reference_render(source: str, messages: list[dict[str, str]]) -> str:
     )
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(source).render(messages=messages, add_generation_prompt=True, bos_token="<s>", eos_token="</s>")
+    return env.from_string(source).render(messages=messages, add_generation_prompt=True, bos_token=bos_token,
+                                         eos_token=eos_token)
 
 
-@pytest.mark.skipif(not LLAMA_CPP_TEMPLATES.is_dir(), reason="llama.cpp source tree not present")
 @pytest.mark.parametrize("name", REAL_TEMPLATES)
 def test_real_world_templates_render_like_hf(name: str) -> None:
-    path = LLAMA_CPP_TEMPLATES / name
-    if not path.exists():
-        pytest.skip(f"{name} not in this llama.cpp version")
-    source = path.read_text()
+    source = (REAL_TEMPLATE_DIR / name).read_text(encoding="utf-8")
     template = ChatTemplate("gguf", source, "<s>", "</s>")
     for messages in (SYSTEM_USER, SYSTEM_USER[1:], MULTI_TURN):
         try:
@@ -453,4 +466,43 @@ def test_real_world_templates_render_like_hf(name: str) -> None:
             with pytest.raises(TemplateError):
                 template.render(messages)
         else:
-            assert template.render(messages) == expected
+            # Some templates print today's date (strftime_now): a render that crosses midnight may show
+            # either day, so the reference is rendered again afterwards and either one is accepted.
+            rendered = template.render(messages)
+            assert rendered in (expected, hf_reference_render(source, messages))
+
+
+def test_every_study_model_has_its_template_fixture() -> None:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    models = tomllib.loads((REPO / "models.toml").read_text())["models"]
+    study = {name for name, spec in models.items() if "package" not in spec}  # the demo models ship on PyPI
+    assert study == set(STUDY_TEMPLATES)
+    readme = (REAL_TEMPLATE_DIR / "README.md").read_text(encoding="utf-8")
+    for name in REAL_TEMPLATES:
+        assert (REAL_TEMPLATE_DIR / name).is_file() and name in readme, f"{name}: fixture or its source missing"
+
+
+# The override templates under prompts/chat/ must render what the official templates render, less the
+# BOS token they deliberately leave to llama.cpp's tokenizer.
+OFFICIAL_FOR_OVERRIDE = {
+    "llama3": ("meta-llama-Meta-Llama-3-8B-Instruct.jinja", "<|begin_of_text|>", "<|eot_id|>",
+               [SYSTEM_USER, SYSTEM_USER[1:], MULTI_TURN]),
+    "llama2": ("meta-llama-Llama-2-7b-chat-hf.jinja", "<s>", "</s>", [SYSTEM_USER, SYSTEM_USER[1:], MULTI_TURN]),
+    # Mistral v0.1's own template has no system role, and after an answer writes "</s> " where the
+    # override writes "</s>" (the later v0.2/Mixtral form): only the single-turn user prompt is compared.
+    "mistral-instruct": ("mistralai-Mistral-7B-Instruct-v0.1.jinja", "<s>", "</s>", [SYSTEM_USER[1:]]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_FOR_OVERRIDE))
+def test_override_templates_render_like_the_official_ones(name: str) -> None:
+    official, bos, eos, conversations = OFFICIAL_FOR_OVERRIDE[name]
+    source = (REAL_TEMPLATE_DIR / official).read_text(encoding="utf-8")
+    for messages in conversations:
+        expected = hf_reference_render(source, messages, bos_token=bos, eos_token=eos)
+        assert expected.startswith(bos)
+        assert override(name, bos=bos, eos=eos).render(messages) == expected[len(bos):]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_support import run_cli
+from cli_support import count_lines, fake_engine_env, run_cli, wait_for
 from edgeeval.engine import EngineSettings
 from edgeeval.engine import memory
 from edgeeval.errors import ConfigError
@@ -88,44 +88,10 @@ def rates(out: Path) -> dict[tuple[str, str, str], float]:
         return {(r["model"], r["task"], r["metric"]): float(r["value"]) for r in csv.DictReader(handle)}
 
 
-GENERATION_LOG_SITECUSTOMIZE = '''
-import hashlib, os
-_log = os.environ.get("EDGEEVAL_TEST_GENERATION_LOG")
-if _log:
-    from edgeeval.engine import fake as _fake
-    _generate = _fake.FakeModel.generate
-
-    def _note(event, prompt):
-        line = event + " " + hashlib.sha256(prompt.encode()).hexdigest()[:16] + "\\n"
-        fd = os.open(_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.write(fd, line.encode())
-        os.close(fd)
-
-    def _logged(self, prompt, max_tokens, stop):
-        _note("start", prompt)
-        result = _generate(self, prompt, max_tokens, stop)
-        _note("done", prompt)
-        return result
-
-    _fake.FakeModel.generate = _logged
-'''
-
-
 def generation_log_env(tmp_path: Path, log: Path, delay: float) -> dict[str, str]:
     """An environment whose Python processes (the CLI and its workers) log every answer the fake engine
     starts and finishes, so a test can count units begun against records written."""
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(GENERATION_LOG_SITECUSTOMIZE)
-    path = os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return {**os.environ, "PYTHONPATH": path, "EDGEEVAL_TEST_GENERATION_LOG": str(log),
-            "EDGEEVAL_FAKE_DELAY_S": str(delay)}
-
-
-def count_lines(path: Path, prefix: bytes = b"") -> int:
-    if not path.exists():
-        return 0
-    return sum(line.startswith(prefix) for line in path.read_bytes().splitlines(keepends=True) if line.endswith(b"\n"))
+    return fake_engine_env(tmp_path, delay=delay, log=log)
 
 
 # --- kill -9 at random moments -------------------------------------------------------------------------
@@ -133,18 +99,6 @@ def count_lines(path: Path, prefix: bytes = b"") -> int:
 N_KILLS = 21
 KILL_SEED = 20250601
 UNIT_DELAY_S = 0.02
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 30.0) -> bool:
-    """Poll until predicate() or the process ends; True if the predicate came first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.003)
-    raise AssertionError("the run made no progress")
 
 
 def test_kill_minus_9_at_random_moments_then_resume(project_dir, tmp_path):
@@ -441,17 +395,22 @@ def test_read_only_output_directory(project_dir, tmpfs, capsys):
 def test_second_run_on_the_same_directory_is_refused(project_dir, tmp_path):
     out = tmp_path / "run"
     cmd = cli_cmd(run_args(project_dir, out, ["case_challenges"]))
-    env = {**os.environ, "EDGEEVAL_FAKE_DELAY_S": "0.03"}
+    # The first run answers three examples, then holds the fourth until the gate opens: it is surely
+    # still running while the second one starts, however slow the machine.
+    gate = tmp_path / "gate"
+    env = fake_engine_env(tmp_path, gate=gate, gate_after=3)
     first = subprocess.Popen(cmd, cwd=project_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         path = out / "records" / "general-small" / "case_challenges.jsonl"
         assert wait_for(lambda: count_lines(path) >= 3, first)
-        second = subprocess.run(cmd, cwd=project_dir, env=env, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(cmd, cwd=project_dir, env={**os.environ}, capture_output=True, text=True, timeout=120)
         assert second.returncode == 2
         err = one_line_error(second.stderr)
         assert "in use by another edgeeval process" in err and str(out) in err
         assert first.poll() is None  # the first run was not disturbed
-        stdout, stderr = first.communicate(timeout=120)
+        assert count_lines(path) == 3
+        gate.touch()
+        stdout, stderr = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()

@@ -16,7 +16,7 @@ import pytest
 
 from edgeeval.errors import ErrorKind
 from edgeeval.store import read_records
-from cli_support import run_cli
+from cli_support import count_lines, fake_engine_env, run_cli, wait_for
 
 N_SAMPLE = 36
 
@@ -86,12 +86,12 @@ def test_kill_mid_run_then_resume_completes_without_duplicates(project_dir, tmp_
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "edgeeval.cli", "run", "--pair", "test", "--task", "case_challenges",
            "--engine", "fake", "--models-dir", str(project_dir.parent / "models"), "--out", str(out), "--quiet"]
-    env = {**os.environ, "EDGEEVAL_FAKE_DELAY_S": "0.05"}
+    # The worker answers ten examples, then holds the eleventh (the gate never opens): the kill lands
+    # in the middle of the run however fast or slow the machine is.
+    env = fake_engine_env(tmp_path, gate=tmp_path / "gate", gate_after=10)
     proc = subprocess.Popen(cmd, cwd=project_dir, env=env)
     path = out / "records" / "general-small" / "case_challenges.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and (not path.exists() or len(path.read_bytes().splitlines()) < 10):
-        time.sleep(0.02)
+    assert wait_for(lambda: count_lines(path) >= 10, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(read_records(path))
@@ -109,17 +109,15 @@ def test_worker_dies_with_a_killed_run(project_dir, tmp_path):
     cmd = [sys.executable, "-m", "edgeeval.cli", "run", "--pair", "test", "--task", "case_challenges",
            "--engine", "fake", "--models-dir", str(project_dir.parent / "models"), "--out", str(tmp_path / "run"),
            "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=project_dir, env={**os.environ, "EDGEEVAL_FAKE_DELAY_S": "60"})
-    deadline = time.time() + 60
-    while time.time() < deadline and not child_pids(proc.pid):
-        time.sleep(0.05)
+    log = tmp_path / "generated.log"
+    proc = subprocess.Popen(cmd, cwd=project_dir, env=fake_engine_env(tmp_path, delay=60, log=log))
+    assert wait_for(lambda: count_lines(log, b"start") >= 1, proc)  # the worker is inside its first answer
     workers = child_pids(proc.pid)
     assert workers, "the run started no worker process"
-    time.sleep(1.0)  # the worker is loaded and inside its first answer
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline and any(alive(pid) for pid in workers):
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
         time.sleep(0.05)
     assert not any(alive(pid) for pid in workers)
 
