@@ -190,6 +190,7 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
             write_status(out_dir, shard, "running", planned)
         run = executor or local_executor(engine_factory)
         manifest.engine.update(run(store, [w for w in work if w.pending], settings, summary, progress, parallel))
+        manifest.nodes.update(getattr(run, "nodes", {}))  # the machines a cluster's actors ran on
         summary.seconds = time.perf_counter() - started
         manifest.invocations.append({
             "finished": now_iso(), "wall_seconds": round(summary.seconds, 2), "generated": summary.done,
