@@ -230,6 +230,8 @@ class RayExecutor:
         self.worker_cpus, self.quiet = worker_cpus, quiet
         self.nodes: dict[str, dict] = {}
         self.invocation: dict = {}
+        self.all_ready_at: float | None = None
+        """perf_counter() when the last actor had loaded its model (benchmarks: start-up vs steady state)."""
 
     def __call__(self, store: RunStore, work, settings: EngineSettings, summary, progress: bool,
                  parallel: int) -> dict[str, dict]:
@@ -267,36 +269,44 @@ class RayExecutor:
         lost_units = 0
         bar = tqdm(total=sum(len(w.pending) for w in work), desc="cluster", unit="ex", disable=not progress,
                    dynamic_ncols=True)
-        running, shown = len(slots), 0.0
+        running, shown, ready = len(slots), 0.0, 0
         while running:
-            kind, model, value = events.get()
-            if kind == "record":
-                store.append(value)
-                counts[model] += 1
-                summary.done += 1
-                summary.errors += value.error is not None
-                bar.update(1)
+            batch = [events.get()]
+            while len(batch) < 512 and not events.empty():
+                batch.append(events.get_nowait())
+            records = [value for kind, _, value in batch if kind == "record"]
+            if records:
+                store.append_many(records)  # one sync for all that came back together
+                for record in records:
+                    counts[record.model] += 1
+                    summary.errors += record.error is not None
+                summary.done += len(records)
+                bar.update(len(records))
                 if time.perf_counter() - shown > 1.0:
                     shown = time.perf_counter()
-                    elapsed = shown - started
-                    bar.set_postfix_str(", ".join(f"{m} {n / elapsed:.2f}/s" for m, n in counts.items()))
-            elif kind == "ready":
-                self.nodes[value["node"]] = {k: value[k] for k in ("machine", "system_info", "backend", "n_threads")}
-            elif kind == "info":
-                infos[model].append(value)
-            elif kind in ("unusable", "lost"):
-                lost_units += value[1] if kind == "lost" else 0
-                problems.append(value[0])
-                print(f"edgeeval: {'error' if kind == 'unusable' else 'warning'}: {value[0]}", file=sys.stderr)
-            elif kind == "failed":
-                raise EdgeevalError(value)
-            elif kind == "exit":
-                running -= 1
+                    bar.set_postfix_str(", ".join(f"{m} {n / (shown - started):.2f}/s" for m, n in counts.items()))
+            for kind, model, value in batch:
+                if kind == "ready":
+                    ready += 1
+                    if ready == len(slots):
+                        self.all_ready_at = time.perf_counter()
+                    self.nodes[value["node"]] = {k: value[k] for k in ("machine", "system_info", "backend", "n_threads")}
+                elif kind == "info":
+                    infos[model].append(value)
+                elif kind in ("unusable", "lost"):
+                    lost_units += value[1] if kind == "lost" else 0
+                    problems.append(value[0])
+                    print(f"edgeeval: {'error' if kind == 'unusable' else 'warning'}: {value[0]}", file=sys.stderr)
+                elif kind == "failed":
+                    raise EdgeevalError(value)
+                elif kind == "exit":
+                    running -= 1
         bar.close()
         elapsed = time.perf_counter() - started
         self.invocation = {"ray": self.address or "local", "workers_per_model": per_model,
                            "cpus_per_worker": cpus, "chunk": self.chunk, "node_problems": problems,
-                           "units_given_back": lost_units}
+                           "units_given_back": lost_units,
+                           "startup_seconds": round((self.all_ready_at or time.perf_counter()) - started, 2)}
         unfinished = {m: q.left() for m, q in queues.items() if not q.finished()}
         if unfinished:
             listed = ", ".join(f"{m}: {n}" for m, n in unfinished.items())
