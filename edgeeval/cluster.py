@@ -12,7 +12,6 @@ joined only with Ray's token authentication on.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import secrets
@@ -73,9 +72,8 @@ def ray_session(address: str | None, object_store_bytes: int = 512 * 2**20):
         except ImportError:
             raise ConfigError("--ray needs Ray: pip install 'edgeeval[ray]'") from None
         if address is None:
-            spill = {"type": "filesystem", "params": {"directory_path": os.path.join(private, "spill")}}
             ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=object_store_bytes,
-                     _system_config={"object_spilling_config": json.dumps(spill)})
+                     object_spilling_directory=os.path.join(private, "spill"))
         else:
             try:
                 ray.init(address=address, log_to_driver=False)
