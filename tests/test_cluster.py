@@ -202,3 +202,22 @@ def test_joining_a_cluster_without_token_authentication_is_refused(project, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "RAY_AUTH_MODE=token" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.real_model
+def test_demo_pair_on_two_single_thread_actors_answers_as_the_local_run(tmp_path, real_models):
+    """The demo models through `--ray` (a private local instance, one single-thread actor per model) give
+    the local run's answers; a fresh process, as a user runs it."""
+    from conftest import ROOT
+
+    args = ["run", "--pair", "demo", "--task", "case_challenges", "--limit", "4", "--max-tokens", "24",
+            "--threads", "1", "--quiet"]
+    assert run_cli(ROOT, *args, "--out", str(tmp_path / "local")) == 0
+    result = subprocess.run([sys.executable, "-m", "edgeeval.cli", *args, "--out", str(tmp_path / "ray"), "--ray",
+                             "--workers", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for model in ("gemma3-270m", "smollm2-135m-instruct"):
+        local, spread = (sorted((r.example_id, r.prompt_hash, r.output, r.error)
+                                for r in load_records(tmp_path / run, model, "case_challenges"))
+                         for run in ("local", "ray"))
+        assert local == spread, model
