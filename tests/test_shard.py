@@ -93,3 +93,23 @@ def test_every_example_belongs_to_exactly_one_shard(count, ids):
     shards = [Shard(k, count) for k in range(count)]
     for example_id in ids:
         assert sum(shard.owns("task", example_id) for shard in shards) == 1
+
+
+names = st.text(alphabet="abcxyz", min_size=1, max_size=3)
+
+
+@given(st.dictionaries(names, names, max_size=4), st.dictionaries(names, names, max_size=4),
+       st.lists(st.integers(0, 5), max_size=4), st.lists(st.integers(0, 5), max_size=4))
+def test_merged_manifest_keeps_what_every_shard_wrote(theirs, mine, their_runs, my_runs):
+    from edgeeval.store import Manifest, PairEntry, merge_manifests
+
+    def manifest(pairs, runs):
+        return Manifest(pairs={k: PairEntry(baseline=v, candidate=v) for k, v in pairs.items()},
+                        invocations=[{"n": n} for n in runs])
+
+    current = manifest(theirs, their_runs)
+    merged = merge_manifests(current, manifest(mine, my_runs))
+    assert set(merged.pairs) == set(theirs) | set(mine)
+    assert all(merged.pairs[k].baseline == v for k, v in mine.items())  # this writer's entries win
+    assert merged.invocations[:len(their_runs)] == current.invocations
+    assert all({"n": n} in merged.invocations for n in my_runs)
