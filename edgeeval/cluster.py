@@ -31,7 +31,8 @@ import edgeeval
 from edgeeval.config import MODELS_DIR_ENV, Project, resolve_model_path
 from edgeeval.engine import EngineSettings, physical_cores
 from edgeeval.errors import ConfigError, EdgeevalError
-from edgeeval.planning import PreparedModel, PreparedTask, Unit, cached_sha256
+from edgeeval.gguf_file import sha256_file
+from edgeeval.planning import PreparedModel, PreparedTask, Unit
 from edgeeval.store import Record, RunStore
 
 AUTH_HINT = ("--ray ADDRESS joins a cluster only with Ray token authentication (anyone who can reach a cluster "
@@ -41,6 +42,9 @@ MAX_REPLACEMENTS = 2
 """New actors a worker slot may start after losing one, before it gives up (the others carry on)."""
 READY_TIMEOUT_S = 600.0
 """How long an actor may take to be placed and load its model."""
+SEND_EVERY_S = 0.2
+"""An actor sends what it has done at least this often: every answer of a real model (seconds each) on its
+own, quick ones together, as each message costs the driver about a millisecond."""
 
 
 def require_token_auth() -> None:
@@ -98,7 +102,11 @@ def model_sha256(path: Path, _memory: dict = {}) -> str:  # noqa: B006 - the pro
     try:
         from edgeeval.sha256_cache import cached_sha256 as on_disk
     except ImportError:
-        return cached_sha256(path, _memory)
+        info = path.stat()
+        key = (str(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ino)
+        if key not in _memory:
+            _memory[key] = sha256_file(path)
+        return _memory[key]
     return on_disk(path)
 
 
@@ -151,12 +159,19 @@ class ModelWorker:
                 "n_threads": self.settings.n_threads}
 
     def work(self, task: PreparedTask, units: list[Unit]):
-        """The records of a chunk of one task's units, one by one as they are done."""
+        """The records of a chunk of one task's units as they are done, in lists: each answer sent once
+        SEND_EVERY_S has passed since the last sending, and whatever is left at the end."""
         from edgeeval.runner import _chunks, _work
 
+        done, sent = [], time.perf_counter()
         for sub_task, sub_units in _chunks([(task, u) for u in units], self.parallel):
             for record in _work(self.engine, self.model, sub_task, sub_units, self.parallel):
-                yield record.model_copy(update={"node": self.node})
+                done.append(record.model_copy(update={"node": self.node}))
+                if time.perf_counter() - sent >= SEND_EVERY_S:
+                    yield done
+                    done, sent = [], time.perf_counter()
+        if done:
+            yield done
 
     def info(self) -> dict:
         return {**self.engine.info(), "node": self.node} if self.engine else {"node": self.node}
@@ -272,7 +287,7 @@ class RayExecutor:
             batch = [events.get()]
             while len(batch) < 512 and not events.empty():
                 batch.append(events.get_nowait())
-            records = [value for kind, _, value in batch if kind == "record"]
+            records = [record for kind, _, value in batch if kind == "records" for record in value]
             if records:
                 store.append_many(records)  # one sync for all that came back together
                 for record in records:
@@ -366,9 +381,10 @@ class RayExecutor:
             left = list(units)
             try:
                 for ref in actor.work.options(num_returns="streaming").remote(tasks[id(task)], units):
-                    record: Record = ray.get(ref)
-                    left = [u for u in left if u.example.id != record.example_id]
-                    events.put(("record", model, record))
+                    records: list[Record] = ray.get(ref)
+                    answered = {r.example_id for r in records}
+                    left = [u for u in left if u.example.id not in answered]
+                    events.put(("records", model, records))
             except ray.exceptions.RayTaskError:
                 chunks.give_back((task, left))
                 raise  # the actor's own code failed: a bug, not a lost machine
