@@ -75,6 +75,7 @@ def cmd_run(args, pairs: list[str] | None = None, tasks: list[str] | None = None
     out = Path(args.out) if args.out else Path("runs") / "+".join(pairs)
     settings = EngineSettings(n_threads=args.threads, seed=args.seed, backend=args.engine,
                               fake_delay_s=float(os.environ.get("EDGEEVAL_FAKE_DELAY_S", "0")))
+    shard, executor = scale_out(args, project)
     warn_if_busy(args.engine)
     started = time.perf_counter()
     # Pairs run one after another into one directory: a model that two pairs share is run once, the second
@@ -83,14 +84,41 @@ def cmd_run(args, pairs: list[str] | None = None, tasks: list[str] | None = None
         spec = project.config.pairs[pair]
         summary = run_models(project, pair, [spec.baseline, spec.candidate], prepared, out, settings,
                              engine_factory(args.engine), progress=not args.quiet, parallel=args.parallel,
-                             retry_errors=args.retry_errors)
+                             retry_errors=args.retry_errors, shard=shard, executor=executor)
         rate = f", {summary.done / summary.seconds:.2f} examples/s" if summary.done and summary.seconds else ""
         which = f"{pair}: " if len(pairs) > 1 else ""
         print(f"{which}{summary.done} examples generated, {summary.skipped} already done, {summary.errors} errors; "
               f"{time.perf_counter() - started:.1f} s{rate}")
+    # A shard's report would be partial, and shards finishing together would write it at once.
+    if shard is not None:
+        print(f"shard {shard} done; when every shard has finished: edgeeval report {out}")
+        return 0
     report = build_report(out, seed=args.seed, no_text=args.no_text)
     print(f"report: {report.resolve()}")
     return 0
+
+
+def scale_out(args, project: Project):
+    """(shard, executor) from --shard and --ray: this process's share of the examples, and where they are
+    answered (None: here)."""
+    from edgeeval.shard import Shard
+
+    shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
+    if getattr(args, "ray", None) is None:
+        if args.workers is not None:
+            raise ConfigError("--workers needs --ray")
+        return shard, None
+    if shard is not None:
+        raise ConfigError("--shard and --ray do not go together: --ray spreads one run over a cluster, "
+                          "--shard splits it into separate jobs")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
+    if args.chunk < 1:
+        raise ConfigError(f"--chunk must be at least 1 (got {args.chunk})")
+    from edgeeval.cluster import RayExecutor
+
+    return None, RayExecutor(project, address=None if args.ray == "local" else args.ray, workers=args.workers,
+                             chunk=args.chunk, worker_cpus=args.worker_cpus, quiet=args.quiet)
 
 
 def warn_if_busy(backend: str) -> None:
@@ -120,6 +148,10 @@ def cmd_report(args) -> int:
     out = Path(args.out) if args.out else None
     report = build_report(run_dir, seed=args.seed, no_text=args.no_text, out_dir=out)
     print(f"report: {report.resolve()}\nhtml: {report.with_name('report.html').resolve()}")
+    from edgeeval.shard import shard_gaps
+
+    for note in shard_gaps(run_dir):
+        print(f"edgeeval: warning: {note}", file=sys.stderr)
     return 0
 
 
@@ -251,6 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pair from models.toml (repeatable: pairs sharing a model run it once)")
     run.add_argument("--task", action="append", required=True, help="task name (repeatable)")
     run.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="real data file for a task")
+    run.add_argument("--shard", metavar="K/N", help="run only shard K (from 0) of N, into its own record files "
+                     "in --out (a Slurm array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); "
+                     "`edgeeval report` merges the shards")
+    run.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="answer on Ray actors: no ADDRESS starts a private local instance (127.0.0.1 only); "
+                     "'auto' or HOST:PORT joins a running cluster, which must use token authentication "
+                     "(RAY_AUTH_MODE=token); needs pip install 'edgeeval[ray]'")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="with --ray: actors per model (default: as many as the cluster's free CPUs allow, "
+                     "each reserving --threads CPUs)")
+    run.add_argument("--chunk", type=int, default=8, metavar="N",
+                     help="with --ray: examples per work item (what a lost actor or node costs at most)")
+    run.add_argument("--worker-cpus", type=float, help=argparse.SUPPRESS)  # benchmarks: fake actors on few cores
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", parents=[common], help="re-score a run directory and write the reports")
     report.add_argument("run_dir")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from tqdm import tqdm
 
@@ -20,9 +21,12 @@ from edgeeval.errors import ErrorKind
 from edgeeval.machine import machine_info
 from edgeeval.parsing import best_option
 from edgeeval.planning import PreparedModel, PreparedTask, Unit, plan_units, prepare_model
+from edgeeval.shard import Shard, write_status
 from edgeeval.store import Manifest, ModelEntry, PairEntry, Record, RunStore, TaskEntry, load_manifest, now_iso
 
 EngineFactory = Callable[[Path, EngineSettings], Engine]
+NODE = socket.gethostname()
+"""What local records name as their `node`."""
 
 
 @dataclass
@@ -33,6 +37,23 @@ class RunSummary:
     errors: int = 0
     seconds: float = 0.0
     per_model: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelWork:
+    """A model and the units of it not yet recorded, in task order."""
+
+    model: PreparedModel
+    pending: list[tuple[PreparedTask, Unit]]
+
+
+class Executor(Protocol):
+    """Where the pending units are answered: this process (`run_local`) or a Ray cluster
+    (edgeeval.cluster). It appends every record to the store itself and returns, per model that did
+    work, what its engines reported (for the manifest)."""
+
+    def __call__(self, store: RunStore, work: list[ModelWork], settings: EngineSettings,
+                 summary: RunSummary, progress: bool, parallel: int) -> dict[str, dict]: ...
 
 
 def make_record(model: PreparedModel, task: PreparedTask, unit: Unit, gen: Generation) -> Record:
@@ -122,17 +143,22 @@ def task_manifest(task: PreparedTask) -> TaskEntry:
 
 def run_models(project: Project, pair_name: str, models: list[str], tasks: list[PreparedTask],
                out_dir: Path, settings: EngineSettings, engine_factory: EngineFactory,
-               progress: bool = True, parallel: int = 1, retry_errors: bool = False) -> RunSummary:
+               progress: bool = True, parallel: int = 1, retry_errors: bool = False,
+               shard: Shard | None = None, executor: Executor | None = None) -> RunSummary:
     """Evaluate every model on every task into `out_dir`, resuming whatever is already there (with
-    `retry_errors`, units whose last record is an error are done again; the new record wins)."""
+    `retry_errors`, units whose last record is an error are done again; the new record wins). With a
+    `shard`, only its examples, into its own record files; with an `executor`, answered there (a Ray
+    cluster) instead of in this process."""
     started = time.perf_counter()
     summary = RunSummary(run_dir=out_dir)
     prepared = [prepare_model(project, name) for name in models]  # fail fast, before any inference
-    with RunStore(out_dir) as store:
+    with RunStore(out_dir, part=shard.part if shard else None) as store:
         manifest = load_manifest(out_dir) or Manifest()
         manifest.edgeeval = edgeeval.__version__
         manifest.llama_cpp_python = package_version("llama_cpp_python")
         manifest.machine = machine_info()
+        if executor is None:
+            manifest.nodes[NODE] = manifest.machine
         manifest.settings = asdict(settings.resolved())
         manifest.config = str(project.config_path)
         pair = project.config.pairs.get(pair_name)
@@ -145,18 +171,28 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
         for model, plans in zip(prepared, all_plans):
             manifest.models[model.name] = model_manifest(model, project, any(f for _, _, f in plans))
         store.write_manifest(manifest)
-        for model, plans in zip(prepared, all_plans):
-            info = _run_model(store, model, plans, settings, engine_factory, summary, progress, parallel,
-                              retry_errors)
-            if info:
-                manifest.engine[model.name] = info
+        if shard is not None:
+            all_plans = [[(task, [u for u in units if shard.owns(task.spec.name, u.example.id)], folded)
+                          for task, units, folded in plans] for plans in all_plans]
+        work = [ModelWork(model, pending_units(store, model, plans, summary, retry_errors))
+                for model, plans in zip(prepared, all_plans)]
+        planned = {w.model.name: {t.run_name: len(u) for t, u, _ in plans} for w, plans in zip(work, all_plans)}
+        if shard is not None:
+            write_status(out_dir, shard, "running", planned)
+        run = executor or local_executor(engine_factory)
+        manifest.engine.update(run(store, [w for w in work if w.pending], settings, summary, progress, parallel))
+        manifest.nodes.update(getattr(run, "nodes", {}))  # the machines a cluster's actors ran on
         summary.seconds = time.perf_counter() - started
         manifest.invocations.append({
             "finished": now_iso(), "wall_seconds": round(summary.seconds, 2), "generated": summary.done,
             "skipped_done": summary.skipped, "errors": summary.errors, "argv": sys.argv[1:],
             "modes": sorted({t.mode for t in tasks}), "parallel": parallel, "retry_errors": retry_errors,
+            **({"shard": str(shard)} if shard else {}), **getattr(run, "invocation", {}),
         })
         store.write_manifest(manifest)
+        if shard is not None:
+            write_status(out_dir, shard, "finished", planned,
+                         {"generated": summary.done, "errors": summary.errors, "wall_seconds": round(summary.seconds, 2)})
     return summary
 
 
@@ -166,9 +202,9 @@ GENERATE_CHUNK_PER_SEQUENCE = 4
 """With --parallel N, prompts per generate_many call: 4N keeps N sequences busy between refills."""
 
 
-def _run_model(store: RunStore, model: PreparedModel, plans, settings: EngineSettings,
-               engine_factory: EngineFactory, summary: RunSummary, progress: bool, parallel: int = 1,
-               retry_errors: bool = False) -> dict | None:
+def pending_units(store: RunStore, model: PreparedModel, plans, summary: RunSummary,
+                  retry_errors: bool = False) -> list[tuple[PreparedTask, Unit]]:
+    """The planned units of a model with no record yet (with `retry_errors`, or whose last one is an error)."""
     pending = []
     for task, units, _ in plans:
         latest = {r.key(): r for r in store.load(model.name, task.run_name)}  # the last record of a unit wins
@@ -176,15 +212,27 @@ def _run_model(store: RunStore, model: PreparedModel, plans, settings: EngineSet
         todo = [u for u in units if (model.sha256, task.hash, u.example.id, u.prompt_hash) not in done]
         summary.skipped += len(units) - len(todo)
         pending.extend((task, unit) for unit in todo)
-    if not pending:
-        return None  # nothing to do: the model is not even loaded
+    return pending
+
+
+def local_executor(engine_factory: EngineFactory) -> Executor:
+    """Every model in turn, in this process's engine worker."""
+    def run(store, work, settings, summary, progress, parallel):
+        return {w.model.name: _run_model(store, w.model, w.pending, settings, engine_factory, summary, progress,
+                                         parallel) for w in work}
+    return run
+
+
+def _run_model(store: RunStore, model: PreparedModel, pending: list[tuple[PreparedTask, Unit]],
+               settings: EngineSettings, engine_factory: EngineFactory, summary: RunSummary, progress: bool,
+               parallel: int = 1) -> dict:
     engine = engine_factory(model.path, replace(settings, n_ctx=model.n_ctx))
     started = time.perf_counter()
     try:
         bar = tqdm(total=len(pending), desc=f"{model.name}", unit="ex", disable=not progress, dynamic_ncols=True)
         for task, units in _chunks(pending, parallel):
             for record in _work(engine, model, task, units, parallel):
-                store.append(record)
+                store.append(record.model_copy(update={"node": NODE}))
                 summary.done += 1
                 summary.errors += record.error is not None
                 bar.update(1)

@@ -10,7 +10,7 @@ from edgeeval import kinds
 from edgeeval.errors import DataError
 from edgeeval.parsing import best_option
 from edgeeval.retrieval.audit import COLUMNS as RETRIEVAL_COLUMNS, audit_columns
-from edgeeval.store import Manifest, TaskEntry, load_manifest, read_records
+from edgeeval.store import Manifest, TaskEntry, load_manifest, load_records
 
 RECORD_COLUMNS = ["model", "task", "example_id", "gold", "output", "error", "error_kind", "prompt", "options",
                   "mode", "finish_reason", "n_prompt_tokens", "n_output_tokens", "seconds"]
@@ -30,14 +30,13 @@ def load_current_records(run_dir: Path) -> tuple[Manifest, pl.DataFrame]:
     rows = []
     for model, meta in manifest.models.items():
         for task, entry in manifest.tasks.items():
-            path = run_dir / "records" / model / f"{task}.jsonl"
-            if not path.exists():
-                continue
             latest = {}
-            for record in read_records(path):
+            for record in load_records(run_dir, model, task):  # every shard's file, oldest first
                 if record.model_sha256 == meta.sha256 and record.task_hash == entry.hash:
                     latest[record.example_id] = record
-            rows.extend(_row(r.model_dump(), entry) for r in latest.values())
+            # In example-id order, not the order records were written: shards, Ray workers and retries write
+            # in other orders, and the paired bootstrap must draw the same items whichever wrote them.
+            rows.extend(_row(latest[i].model_dump(), entry) for i in sorted(latest))
     if not rows:
         return manifest, pl.DataFrame(schema={c: pl.Utf8 for c in ("model", "task", "example_id", "gold")})
     schema = {**{c: None for c in RECORD_COLUMNS if c != "options"}, **TASK_COLUMNS, **PARSED_COLUMNS,

