@@ -12,7 +12,9 @@ from typing import Protocol
 import numpy as np
 
 DRAFT_P_MIN = 0.75
-"""A draft model stops drafting where its top token's probability is below this (llama.cpp's default)."""
+"""A draft model stops drafting where its top token's probability is below this: a token it is unsure of
+is likely rejected, and every token drafted costs a decode of the draft model (llama.cpp's server has the
+same cut-off, --draft-p-min; its llama-speculative example drafts --draft-max tokens always)."""
 LOOKUP_NGRAM_MAX = 3
 LOOKUP_NGRAM_MIN = 1
 """Prompt lookup matches the last 3 tokens, else the last 2, else the last one: a summary copies
@@ -63,7 +65,7 @@ class PromptLookup:
 class DraftModel:
     """Drafts with a smaller model of the same vocabulary: greedy tokens from its own context, which
     keeps the longest common prefix with the sequence between calls. Drafting stops early where the
-    draft model is unsure (its top token below `p_min`), as llama.cpp's speculative decoding does."""
+    draft model is unsure (its top token below `p_min`)."""
 
     name = "draft"
 
