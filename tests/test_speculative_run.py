@@ -67,3 +67,16 @@ def test_a_crash_in_a_batch_costs_one_example(project_dir, tmp_path, monkeypatch
     assert fake_run(project_dir, out, "--task", "case_challenges", "--limit", "8", "--parallel", "4") == 0
     recs = read_records(out / "records" / "bio-small" / "case_challenges.jsonl")
     assert [r.example_id for r in recs if r.error] == ["cc-001"]
+
+
+@pytest.mark.parametrize("weights_gb, kv_mb, threads, expected", [
+    (0.1, 100, 2, 4),     # SmolLM2 135M: little to gain
+    (0.25, 100, 1, 8),    # Gemma 3 270M on one thread
+    (1.1, 100, 2, 16),    # Qwen 1.5B: memory-bound, batching is nearly free
+    (4.9, 512, 16, 8),    # an 8B on 16 threads: 0.3 GB per thread
+    (4.9, 1024, 2, 4),    # an 8B at 8k context: the caches would outgrow the weights at 8
+])
+def test_parallel_auto_follows_the_written_rule(weights_gb, kv_mb, threads, expected):
+    from edgeeval.engine.batching import auto_parallel
+
+    assert auto_parallel(int(weights_gb * 1e9), kv_mb << 20, threads) == expected

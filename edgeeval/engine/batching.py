@@ -15,10 +15,10 @@ MAX_AUTO_PARALLEL = 16
 
 def auto_parallel(weights_bytes: int, kv_bytes_per_sequence: int | None, threads: int) -> int:
     """Sequences per batch: 4 below 0.2 GB of weights per thread, 8 up to 0.5 GB per thread, 16 from
-    there; halved while the sequences' KV caches (each of a full context) would exceed the weights."""
+    there; halved while the sequences' KV caches (each of a full context) would exceed the weights (or 2 GiB)."""
     per_thread = weights_bytes / max(1, threads)
     n = 4 if per_thread < 0.2e9 else 8 if per_thread < 0.5e9 else MAX_AUTO_PARALLEL
     if kv_bytes_per_sequence:
-        while n > 1 and n * kv_bytes_per_sequence > max(weights_bytes, 1 << 30):
+        while n > 1 and n * kv_bytes_per_sequence > max(weights_bytes, 2 << 30):
             n //= 2
     return n
