@@ -749,6 +749,11 @@ class _Slot:
     generated: list[int] = field(default_factory=list)
     drafted: int = 0
     accepted: int = 0
+    budget: int = 0
+    """Tokens the next draft may have (0: not set yet): doubled after a draft taken whole, halved after one
+    rejected at its first token, so a sequence whose drafts keep failing stops paying for them."""
+    pause: int = 0
+    """Steps to go without drafting, after a one-token draft failed."""
 
     def accept(self, token: int, model: LlamaModel, max_tokens: int, stop: list[str]) -> bool:
         """Take the next greedy token; returns whether the answer is complete (`reason` says why)."""
@@ -774,7 +779,11 @@ class _Slot:
         the step decodes anyway (max_tokens, the context window)."""
         if self.drafter is None:
             return []
-        limit = min(n_draft, max_tokens - self.n_out - 1, self.room - self.n_out - 1)
+        if self.pause:
+            self.pause -= 1
+            return []
+        self.budget = min(self.budget or n_draft, n_draft)
+        limit = min(self.budget, max_tokens - self.n_out - 1, self.room - self.n_out - 1)
         if limit <= 0:
             return []
         draft = self.drafter.propose(self.tokens + self.generated, limit)[:limit]
@@ -790,9 +799,20 @@ class _Slot:
             if self.accept(token, model, max_tokens, stop):
                 return i, True
             if i == len(draft) or token != draft[i]:
+                self._adapt(len(draft), i)
                 return i, False
             self.accepted += 1
         return len(draft), False  # not reached: the last row always returns
+
+    def _adapt(self, drafted: int, taken: int) -> None:
+        if not drafted:
+            return
+        if taken == drafted:
+            self.budget *= 2
+        elif taken == 0:
+            if self.budget == 1:
+                self.pause = 4
+            self.budget = max(1, self.budget // 2)
 
     def generation(self, reused: int) -> Generation:
         notes: dict = {"prefix_tokens_reused": reused}
