@@ -69,11 +69,12 @@ def cmd_run(args, pairs: list[str] | None = None, tasks: list[str] | None = None
     unknown = set(overrides) - set(tasks)
     if unknown:
         raise ConfigError(f"--data names task(s) not being run: {', '.join(sorted(unknown))}")
-    if not 1 <= args.parallel <= MAX_PARALLEL:
-        raise ConfigError(f"--parallel must be between 1 and {MAX_PARALLEL} (got {args.parallel})")
+    parallel = parse_parallel(args.parallel)
+    draft = resolve_draft(project, args.draft) if getattr(args, "draft", None) else None
     prepared = [prepare_task(project, t, overrides.get(t), args.limit, args.max_tokens, args.mode) for t in tasks]
     out = Path(args.out) if args.out else Path("runs") / "+".join(pairs)
     settings = EngineSettings(n_threads=args.threads, seed=args.seed, backend=args.engine,
+                              speculative=args.speculative, draft_model=draft,
                               fake_delay_s=float(os.environ.get("EDGEEVAL_FAKE_DELAY_S", "0")))
     shard, executor = scale_out(args, project)
     warn_if_busy(args.engine)
@@ -83,7 +84,7 @@ def cmd_run(args, pairs: list[str] | None = None, tasks: list[str] | None = None
     for pair in pairs:
         spec = project.config.pairs[pair]
         summary = run_models(project, pair, [spec.baseline, spec.candidate], prepared, out, settings,
-                             engine_factory(args.engine), progress=not args.quiet, parallel=args.parallel,
+                             engine_factory(args.engine), progress=not args.quiet, parallel=parallel,
                              retry_errors=args.retry_errors, shard=shard, executor=executor)
         rate = f", {summary.done / summary.seconds:.2f} examples/s" if summary.done and summary.seconds else ""
         which = f"{pair}: " if len(pairs) > 1 else ""
@@ -119,6 +120,30 @@ def scale_out(args, project: Project):
 
     return None, RayExecutor(project, address=None if args.ray == "local" else args.ray, workers=args.workers,
                              chunk=args.chunk, worker_cpus=args.worker_cpus, quiet=args.quiet)
+
+
+def parse_parallel(value: str) -> int | str:
+    """--parallel: 'auto' (the rule of engine/batching.py, per model) or a number of sequences."""
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_PARALLEL:
+        raise ConfigError(f"--parallel must be 'auto' or between 1 and {MAX_PARALLEL} (got {value})")
+    return number
+
+
+def resolve_draft(project: Project, name: str) -> str:
+    """--draft: a models.toml name or a GGUF path; read with edgeeval's own GGUF reader before any use."""
+    from edgeeval.gguf_file import read_gguf_metadata
+
+    path = resolve_model_path(project, name) if name in project.config.models else Path(name).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--draft {name}: no such model in {project.config_path} and no such file")
+    read_gguf_metadata(path)  # raises a one-line error for a file that is not a readable GGUF
+    return str(path.resolve())
 
 
 def warn_if_busy(backend: str) -> None:
@@ -251,9 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="generate: answers are generated and parsed (default); loglik: multiple-choice and "
                          "label tasks score every option by its log-probability, nothing is generated "
                          "(results go under TASK@loglik)")
-    running.add_argument("--parallel", type=int, default=1, metavar="N",
+    running.add_argument("--parallel", default="auto", metavar="N",
                          help="generate: decode N prompts together (continuous batching; faster on larger "
-                         "models, answers may differ from one-at-a-time in the last bits, see README)")
+                         "models, answers may differ from one-at-a-time in the last bits, see README); "
+                         "'auto' (default) picks N from the model's size, context and threads")
+    running.add_argument("--speculative", choices=["auto", "lookup", "none"], default="auto",
+                         help="generate: draft tokens and verify them in one decode (greedy output, faster): "
+                         "'auto' (default) drafts by prompt lookup for summary tasks and with --draft's model "
+                         "where given; 'lookup' for every task; 'none' never")
+    running.add_argument("--draft", metavar="MODEL",
+                         help="generate: a small model with the same vocabulary (models.toml name or GGUF path) "
+                         "drafts for both models of the pair (draft-model speculative decoding)")
     running.add_argument("--retry-errors", action="store_true",
                          help="when resuming, do again the examples whose answer is an error record (a crash, "
                          "a timeout); by default a resumed run keeps them")

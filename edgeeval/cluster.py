@@ -148,11 +148,12 @@ class ModelWorker:
     def work(self, task: PreparedTask, units: list[Unit]):
         """The records of a chunk of one task's units as they are done, in lists: each answer sent once
         SEND_EVERY_S has passed since the last sending, and whatever is left at the end."""
-        from edgeeval.runner import _chunks, _work
+        from edgeeval.runner import _chunks, _work, speculative_for
 
         done, sent = [], time.perf_counter()
         for sub_task, sub_units in _chunks([(task, u) for u in units], self.parallel):
-            for record in _work(self.engine, self.model, sub_task, sub_units, self.parallel):
+            for record in _work(self.engine, self.model, sub_task, sub_units, self.parallel,
+                                speculative_for(sub_task, self.settings)):
                 done.append(record.model_copy(update={"node": self.node}))
                 if time.perf_counter() - sent >= SEND_EVERY_S:
                     yield done
@@ -234,13 +235,15 @@ class RayExecutor:
         """perf_counter() when the last actor had loaded its model (benchmarks: start-up vs steady state)."""
 
     def __call__(self, store: RunStore, work, settings: EngineSettings, summary, progress: bool,
-                 parallel: int) -> dict[str, dict]:
+                 parallel: int | str) -> dict[str, dict]:
         if not work:
             return {}
         with ray_session(self.address) as ray:
             return self._run(ray, store, work, settings, summary, progress, parallel)
 
     def _run(self, ray, store, work, settings, summary, progress, parallel) -> dict[str, dict]:
+        from edgeeval.runner import parallel_for
+
         threads = settings.n_threads or default_threads()
         settings = replace(settings, n_threads=threads)
         cpus = self.worker_cpus if self.worker_cpus is not None else float(threads)
@@ -253,9 +256,12 @@ class RayExecutor:
             tasks = {id(t): ray.put(replace(t, examples=[], prompt=None, shots=())) for t, _ in w.pending}
             queues[w.model.name] = ChunkQueue(chunked(w.pending, self.chunk))
 
-            def make(model=slim):
+            # --parallel auto is decided per model file, as on one machine.
+            sequences = parallel_for(w.model, settings) if parallel == "auto" else parallel
+
+            def make(model=slim, sequences=sequences):
                 return remote.options(num_cpus=cpus, max_restarts=0, scheduling_strategy="SPREAD").remote(
-                    self.project, model, settings, parallel, edgeeval.__version__)
+                    self.project, model, settings, sequences, edgeeval.__version__)
 
             for _ in range(per_model):
                 slots.append(threading.Thread(target=self._drive, daemon=True,

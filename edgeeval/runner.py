@@ -17,6 +17,8 @@ import edgeeval
 from edgeeval import icd, kinds
 from edgeeval.config import Project
 from edgeeval.engine import Engine, EngineError, EngineSettings, Generation, OptionScore
+from edgeeval.engine.batching import auto_parallel
+from edgeeval.engine.memory import kv_cache_bytes
 from edgeeval.errors import ErrorKind
 from edgeeval.machine import machine_info
 from edgeeval.parsing import best_option
@@ -74,6 +76,7 @@ def make_record(model: PreparedModel, task: PreparedTask, unit: Unit, gen: Gener
         finish_reason=gen.finish_reason,
         n_prompt_tokens=gen.n_prompt_tokens,
         n_output_tokens=gen.n_output_tokens,
+        speculative=gen.notes.get("speculative"),
         seconds=round(gen.seconds, 4),
         created=now_iso(),
         retrieval=unit.retrieval,
@@ -143,7 +146,7 @@ def task_manifest(task: PreparedTask) -> TaskEntry:
 
 def run_models(project: Project, pair_name: str, models: list[str], tasks: list[PreparedTask],
                out_dir: Path, settings: EngineSettings, engine_factory: EngineFactory,
-               progress: bool = True, parallel: int = 1, retry_errors: bool = False,
+               progress: bool = True, parallel: int | str = 1, retry_errors: bool = False,
                shard: Shard | None = None, executor: Executor | None = None) -> RunSummary:
     """Evaluate every model on every task into `out_dir`, resuming whatever is already there (with
     `retry_errors`, units whose last record is an error are done again; the new record wins). With a
@@ -225,13 +228,14 @@ def local_executor(engine_factory: EngineFactory) -> Executor:
 
 def _run_model(store: RunStore, model: PreparedModel, pending: list[tuple[PreparedTask, Unit]],
                settings: EngineSettings, engine_factory: EngineFactory, summary: RunSummary, progress: bool,
-               parallel: int = 1) -> dict:
+               parallel: int | str = 1) -> dict:
     engine = engine_factory(model.path, replace(settings, n_ctx=model.n_ctx))
+    parallel = parallel_for(model, settings) if parallel == "auto" else parallel
     started = time.perf_counter()
     try:
         bar = tqdm(total=len(pending), desc=f"{model.name}", unit="ex", disable=not progress, dynamic_ncols=True)
         for task, units in _chunks(pending, parallel):
-            for record in _work(engine, model, task, units, parallel):
+            for record in _work(engine, model, task, units, parallel, speculative_for(task, settings)):
                 store.append(record.model_copy(update={"node": NODE}))
                 summary.done += 1
                 summary.errors += record.error is not None
@@ -243,7 +247,28 @@ def _run_model(store: RunStore, model: PreparedModel, pending: list[tuple[Prepar
     elapsed = time.perf_counter() - started
     summary.per_model[model.name] = {"examples": len(pending), "seconds": round(elapsed, 2),
                                      "examples_per_s": round(len(pending) / elapsed, 3) if elapsed else None}
-    return {**info, **summary.per_model[model.name]}
+    return {**info, **summary.per_model[model.name], "parallel": parallel}
+
+
+def parallel_for(model: PreparedModel, settings: EngineSettings) -> int:
+    """`--parallel auto`: the rule of engine/batching.py for this model file, context and threads (the
+    fake engine has no batch speed-up: one at a time, where a kill loses one unit, not a chunk)."""
+    if settings.backend == "fake":
+        return 1
+    kv = kv_cache_bytes(model.gguf.metadata, model.n_ctx)
+    return auto_parallel(model.path.stat().st_size, kv, settings.resolved().n_threads)
+
+
+def speculative_for(task: PreparedTask, settings: EngineSettings) -> str | None:
+    """How a generation task drafts: the draft model when there is one, prompt lookup for kinds whose
+    answers copy the prompt (or every task with --speculative lookup), else not at all."""
+    if task.mode != "generate" or settings.speculative == "none":
+        return None
+    if settings.draft_model:
+        return "draft"
+    if settings.speculative == "lookup" or kinds.get(task.spec.kind).copies_input:
+        return "lookup"
+    return None
 
 
 def _chunks(pending: list[tuple[PreparedTask, Unit]], parallel: int):
@@ -261,7 +286,8 @@ def _chunks(pending: list[tuple[PreparedTask, Unit]], parallel: int):
         yield task, units
 
 
-def _work(engine: Engine, model: PreparedModel, task: PreparedTask, units: list[Unit], parallel: int):
+def _work(engine: Engine, model: PreparedModel, task: PreparedTask, units: list[Unit], parallel: int,
+          speculative: str | None = None):
     """The records of one chunk of units, in order (units that cannot be sent become error records)."""
     ready = [u for u in units if u.error is None]
     if task.mode == "loglik":
@@ -272,9 +298,13 @@ def _work(engine: Engine, model: PreparedModel, task: PreparedTask, units: list[
         return
     spec = task.spec
     if parallel > 1 and len(ready) > 1:
-        gens = engine.generate_many([u.prompt for u in ready], spec.max_tokens, list(spec.stop), n_parallel=parallel)
+        gens = engine.generate_many([u.prompt for u in ready], spec.max_tokens, list(spec.stop), n_parallel=parallel,
+                                    speculative=speculative)
+        if all(g.error_kind is ErrorKind.NATIVE_CRASH for g in gens):
+            # The batch crashed twice: answer one at a time, so the crash costs its own unit only.
+            gens = [engine.generate(u.prompt, spec.max_tokens, list(spec.stop), speculative=speculative) for u in ready]
     else:
-        gens = [engine.generate(u.prompt, spec.max_tokens, list(spec.stop)) for u in ready]
+        gens = [engine.generate(u.prompt, spec.max_tokens, list(spec.stop), speculative=speculative) for u in ready]
     results = dict(zip(map(id, ready), gens))
     for unit in units:
         gen = results.get(id(unit)) or Generation(text=None, finish_reason="error", error=unit.error,

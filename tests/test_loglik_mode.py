@@ -60,7 +60,7 @@ def test_loglik_records_hold_every_option_and_the_best_one(project_dir, tmp_path
     report = (out / "report.md").read_text()
     assert "| case_challenges@loglik | multiple_choice | loglik: letter |" in report
     assert "| mednli@loglik | label | loglik: full text, sum |" in report
-    assert "decoded of" in report and "--parallel 1" in report
+    assert "decoded of" in report and "--parallel auto (1 sequences)" in report
 
 
 def test_generation_and_loglik_share_a_run_directory_and_resume_apart(project_dir, tmp_path, capsys):
@@ -184,7 +184,7 @@ def test_parallel_generation_gives_the_one_at_a_time_records(project_dir, tmp_pa
 @pytest.mark.parametrize("value", ["0", "33"])
 def test_parallel_out_of_range_is_refused(project_dir, capsys, value):
     assert fake_run(project_dir, project_dir / "out", "--task", "case_challenges", "--parallel", value) == 2
-    assert "--parallel must be between 1 and 32" in capsys.readouterr().err
+    assert "--parallel must be 'auto' or between 1 and 32" in capsys.readouterr().err
 
 
 def test_loglik_section_may_name_its_own_prompt(project_dir, tmp_path):

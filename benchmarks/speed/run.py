@@ -73,7 +73,8 @@ def child_main(spec: dict) -> dict:
 
     settings = EngineSettings(n_ctx=spec["n_ctx"], n_threads=spec["threads"], n_seq_max=spec.get("n_seq_max", 32),
                               n_batch=spec.get("n_batch", 512), n_ubatch=spec.get("n_ubatch", 512),
-                              flash_attn=spec.get("flash_attn", False)).resolved()
+                              flash_attn=spec.get("flash_attn", False), draft_model=spec.get("draft"),
+                              n_draft=spec.get("n_draft", 8)).resolved()
     model = LlamaModel(spec["model"], settings)
     try:
         return {**CHILD_KINDS[spec["kind"]](model, spec), "settings": {
@@ -186,8 +187,28 @@ def batched_prompts(model, texts: list[str], pp: int) -> list[str]:
     return out
 
 
+def child_speculative(model, spec: dict) -> dict:
+    """Per prompt: the prompt's time (prompt + 1 token, from an empty cache), then plain greedy and the
+    speculative method, each from the cached prompt, so each time is the answer's own; the order of the
+    two alternates from prompt to prompt, so a drift in the machine's speed hits both alike."""
+    out = []
+    for i, prompt in enumerate(spec["prompts"]):
+        model.generate("x", 1, [])
+        t0 = time.perf_counter()
+        model.generate(prompt, 1, spec["stop"])
+        prompt_s = time.perf_counter() - t0
+        runs = {}
+        for method in (("none", spec["method"]) if i % 2 == 0 else (spec["method"], "none")):
+            t0 = time.perf_counter()
+            g = model.generate(prompt, spec["max_tokens"], spec["stop"], speculative=method)
+            runs[method] = {"seconds": time.perf_counter() - t0, "tokens": g.n_output_tokens, "text": g.text,
+                            **(g.notes.get("speculative") or {})}
+        out.append({"prompt_seconds": prompt_s, "plain": runs["none"], "speculative": runs[spec["method"]]})
+    return {"examples": out}
+
+
 CHILD_KINDS = {"loglik": child_loglik, "letters": child_letters, "tg": child_tg, "batched": child_batched,
-               "match": child_match}
+               "match": child_match, "speculative": child_speculative}
 
 
 def run_child(spec: dict) -> dict:
@@ -571,8 +592,8 @@ def match_rate(model: str, args, items: list[dict]) -> dict:
                           for i, a, b in zip(ids, out["batched"], out["single"]) if a != b]}
 
 
-def runner_prompts(model: str) -> tuple[list[str], list[str], str]:
-    """The case-challenge prompts the runner builds for this GGUF: with its models.toml entry's chat
+def runner_prompts(model: str, task: str = "case_challenges", limit: int | None = None) -> tuple[list[str], list[str], str]:
+    """The prompts the runner builds for this GGUF and task: with its models.toml entry's chat
     template when the file is one of the configured models, else with the GGUF's own template."""
     from edgeeval.config import ModelSpec, load_models_config, resolve_model_path
     from edgeeval.errors import EdgeevalError
@@ -591,8 +612,111 @@ def runner_prompts(model: str) -> tuple[list[str], list[str], str]:
         name = "_measured"
         models = {**project.config.models, name: ModelSpec(path=str(Path(model).resolve()), family="general")}
         project = project.model_copy(update={"config": project.config.model_copy(update={"models": models})})
-    units, _ = plan_units(prepare_model(project, name), prepare_task(project, "case_challenges", None, None))
+    units, _ = plan_units(prepare_model(project, name), prepare_task(project, task, None, limit))
+    units = [u for u in units if u.error is None]
     return [u.prompt for u in units], [u.example.id for u in units], f"runner prompts of model '{name}'"
+
+
+# --- speculative decoding and --parallel auto on a realistic model ------------------------------
+
+SUMMARY_TASKS = ("meqsum", "problem_summary", "medisumqa")
+OTHER_GENERATION_TASKS = ("case_challenges", "medqa", "mednli", "pubmedqa", "medisumcode")
+EXTRA_MODELS = ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct")
+EXTRA_HINT = "the Qwen 1.5B/0.5B pair is not installed: make models-extra (or scripts/setup.sh --extra-models)"
+
+
+def extra_models() -> tuple[str, str] | None:
+    """(target, draft) paths of the opt-in Qwen pair, or None with one line saying how to get them."""
+    from edgeeval.config import load_models_config, resolve_model_path
+    from edgeeval.errors import EdgeevalError
+
+    project = load_models_config(ROOT / "edgeeval" / "builtin" / "models.toml")
+    try:
+        target, draft = (str(resolve_model_path(project, name)) for name in EXTRA_MODELS)
+    except EdgeevalError:
+        print(EXTRA_HINT, file=sys.stderr)
+        return None
+    return target, draft
+
+
+def task_spec(task: str):
+    from edgeeval.config import load_models_config
+    from edgeeval.planning import prepare_task
+
+    return prepare_task(load_models_config(ROOT / "edgeeval" / "builtin" / "models.toml"), task, None, 1).spec
+
+
+def speculative_run(model: str, args, tasks: tuple[str, ...], method: str, limit: int,
+                    draft: str | None = None) -> dict:
+    """Plain greedy vs `method` on the bundled examples of `tasks` (the runner's prompts): tokens/s of
+    the answers, acceptance, and every answer that differs with the first character where it does."""
+    out = {"method": method, "draft": Path(draft).name if draft else None, "tasks": {}}
+    for task in tasks:
+        prompts, ids, _ = runner_prompts(model, task, limit)
+        spec = task_spec(task)
+        max_tokens = min(spec.max_tokens, args.spec_max_tokens)
+        print(f"[{Path(model).name}] {method} vs plain on {task} ({len(prompts)} examples, load "
+              f"{os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+        res = run_child({"model": model, "draft": draft, "threads": args.threads, "n_ctx": 4096,
+                         "n_draft": args.n_draft, "kind": "speculative", "prompts": prompts,
+                         "max_tokens": max_tokens, "stop": list(spec.stop), "method": method})
+        examples = res["examples"]
+        plain_s = sum(e["plain"]["seconds"] for e in examples)
+        spec_s = sum(e["speculative"]["seconds"] for e in examples)
+        drafted = sum(e["speculative"].get("drafted", 0) for e in examples)
+        accepted = sum(e["speculative"].get("accepted", 0) for e in examples)
+        out["tasks"][task] = {
+            "n": len(examples), "max_tokens": max_tokens,
+            "plain_tokens_per_s": sum(e["plain"]["tokens"] for e in examples) / plain_s,
+            "speculative_tokens_per_s": sum(e["speculative"]["tokens"] for e in examples) / spec_s,
+            "speedup": plain_s / spec_s, "drafted": drafted, "accepted": accepted,
+            "speculative_tokens": sum(e["speculative"]["tokens"] for e in examples), "speculative_seconds": spec_s,
+            "prompt_seconds": sum(e["prompt_seconds"] for e in examples),
+            "acceptance": accepted / drafted if drafted else None,
+            "same": sum(e["plain"]["text"] == e["speculative"]["text"] for e in examples),
+            "differing": [{"id": i, "first_difference": first_difference(e["plain"]["text"], e["speculative"]["text"]),
+                           "plain": e["plain"]["text"], "speculative": e["speculative"]["text"]}
+                          for i, e in zip(ids, examples) if e["plain"]["text"] != e["speculative"]["text"]],
+            "load_average": os.getloadavg()[0],
+        }
+    out["speedup"] = _pooled(out["tasks"], "speedup")
+    out["acceptance"] = (sum(t["accepted"] for t in out["tasks"].values())
+                         / max(1, sum(t["drafted"] for t in out["tasks"].values())))
+    out["same_rate"] = sum(t["same"] for t in out["tasks"].values()) / max(1, sum(t["n"] for t in out["tasks"].values()))
+    return out
+
+
+def _pooled(tasks: dict, key: str) -> float:
+    """The geometric mean over tasks (each task weighs the same, whatever its answer lengths)."""
+    values = [t[key] for t in tasks.values()]
+    product = 1.0
+    for v in values:
+        product *= v
+    return product ** (1 / len(values)) if values else float("nan")
+
+
+def llama_speculative(target: str, draft: str, args, tasks: tuple[str, ...], limit: int) -> dict:
+    """llama.cpp's own llama-speculative on the same pair, prompts, draft length and threads."""
+    import re
+
+    decoded = seconds = drafted = accepted = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in tasks:
+            prompts, _, _ = runner_prompts(target, task, limit)
+            n = min(task_spec(task).max_tokens, args.spec_max_tokens)
+            for prompt in prompts:
+                path = Path(tmp) / "prompt.txt"
+                path.write_text(prompt)
+                out, _, _ = run_timed([str(peer_bin("llama-speculative")), "-m", target, "-md", draft, "-f", str(path),
+                                       "-n", str(n), "--temp", "0", "--draft-max", str(args.n_draft), "-t",
+                                       str(args.threads), "-td", str(args.threads), "-c", "4096", "-nr", "-fa", "off"])
+                m = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds", out)
+                decoded += int(m.group(1))
+                seconds += float(m.group(2))
+                drafted += int(re.search(r"n_drafted = (\d+)", out).group(1))
+                accepted += int(re.search(r"n_accept\s+= (\d+)", out).group(1))
+    return {"tokens_per_s": decoded / seconds, "acceptance": accepted / drafted if drafted else None,
+            "decoded": decoded, "seconds": seconds}
 
 
 def first_difference(a: str, b: str) -> int:
@@ -669,6 +793,66 @@ def summary_line(results: dict) -> str:
     return " ".join(f"{k}={v:.2f}" for k, v in fields.items())
 
 
+def measure_realistic(args, results: dict) -> dict | None:
+    """The Qwen 1.5B section: prompt lookup and 0.5B drafting vs plain greedy (and vs llama-speculative),
+    and the batched curve with the --parallel auto choice. Returns the summary fields it measured."""
+    pair = extra_models()
+    if pair is None:
+        return None
+    target, draft = pair
+    section: dict = {"model": Path(target).name, "draft": Path(draft).name}
+    results["realistic"] = section
+    fields: dict = {}
+    if "lookup" in args.parts:
+        section["lookup"] = speculative_run(target, args, SUMMARY_TASKS, "lookup", args.spec_limit)
+        fields["lookup_speedup"] = section["lookup"]["speedup"]
+    if "draft" in args.parts:
+        section["draft"] = speculative_run(target, args, SUMMARY_TASKS + ("case_challenges",), "draft",
+                                           args.spec_limit, draft=draft)
+        fields["draft_speedup"] = section["draft"]["speedup"]
+        if peer_bin("llama-speculative").exists():
+            peer = llama_speculative(target, draft, args, SUMMARY_TASKS + ("case_challenges",), args.spec_limit)
+            section["llama_speculative"] = peer
+            ours = _pooled_rate(section["draft"]["tasks"])
+            fields["ratio_vs_llama_speculative"] = ours / peer["tokens_per_s"]
+    if "batched" in args.parts:
+        from edgeeval.engine.batching import auto_parallel
+        from edgeeval.engine.memory import kv_cache_bytes
+        from edgeeval.gguf_file import read_gguf_metadata
+
+        sizes = (1, 2, 4, 8, 16)
+        pp, tg = 128, 32 if args.quick else 64
+        texts = [item["question"] for item in load_items()[0]]
+        ours = run_child({"model": target, "threads": args.threads, "n_ctx": 4096, "kind": "batched",
+                          "texts": texts[: max(sizes)], "pp": pp, "tg": tg, "sizes": list(sizes)})
+        curve = {n: ours["sizes"][n]["generated"] / ours["sizes"][n]["seconds"] for n in ours["sizes"]}
+        auto = auto_parallel(os.path.getsize(target), kv_cache_bytes(read_gguf_metadata(target).metadata, 4096),
+                             args.threads)
+        section["batched"] = {"pp": pp, "tg": tg, "edgeeval_tokens_per_s": curve, "auto": auto,
+                              "load_average": os.getloadavg()[0]}
+        if peer_bin("llama-batched-bench").exists():
+            peer = batched_bench(target, args.threads, pp, tg, sizes, ("-nr",))
+            section["batched"]["batched_bench_tokens_per_s"] = {n: peer[n]["speed"] for n in peer}
+        fields["parallel_auto"] = auto
+        fields["auto_speedup"] = curve[str(auto)] / curve["1"]
+    section["summary"] = fields
+    return fields
+
+
+def _pooled_rate(tasks: dict) -> float:
+    """Tokens per second of the speculative answers over all tasks together."""
+    return sum(t["speculative_tokens"] for t in tasks.values()) / sum(t["speculative_seconds"] for t in tasks.values())
+
+
+def equality_on_demo_models(args) -> list[dict]:
+    """Prompt lookup vs plain greedy on every bundled generation task, on both demo models."""
+    out = []
+    for model in default_models():
+        run = speculative_run(model, args, SUMMARY_TASKS + OTHER_GENERATION_TASKS, "lookup", args.spec_limit)
+        out.append({"model": Path(model).name, **run})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter generations, fewer repeats (a few minutes)")
@@ -677,6 +861,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-lmeval", action="store_true", help="leave out lm-eval (it takes minutes per item)")
     parser.add_argument("--lmeval-items", type=int, default=0, help="items for lm-eval (default 2 quick, 3 full)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--realistic-only", action="store_true",
+                        help="only the Qwen 1.5B section (speculative decoding, --parallel auto) and the demo models' "
+                        "speculative = plain check")
+    parser.add_argument("--parts", default="equality,lookup,draft,batched",
+                        help="with --realistic-only: which of equality,lookup,draft,batched to measure")
+    parser.add_argument("--spec-limit", type=int, default=8, help="examples per task for the speculative runs")
+    parser.add_argument("--spec-max-tokens", type=int, default=128, help="cap on the tasks' max_tokens there")
+    parser.add_argument("--n-draft", type=int, default=8, help="tokens drafted per step (edgeeval and llama-speculative)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -685,6 +877,17 @@ def main(argv: list[str] | None = None) -> int:
     from edgeeval.machine import default_threads
 
     args.threads = args.threads or default_threads()
+    args.parts = set(args.parts.split(","))
+    if args.realistic_only:
+        results = {"machine": machine(), "threads": args.threads, "quick": args.quick}
+        if "equality" in args.parts:
+            results["equality_demo_models"] = equality_on_demo_models(args)
+        fields = measure_realistic(args, results) or {}
+        results["summary"] = fields
+        results["machine"]["load_average_end"] = os.getloadavg()
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()))
+        return 0
     models = args.model or default_models()
     ensure_peers()
     items, shots = load_items()
@@ -708,9 +911,12 @@ def main(argv: list[str] | None = None) -> int:
                        "edgeeval_per_item_s_runs": runs})
             lm["ratio"] = lm["per_item_s"] / lm["edgeeval_per_item_s"]
             results["lmeval"] = lm
+        realistic = measure_realistic(args, results) or {}
+    line = summary_line(results)
+    results["summary"] = {**dict(field.split("=") for field in line.split()), **realistic}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
-    print(summary_line(results))
+    print(" ".join([line, *(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in realistic.items())]))
     return 0
 
 

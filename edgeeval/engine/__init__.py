@@ -36,6 +36,15 @@ class EngineSettings:
     """Weight repacking; None decides per CPU (off on Intel AMX, where it crashes llama_decode)."""
     unit_timeout_s: float = 3600.0
     """A single generation taking longer than this is stopped and recorded as an error."""
+    speculative: str = "auto"
+    """Speculative decoding in generation (greedy output either way, up to near-ties): 'auto' (prompt
+    lookup for summary tasks, the draft model where one is given), 'lookup' (every generation task),
+    'none'. The runner resolves it per task and passes it to generate."""
+    draft_model: str | None = None
+    """A GGUF with the same vocabulary that drafts tokens for this model (draft-model speculative decoding)."""
+    n_draft: int = 8
+    """Most tokens drafted per step: verifying 8 costs little more than generating one where decoding is
+    bound by memory bandwidth (models of a billion parameters and more on a CPU)."""
     backend: str = "llama"
     """'llama' (llama.cpp) or 'fake' (the deterministic stand-in used by tests; no model is read)."""
     fake_delay_s: float = 0.0
@@ -161,9 +170,12 @@ class Engine(Protocol):
 
     def info(self) -> dict: ...
 
-    def generate(self, prompt: str, max_tokens: int, stop: list[str]) -> Generation: ...
+    def generate(self, prompt: str, max_tokens: int, stop: list[str], speculative: str | None = None) -> Generation:
+        """Greedy answer; `speculative` ('lookup', 'draft', None) only changes how fast it comes."""
+        ...
 
-    def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str]) -> list[Generation]:
+    def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str], n_parallel: int | None = None,
+                      speculative: str | None = None) -> list[Generation]:
         """Greedy answers to several prompts, decoded together (continuous batching)."""
         ...
 

@@ -34,7 +34,8 @@ class FakeModel:
         return {"backend": "fake", "system_info": "fake engine (no model)", "gpu_offload": False,
                 "n_ctx": self.settings.n_ctx, "settings": self.settings.__dict__, "tokens": dict(self.counters)}
 
-    def generate(self, prompt: str, max_tokens: int, stop: list[str]) -> Generation:
+    def generate(self, prompt: str, max_tokens: int, stop: list[str], speculative: str | None = None) -> Generation:
+        """A hashed answer; with `speculative` the notes say so, as the real engine's do (the answer is the same)."""
         if self.delay_s:
             time.sleep(self.delay_s)
         digest = hashlib.sha256(f"{self._key}\0{prompt}".encode()).digest()
@@ -51,13 +52,16 @@ class FakeModel:
         else:
             text = f"**Answer: {letter}**"
         words = text.split()[:max_tokens]
+        notes = {}
+        if speculative not in (None, "none"):
+            notes["speculative"] = {"method": speculative, "drafted": len(words), "accepted": len(words) // 2}
         return Generation(text=" ".join(words), n_prompt_tokens=n_prompt, n_output_tokens=len(words),
-                          finish_reason="stop", seconds=self.delay_s)
+                          finish_reason="stop", seconds=self.delay_s, notes=notes)
 
     def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str],
-                      n_parallel: int | None = None) -> list[Generation]:
+                      n_parallel: int | None = None, speculative: str | None = None) -> list[Generation]:
         """The answers `generate` gives, one per prompt (the fake has no batch effects)."""
-        return [self.generate(prompt, max_tokens, stop) for prompt in prompts]
+        return [self.generate(prompt, max_tokens, stop, speculative) for prompt in prompts]
 
     def loglikelihood(self, context: str, continuations: list[str]) -> list[OptionScore]:
         return self.loglikelihood_many([(context, continuations)])[0]

@@ -20,12 +20,13 @@ import ctypes
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import llama_cpp as L
 import numpy as np
 
 from edgeeval.engine import EngineError, EngineSettings, FinishReason, Generation, OptionScore
+from edgeeval.engine.drafting import DraftModel, Drafter, PromptLookup, vocabulary_mismatch
 from edgeeval.errors import ErrorKind
 
 _LOG_ERROR = 4
@@ -101,7 +102,18 @@ class LlamaModel:
         self._working_used = False  # whether any other sequence may hold cells
         self._streams = None  # (context, sequences, cells each) for generate_many, made when needed
         self.counters = {"prompt_tokens": 0, "prompt_tokens_decoded": 0, "generated_tokens": 0,
-                         "decode_calls": 0, "decode_seconds": 0.0}
+                         "decode_calls": 0, "decode_seconds": 0.0, "drafted_tokens": 0, "accepted_tokens": 0}
+        self.draft = self._load_draft(path, settings) if settings.draft_model else None
+
+    def _load_draft(self, path: str, settings: EngineSettings) -> LlamaModel:
+        """The draft model for speculative decoding: same threads and window, two sequences."""
+        draft = LlamaModel(settings.draft_model, replace(settings, draft_model=None, n_seq_max=2))
+        why = vocabulary_mismatch(self, draft)
+        if why is not None:
+            draft.close()
+            raise ValueError(f"draft model {settings.draft_model} does not share the vocabulary of {path} ({why}); "
+                             "a draft model must come with the same tokenizer")
+        return draft
 
     def info(self) -> dict:
         return {
@@ -138,6 +150,12 @@ class LlamaModel:
             n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n]
 
+    def token_text(self, token: int) -> bytes:
+        return L.llama_vocab_get_text(self.vocab, token) or b""
+
+    def is_end(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self.vocab, token))
+
     def split_tokens(self, context: str, continuation: str) -> tuple[list[int], int]:
         """Tokens of context+continuation and where the continuation starts (lm-eval's way).
 
@@ -153,15 +171,22 @@ class LlamaModel:
 
     # --- one prompt at a time -----------------------------------------------------------------
 
-    def generate(self, prompt: str, max_tokens: int, stop: list[str], ignore_eos: bool = False) -> Generation:
+    def generate(self, prompt: str, max_tokens: int, stop: list[str], ignore_eos: bool = False,
+                 speculative: str | None = None) -> Generation:
         """Greedy answer to one prompt. `ignore_eos` (benchmarks only, as llama-bench does) generates
-        past the end-of-turn token, so every run produces max_tokens tokens."""
+        past the end-of-turn token, so every run produces max_tokens tokens. `speculative`: 'lookup'
+        (drafts copied from the prompt) or 'draft' (drafts from the draft model); None or 'none': one
+        token per decode."""
         start = time.perf_counter()
         tokens = self.tokenize(prompt)
         if len(tokens) >= self.n_ctx:
             return Generation.failed(ErrorKind.PROMPT_TOO_LONG, _too_long(len(tokens), self.n_ctx),
                                      n_prompt_tokens=len(tokens), seconds=time.perf_counter() - start)
         reused = self._feed_prompt(tokens)
+        drafter = self._drafter(speculative)
+        if drafter is not None:
+            slot = self._speculative_loop(tokens, max_tokens, stop, ignore_eos, drafter, start)
+            return slot.generation(reused)
         text, n_out, reason = self._decode_loop(len(tokens), max_tokens, stop, ignore_eos)
         return Generation(
             text=text,
@@ -171,6 +196,51 @@ class LlamaModel:
             seconds=time.perf_counter() - start,
             notes={"prefix_tokens_reused": reused},
         )
+
+    def _drafter(self, speculative: str | Drafter | None) -> Drafter | None:
+        if speculative in (None, "none"):
+            return None
+        if not isinstance(speculative, str):
+            return speculative  # a drafter object (tests script what is drafted)
+        if speculative == "lookup":
+            return PromptLookup()
+        if speculative == "draft":
+            if self.draft is None:
+                raise EngineError(ErrorKind.ENGINE, "speculative='draft' needs EngineSettings.draft_model")
+            return DraftModel(self.draft)
+        raise EngineError(ErrorKind.ENGINE, f"speculative {speculative!r} is not one of none, lookup, draft")
+
+    def _speculative_loop(self, tokens: list[int], max_tokens: int, stop: list[str], ignore_eos: bool,
+                          drafter: Drafter, started: float) -> _Slot:
+        """Greedy decoding of the prefix sequence with drafts: each step decodes the last accepted
+        token and the draft in one batch, takes the model's greedy token at every position while it
+        agrees with the draft, and removes the cells of the draft tokens it did not take."""
+        slot = _Slot(index=0, seq=_PREFIX_SEQ, tokens=tokens, fed=len(tokens),
+                     room=min(max_tokens, self.n_ctx - len(tokens)), started=started,
+                     ignore_eos=ignore_eos, drafter=drafter)
+        done = slot.accept(int(np.argmax(self._row(-1))), self, max_tokens, stop)
+        while not done:
+            draft = slot.propose(self.settings.n_draft, max_tokens)
+            base = len(self._cached)
+            batch = self.batch
+            batch.clear()
+            batch.add([slot.last, *draft], base, [_PREFIX_SEQ])
+            for index in range(len(draft) + 1):
+                batch.want_logits(index)
+            self._llama_decode(batch.raw_for_decode(), batch.n)
+            self._cached.extend([slot.last, *draft])
+            taken, done = slot.verify(draft, [self._row(i) for i in range(len(draft) + 1)], self, max_tokens, stop)
+            keep = base + 1 + taken
+            if keep < len(self._cached):
+                L.llama_memory_seq_rm(self.memory, _PREFIX_SEQ, keep, -1)
+                self._cached = self._cached[:keep]
+        self.counters["generated_tokens"] += slot.n_out
+        self._count_drafts(slot)
+        return slot
+
+    def _count_drafts(self, slot: _Slot) -> None:
+        self.counters["drafted_tokens"] += slot.drafted
+        self.counters["accepted_tokens"] += slot.accepted
 
     def letter_logprobs(self, prompt: str, letters: list[str]) -> dict[str, float]:
         """Log-probability of each letter as the next token: one pass over the prompt (its prefix
@@ -392,7 +462,8 @@ class LlamaModel:
     # --- batched generation -------------------------------------------------------------------
 
     def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str],
-                      n_parallel: int | None = None, ignore_eos: bool = False) -> list[Generation]:
+                      n_parallel: int | None = None, ignore_eos: bool = False,
+                      speculative: str | None = None) -> list[Generation]:
         """Greedy answers to several prompts decoded together, one sequence each, one batch per step;
         a finished sequence's slot goes to the next prompt in the queue (continuous batching).
 
@@ -400,7 +471,9 @@ class LlamaModel:
         unified cache every token would attend over every sequence's cells (masked), which costs
         more than the weights at 16 sequences. With one sequence it is `generate`, prompt by prompt.
         `n_parallel` defaults to 8: on a CPU the gain flattens by then, and each sequence holds its
-        own cache (its prompt plus max_tokens cells)."""
+        own cache (its prompt plus max_tokens cells). With `speculative='lookup'` every sequence adds
+        its draft to the batch; a draft model drafts for one sequence at a time, so with 'draft' the
+        prompts are answered one after the other."""
         wanted = _DEFAULT_PARALLEL if n_parallel is None else n_parallel
         n_parallel = max(1, min(wanted, self.settings.n_seq_max))
         tokens = [self.tokenize(prompt) for prompt in prompts]
@@ -413,24 +486,28 @@ class LlamaModel:
                 results[i] = Generation.failed(ErrorKind.EMPTY_PROMPT, "nothing to generate from", n_prompt_tokens=0)
         todo = [i for i in range(len(prompts)) if results[i] is None]
         n_parallel = min(n_parallel, len(todo))
-        if n_parallel <= 1:
+        if n_parallel <= 1 or speculative == "draft":
             for i in todo:
-                results[i] = self.generate(prompts[i], max_tokens, stop, ignore_eos)
+                results[i] = self.generate(prompts[i], max_tokens, stop, ignore_eos, speculative)
             return results  # type: ignore[return-value]
+        self._drafter(speculative)  # an unknown method fails here, before any work
         per_seq = max(len(tokens[i]) + min(max_tokens, self.n_ctx - len(tokens[i])) for i in todo)
-        streams = self._streams_context(n_parallel, per_seq)
+        drafting = speculative not in (None, "none")
+        outputs = n_parallel * (1 + self.settings.n_draft) if drafting else n_parallel
+        streams = self._streams_context(n_parallel, per_seq, min(outputs, self.n_batch))
         try:
-            self._generate_stream(streams, tokens, todo, results, max_tokens, stop, n_parallel, ignore_eos)
+            self._generate_stream(streams, tokens, todo, results, max_tokens, stop, n_parallel, ignore_eos,
+                                  speculative)
         finally:
             L.llama_memory_clear(L.llama_get_memory(streams), False)
         return results  # type: ignore[return-value]
 
-    def _streams_context(self, n_seq: int, per_seq: int):
-        """The context for batched generation: n_seq sequences of per_seq cells each, kept for the
-        next call while it is big enough."""
+    def _streams_context(self, n_seq: int, per_seq: int, n_outputs: int):
+        """The context for batched generation: n_seq sequences of per_seq cells each, at most n_outputs
+        rows of logits per decode, kept for the next call while it is big enough."""
         per_seq = -(-per_seq // 256) * 256
         have = self._streams
-        if have is not None and have[1] >= n_seq and have[2] >= per_seq:
+        if have is not None and have[1] >= n_seq and have[2] >= per_seq and have[3] >= n_outputs:
             return have[0]
         if have is not None:
             L.llama_free(have[0])
@@ -441,7 +518,7 @@ class LlamaModel:
         cparams.n_ubatch = min(self.settings.n_ubatch, self.n_batch)
         cparams.n_threads = cparams.n_threads_batch = self.settings.n_threads
         cparams.n_seq_max = n_seq
-        cparams.n_outputs_max = n_seq
+        cparams.n_outputs_max = n_outputs
         cparams.kv_unified = False
         cparams.swa_full = True  # as in the main context, so the numbers match one at a time
         cparams.flash_attn_type = (L.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.settings.flash_attn
@@ -450,10 +527,11 @@ class LlamaModel:
         ctx = L.llama_init_from_model(self.model, cparams)
         if not ctx:
             raise RuntimeError(f"llama.cpp could not create a context for {n_seq} sequences of {per_seq} tokens")
-        self._streams = (ctx, n_seq, per_seq)
+        self._streams = (ctx, n_seq, per_seq, n_outputs)
         return ctx
 
-    def _generate_stream(self, ctx, tokens, todo, results, max_tokens, stop, n_parallel, ignore_eos) -> None:
+    def _generate_stream(self, ctx, tokens, todo, results, max_tokens, stop, n_parallel, ignore_eos,
+                         speculative=None) -> None:
         memory = L.llama_get_memory(ctx)
         free_seqs = list(range(n_parallel - 1, -1, -1))
         waiting = deque(todo)
@@ -464,31 +542,42 @@ class LlamaModel:
                 toks = tokens[index]
                 slot = _Slot(index=index, seq=free_seqs.pop(), tokens=toks, fed=0,
                              room=min(max_tokens, self.n_ctx - len(toks)), started=time.perf_counter(),
-                             ignore_eos=ignore_eos)
+                             ignore_eos=ignore_eos, drafter=self._drafter(speculative))
                 active.append(slot)
                 self.counters["prompt_tokens"] += len(toks)
                 self.counters["prompt_tokens_decoded"] += len(toks)
-            outputs = self._fill_generation_batch(active)
+            outputs = self._fill_generation_batch(active, max_tokens)
             self._decode_on(ctx, self.batch.raw_for_decode(), self.batch.n)
-            for index, slot in outputs:
-                if slot.accept(int(np.argmax(self._row_of(ctx, index))), self, max_tokens, stop):
+            for index, slot, draft in outputs:
+                rows = [self._row_of(ctx, index + i) for i in range(len(draft) + 1)]
+                taken, done = slot.verify(draft, rows, self, max_tokens, stop)
+                if done:
                     active.remove(slot)
                     L.llama_memory_seq_rm(memory, slot.seq, -1, -1)
                     free_seqs.append(slot.seq)
                     self.counters["generated_tokens"] += slot.n_out
+                    self._count_drafts(slot)
                     results[slot.index] = slot.generation(0)
+                elif taken < len(draft):
+                    # The cells of the draft tokens not taken; the last token taken is decoded next step.
+                    L.llama_memory_seq_rm(memory, slot.seq, len(slot.tokens) + slot.n_out - 1, -1)
 
-    def _fill_generation_batch(self, active: list[_Slot]) -> list[tuple[int, _Slot]]:
-        """One token for each sequence that is generating, then prompt chunks for those still
-        reading their prompt, up to n_batch tokens."""
+    def _fill_generation_batch(self, active: list[_Slot], max_tokens: int) -> list[tuple[int, _Slot, list[int]]]:
+        """For each sequence that is generating, its last token and its draft (if any), then prompt
+        chunks for those still reading their prompt, up to n_batch tokens. Returns (first output row,
+        sequence, draft) per sequence with outputs: rows first .. first + len(draft)."""
         batch = self.batch
         batch.clear()
         outputs = []
+        generating = sum(1 for slot in active if slot.fed == len(slot.tokens))
+        n_draft = min(self.settings.n_draft, (batch.capacity - generating) // max(1, generating))
         for slot in active:
             if slot.fed == len(slot.tokens):
-                index = batch.add([slot.last], len(slot.tokens) + slot.n_out - 1, [slot.seq])
-                batch.want_logits(index)
-                outputs.append((index, slot))
+                draft = slot.propose(n_draft, max_tokens)
+                first = batch.add([slot.last, *draft], len(slot.tokens) + slot.n_out - 1, [slot.seq])
+                for index in range(first, first + len(draft) + 1):
+                    batch.want_logits(index)
+                outputs.append((first, slot, draft))
         for slot in active:
             if slot.fed < len(slot.tokens) and batch.n < batch.capacity:
                 take = min(len(slot.tokens) - slot.fed, batch.capacity - batch.n)
@@ -496,7 +585,7 @@ class LlamaModel:
                 slot.fed += take
                 if slot.fed == len(slot.tokens):
                     batch.want_logits(first + take - 1)
-                    outputs.append((first + take - 1, slot))
+                    outputs.append((first + take - 1, slot, []))
         return outputs
 
     def close(self) -> None:
@@ -662,6 +751,15 @@ class _Slot:
     text: str = ""
     reason: FinishReason | None = None
     ignore_eos: bool = False
+    drafter: Drafter | None = None
+    generated: list[int] = field(default_factory=list)
+    drafted: int = 0
+    accepted: int = 0
+    budget: int = 0
+    """Tokens the next draft may have (0: not set yet): doubled after a draft taken whole, halved after one
+    rejected at its first token, so a sequence whose drafts keep failing stops paying for them."""
+    pause: int = 0
+    """Steps to go without drafting, after a one-token draft failed."""
 
     def accept(self, token: int, model: LlamaModel, max_tokens: int, stop: list[str]) -> bool:
         """Take the next greedy token; returns whether the answer is complete (`reason` says why)."""
@@ -671,6 +769,7 @@ class _Slot:
         self.out += model.piece(token)
         self.n_out += 1
         self.last = token
+        self.generated.append(token)
         text = self.out.decode("utf-8", errors="ignore")
         cut = _first_stop(text, stop)
         if cut is not None:
@@ -681,10 +780,52 @@ class _Slot:
             self.text, self.reason = self.out.decode("utf-8", errors="replace"), "context"
         return self.reason is not None
 
+    def propose(self, n_draft: int, max_tokens: int) -> list[int]:
+        """The draft for the next step: no more tokens than the answer may still take after the one
+        the step decodes anyway (max_tokens, the context window)."""
+        if self.drafter is None:
+            return []
+        if self.pause:
+            self.pause -= 1
+            return []
+        self.budget = min(self.budget or n_draft, n_draft)
+        limit = min(self.budget, max_tokens - self.n_out - 1, self.room - self.n_out - 1)
+        if limit <= 0:
+            return []
+        draft = self.drafter.propose(self.tokens + self.generated, limit)[:limit]
+        self.drafted += len(draft)
+        return draft
+
+    def verify(self, draft: list[int], rows: list[np.ndarray], model: LlamaModel, max_tokens: int,
+               stop: list[str]) -> tuple[int, bool]:
+        """Take the greedy token of each row (row i follows draft[i-1]) while the previous one agreed
+        with the draft. Returns (draft tokens taken, so whose cells stay; whether the answer is complete)."""
+        for i, row in enumerate(rows):
+            token = int(np.argmax(row))
+            if self.accept(token, model, max_tokens, stop):
+                return i, True
+            if i == len(draft) or token != draft[i]:
+                self._adapt(len(draft), i)
+                return i, False
+            self.accepted += 1
+        return len(draft), False  # not reached: the last row always returns
+
+    def _adapt(self, drafted: int, taken: int) -> None:
+        if not drafted:
+            return
+        if taken == drafted:
+            self.budget *= 2
+        elif taken == 0:
+            if self.budget == 1:
+                self.pause = 4
+            self.budget = max(1, self.budget // 2)
+
     def generation(self, reused: int) -> Generation:
+        notes: dict = {"prefix_tokens_reused": reused}
+        if self.drafter is not None:
+            notes["speculative"] = {"method": self.drafter.name, "drafted": self.drafted, "accepted": self.accepted}
         return Generation(text=self.text, n_prompt_tokens=len(self.tokens), n_output_tokens=self.n_out,
-                          finish_reason=self.reason, seconds=time.perf_counter() - self.started,
-                          notes={"prefix_tokens_reused": reused})
+                          finish_reason=self.reason, seconds=time.perf_counter() - self.started, notes=notes)
 
 
 _scratch: dict[int, np.ndarray] = {}

@@ -102,7 +102,8 @@ def _worker_main(conn, model_path: str, settings: dict) -> None:
             continue
         _maybe_inject_fault(request["prompt"])
         try:
-            result = model.generate(request["prompt"], request["max_tokens"], request["stop"])
+            result = model.generate(request["prompt"], request["max_tokens"], request["stop"],
+                                    speculative=request.get("speculative"))
         except Exception as exc:  # noqa: BLE001
             failure = _as_engine_error(exc)
             result = Generation.failed(failure.kind, failure.detail)
@@ -132,7 +133,7 @@ def _op_generate_many(model, request: dict) -> dict:
     _maybe_inject_fault("\0".join(request["prompts"]))
     try:
         results = model.generate_many(request["prompts"], request["max_tokens"], request["stop"],
-                                      n_parallel=request.get("n_parallel"))
+                                      n_parallel=request.get("n_parallel"), speculative=request.get("speculative"))
         return {"generations": [asdict(result) for result in results]}
     except Exception as exc:  # noqa: BLE001
         return _error_reply(_as_engine_error(exc))
@@ -216,9 +217,10 @@ class WorkerEngine:
     def info(self) -> dict:
         return {**self._info, "restarts": self.restarts, "crashes": list(self.crashes)}
 
-    def generate(self, prompt: str, max_tokens: int, stop: list[str]) -> Generation:
+    def generate(self, prompt: str, max_tokens: int, stop: list[str], speculative: str | None = None) -> Generation:
         """One answer; a native crash is retried once (in safe mode if repacking was on), then recorded."""
-        request = {"op": "generate", "prompt": prompt, "max_tokens": max_tokens, "stop": list(stop)}
+        request = {"op": "generate", "prompt": prompt, "max_tokens": max_tokens, "stop": list(stop),
+                   "speculative": speculative}
         reply = self._request_with_retry(request, "generating")
         if "generation" in reply:
             return Generation(**reply["generation"])
@@ -226,11 +228,11 @@ class WorkerEngine:
         return Generation.failed(failure.kind, failure.detail)
 
     def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str],
-                      n_parallel: int | None = None) -> list[Generation]:
+                      n_parallel: int | None = None, speculative: str | None = None) -> list[Generation]:
         """Greedy answers decoded together; a crash (after one retry) or engine failure makes every
         answer of the call an error."""
         request = {"op": "generate_many", "prompts": list(prompts), "max_tokens": max_tokens,
-                   "stop": list(stop), "n_parallel": n_parallel}
+                   "stop": list(stop), "n_parallel": n_parallel, "speculative": speculative}
         reply = self._request_with_retry(request, "generating")
         if "generations" in reply:
             return [Generation(**g) for g in reply["generations"]]

@@ -70,6 +70,8 @@ class Kind:
     """Its examples have lettered options, so loglik can score the letters alone."""
     uses_labels: bool = False
     """Its task TOML lists the allowed answers in `labels` (at least two)."""
+    copies_input: bool = False
+    """Its answers copy phrases of the prompt (summaries): generation drafts them by prompt lookup by default."""
     short_answers: bool = True
     """Gold and parsed answers are letters, labels or codes (no free text): `--no-text` reports may show them."""
     unoffered_choice: Callable[[str, Sequence[str]], "str | None"] | None = None

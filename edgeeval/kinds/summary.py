@@ -58,4 +58,5 @@ KIND = Kind(
     parser_version="1",
     scorer_version="1",
     short_answers=False,
+    copies_input=True,
 )

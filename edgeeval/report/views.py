@@ -51,7 +51,8 @@ def run_facts(run: Run) -> dict[str, str]:
         "backend": f"{settings.get('backend', '–')}, {settings.get('n_threads', '–')} threads, "
                    f"n_gpu_layers {settings.get('n_gpu_layers', '–')}, GPU offload {'/'.join(offload) or '–'}",
         "batching": f"n_batch {settings.get('n_batch', '–')}, n_ubatch {settings.get('n_ubatch', '–')}, "
-                    f"--parallel {invocations[-1].get('parallel', 1) if invocations else '–'}",
+                    f"--parallel {_parallel(invocations, engines)}",
+        "speculative decoding": _speculative(settings, engines),
         "prompt tokens": _prompt_tokens(engines),
         "finished": invocations[-1].get("finished", "–") if invocations else "–",
         "wall time": f"{sum(i.get('wall_seconds', 0) for i in invocations):.1f} s over {len(invocations)} invocation(s)",
@@ -93,6 +94,26 @@ def backend_summary(system_info: str) -> str:
         amx = "+AMX" if name == "CPU" and any(f.startswith("AMX") for f in flags) else ""
         words.append(f"{name} {level}{amx}".strip())
     return " + ".join(words)
+
+
+def _parallel(invocations, engines) -> str:
+    """What --parallel was, and what 'auto' chose for each model (recorded per engine)."""
+    asked = invocations[-1].get("parallel", 1) if invocations else "–"
+    chosen = sorted({str(e["parallel"]) for e in engines if "parallel" in e})
+    return f"{asked} ({'/'.join(chosen)} sequences)" if asked == "auto" and chosen else str(asked)
+
+
+def _speculative(settings: dict, engines) -> str:
+    """The drafting setting, the draft model, and how many drafted tokens the models accepted."""
+    tokens = [e.get("tokens") or {} for e in engines]
+    drafted = sum(t.get("drafted_tokens", 0) for t in tokens)
+    accepted = sum(t.get("accepted_tokens", 0) for t in tokens)
+    text = str(settings.get("speculative", "none"))
+    if settings.get("draft_model"):
+        text += f", draft model {Path(str(settings['draft_model'])).name}"
+    if drafted:
+        text += f", {accepted:,} of {drafted:,} drafted tokens accepted ({100 * accepted / drafted:.0f}%)"
+    return text
 
 
 def _prompt_tokens(engines) -> str:
