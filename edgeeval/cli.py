@@ -14,6 +14,7 @@ import edgeeval
 from edgeeval.config import Project, load_models_config, load_task, resolve_model_path
 from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError, EdgeevalError
+from edgeeval.machine import usable_cpus
 
 DEMO_PAIR = "demo"
 DEMO_TASK = "case_challenges"
@@ -119,7 +120,7 @@ def warn_if_busy(backend: str) -> None:
     every step, so on shared cores a run can be many times slower than its share of the machine."""
     if backend != "llama" or not hasattr(os, "getloadavg"):
         return
-    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    load, cpus = os.getloadavg()[0], usable_cpus()
     if load >= cpus:
         print(f"edgeeval: warning: the machine is busy (load {load:.1f} on {cpus} CPUs); llama.cpp slows down "
               "badly on shared cores: stop the other work, or use --threads 1", file=sys.stderr)
@@ -157,7 +158,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from edgeeval.gguf_file import read_gguf_metadata, sha256_file
+    from edgeeval.gguf_file import read_gguf_metadata
+    from edgeeval.sha256_cache import cached_sha256
 
     project = load_project(args)
     failures = 0
@@ -169,7 +171,7 @@ def cmd_models(args) -> int:
         try:
             path = resolve_model_path(project, name)
             info = read_gguf_metadata(path)
-            sha = sha256_file(path)
+            sha = cached_sha256(path)
         except EdgeevalError as exc:
             failures += 1
             print(f"    MISSING/INVALID: {exc}")
@@ -204,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument("--out", help="run directory (re-running the same command resumes it)")
     running.add_argument("--limit", type=int, help="first N examples of each task only")
     running.add_argument("--max-tokens", type=int, help="override the tasks' max new tokens")
-    running.add_argument("--threads", type=int, default=0, help="CPU threads (default: physical cores)")
+    running.add_argument("--threads", type=int, default=0,
+                         help="CPU threads (default: one per physical core within this process's CPU affinity "
+                              "and cgroup quota)")
     running.add_argument("--seed", type=int, default=0, help="seed for the bootstrap (decoding is greedy)")
     running.add_argument("--mode", choices=["generate", "loglik"], default="generate",
                          help="generate: answers are generated and parsed (default); loglik: multiple-choice and "

@@ -29,10 +29,11 @@ from tqdm import tqdm
 
 import edgeeval
 from edgeeval.config import MODELS_DIR_ENV, Project, resolve_model_path
-from edgeeval.engine import EngineSettings, physical_cores
+from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError, EdgeevalError
-from edgeeval.gguf_file import sha256_file
+from edgeeval.machine import default_threads
 from edgeeval.planning import PreparedModel, PreparedTask, Unit
+from edgeeval.sha256_cache import cached_sha256
 from edgeeval.store import Record, RunStore
 
 AUTH_HINT = ("--ray ADDRESS joins a cluster only with Ray token authentication (anyone who can reach a cluster "
@@ -96,20 +97,6 @@ def ray_session(address: str | None, object_store_bytes: int = 512 * 2**20):
             shutil.rmtree(private, ignore_errors=True)
 
 
-def model_sha256(path: Path, _memory: dict = {}) -> str:  # noqa: B006 - the process's own memory of hashes
-    """A model file's sha256, remembered by (path, size, mtime, inode) so a node does not hash a 40 GB
-    file at every actor start: the on-disk cache (edgeeval.sha256_cache) where this edgeeval has it."""
-    try:
-        from edgeeval.sha256_cache import cached_sha256 as on_disk
-    except ImportError:
-        info = path.stat()
-        key = (str(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ino)
-        if key not in _memory:
-            _memory[key] = sha256_file(path)
-        return _memory[key]
-    return on_disk(path)
-
-
 def node_model_path(project: Project, name: str) -> Path:
     """The model's file on this node: the driver's layout, under this node's $EDGEEVAL_MODELS_DIR if set."""
     here = os.environ.get(MODELS_DIR_ENV)
@@ -141,13 +128,13 @@ class ModelWorker:
 
     def start(self) -> dict:
         from edgeeval.engine.worker import WorkerEngine
-        from edgeeval.runner import machine_info
+        from edgeeval.machine import machine_info
 
         try:
             if edgeeval.__version__ != self.version:
                 raise NodeUnusable(f"edgeeval {edgeeval.__version__} here, {self.version} on the driver")
             path = node_model_path(self.project, self.model.name)
-            sha = model_sha256(path)
+            sha = cached_sha256(path)  # remembered on the node's disk: a 40 GB file is hashed once
             if sha != self.model.sha256:
                 raise NodeUnusable(f"{path} is another file (sha256 {sha[:16]}…, the run's is {self.model.sha256[:16]}…)")
             self.engine = WorkerEngine(path, replace(self.settings, n_ctx=self.model.n_ctx))
@@ -254,7 +241,7 @@ class RayExecutor:
             return self._run(ray, store, work, settings, summary, progress, parallel)
 
     def _run(self, ray, store, work, settings, summary, progress, parallel) -> dict[str, dict]:
-        threads = settings.n_threads or physical_cores()
+        threads = settings.n_threads or default_threads()
         settings = replace(settings, n_threads=threads)
         cpus = self.worker_cpus if self.worker_cpus is not None else float(threads)
         per_model = self.workers or max(1, int(ray.available_resources().get("CPU", 0) // max(cpus, 1e-9) // len(work)))

@@ -9,7 +9,7 @@ from typing import Any
 
 from edgeeval.config import ContextSpec
 from edgeeval.data import Example
-from edgeeval.errors import TemplateError
+from edgeeval.errors import ErrorKind, TemplateError
 
 Render = Callable[[Example], str]
 _ATTEMPTS = 8
@@ -22,6 +22,7 @@ class Fitted:
     example: Example
     truncation: dict | None = None
     error: str | None = None
+    error_kind: ErrorKind | None = None
 
 
 def fit_example(example: Example, policy: ContextSpec, budget: int, render: Render) -> Fitted:
@@ -52,7 +53,7 @@ def _drop_middle(example: Example, policy: ContextSpec, budget: int, render: Ren
         raise TemplateError(f"context rule drop_middle needs a text field; {policy.field!r} is {type(text).__name__}")
     fitted = _shorten(example, policy, budget, render, before, lambda keep: _middle_cut(text, keep), len(text))
     if fitted is None:
-        return Fitted(example, error=_too_long(before, budget, policy))
+        return _too_long(example, before, budget, policy)
     candidate, estimate, keep = fitted
     return Fitted(candidate, _note(policy, before, estimate, budget, chars_dropped=len(text) - keep))
 
@@ -74,7 +75,7 @@ def _drop_documents(example: Example, policy: ContextSpec, budget: int, render: 
     fitted = _shorten(candidate, policy, budget, render, estimate,
                       lambda keep: [{**last, "text": _head_cut(last["text"], keep)}], len(last["text"]))
     if fitted is None:
-        return Fitted(example, error=_too_long(before, budget, policy))
+        return _too_long(example, before, budget, policy)
     candidate, estimate, keep = fitted
     return Fitted(candidate, _note(policy, before, estimate, budget, documents_dropped=dropped,
                                    chars_dropped=len(last["text"]) - keep))
@@ -126,7 +127,9 @@ def _note(policy: ContextSpec, before: int, after: int, budget: int, **dropped: 
             "estimated_tokens_before": before, "estimated_tokens_after": after, "budget_tokens": budget, **dropped}
 
 
-def _too_long(estimate: int, budget: int, policy: ContextSpec) -> str:
-    return (f"prompt_too_long: about {estimate} tokens (at {policy.chars_per_token} characters per token) do not fit "
-            f"the {budget} tokens the window leaves for the prompt, even with {policy.field!r} cut "
-            f"(context policy {policy.policy}, rule {policy.rule})")
+def _too_long(example: Example, estimate: int, budget: int, policy: ContextSpec) -> Fitted:
+    kind = ErrorKind.PROMPT_TOO_LONG
+    detail = (f"about {estimate} tokens (at {policy.chars_per_token} characters per token) do not fit "
+              f"the {budget} tokens the window leaves for the prompt, even with {policy.field!r} cut "
+              f"(context policy {policy.policy}, rule {policy.rule})")
+    return Fitted(example, error=kind.message(detail), error_kind=kind)

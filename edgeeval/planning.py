@@ -11,10 +11,11 @@ from edgeeval.chat import ChatTemplate, load_chat_template, prompt_hash
 from edgeeval.config import Project, TaskSpec, load_task, resolve_model_path, task_hash
 from edgeeval.context import fit_example
 from edgeeval.data import Example
-from edgeeval.errors import ConfigError, DataError, TemplateError
+from edgeeval.errors import ConfigError, DataError, ErrorKind, TemplateError
 from edgeeval.formats import load_examples
 from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
 from edgeeval.prompts import AnswerTemplate, TaskPrompt
+from edgeeval.sha256_cache import cached_sha256
 
 TASKS_DIR = Path("benchmarks/clinical")
 
@@ -121,11 +122,11 @@ def few_shot_turns(project: Project, spec: TaskSpec, prompt: TaskPrompt,
     return turns, sha256_file(path)
 
 
-def prepare_model(project: Project, name: str, sha_cache: dict | None = None) -> PreparedModel:
+def prepare_model(project: Project, name: str) -> PreparedModel:
     spec = project.config.models[name]
     path = resolve_model_path(project, name)
     info = read_gguf_metadata(path)
-    sha = cached_sha256(path, sha_cache if sha_cache is not None else {})
+    sha = cached_sha256(path)
     if spec.sha256 and spec.sha256.lower() != sha:
         raise ConfigError(f"model '{name}': {path} has sha256 {sha}, but models.toml expects {spec.sha256}")
     # llama.cpp adds the BOS token itself when it tokenizes, so templates get an empty bos_token;
@@ -136,15 +137,6 @@ def prepare_model(project: Project, name: str, sha_cache: dict | None = None) ->
         raise TemplateError(f"model '{name}' ({path}): {exc}") from None
     n_ctx = min(spec.n_ctx, info.context_length or spec.n_ctx)
     return PreparedModel(name, path, sha, info, chat, n_ctx)
-
-
-def cached_sha256(path: Path, cache: dict) -> str:
-    """sha256 of a model file, remembered per (path, size, mtime) so big files are hashed once."""
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    if key not in cache:
-        cache[key] = sha256_file(path)
-    return cache[key]
 
 
 def task_messages(task: PreparedTask, example: Example) -> list[dict[str, str]]:
@@ -179,6 +171,8 @@ class Unit:
     """Why the prompt cannot be sent (it cannot fit the window even cut); recorded without generating."""
     continuations: tuple[tuple[str, str], ...] = ()
     """loglik: (option key, text scored after the prompt) for every option."""
+    error_kind: ErrorKind | None = None
+    """The kind of `error`."""
 
 
 def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bool]:
@@ -198,7 +192,9 @@ def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bo
             options = kinds.get(task.spec.kind).loglik_options(task.spec, example)
             # What is scored is part of the unit's identity: other options, another scoring rule, a new unit.
             identity = "\0".join([text, task.spec.loglik.scoring, *(f"{k}={t}" for k, t in options)])
-            units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.error, options))
+            units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.error, options,
+                              error_kind=fitted.error_kind))
         else:
-            units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.error))
+            units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.error,
+                              error_kind=fitted.error_kind))
     return units, folded

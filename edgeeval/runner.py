@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import platform
 import socket
 import sys
 import time
@@ -17,7 +16,9 @@ from tqdm import tqdm
 import edgeeval
 from edgeeval import icd, kinds
 from edgeeval.config import Project
-from edgeeval.engine import Engine, EngineError, EngineSettings, Generation, OptionScore, error_score
+from edgeeval.engine import Engine, EngineError, EngineSettings, Generation, OptionScore
+from edgeeval.errors import ErrorKind
+from edgeeval.machine import machine_info
 from edgeeval.parsing import best_option
 from edgeeval.planning import PreparedModel, PreparedTask, Unit, plan_units, prepare_model
 from edgeeval.shard import Shard, write_status
@@ -47,7 +48,7 @@ class ModelWork:
 
 
 class Executor(Protocol):
-    """Where the pending units are answered: this process (`run_local`) or a Ray cluster
+    """Where the pending units are answered: this process (`local_executor`) or a Ray cluster
     (edgeeval.cluster). It appends every record to the store itself and returns, per model that did
     work, what its engines reported (for the manifest)."""
 
@@ -68,6 +69,7 @@ def make_record(model: PreparedModel, task: PreparedTask, unit: Unit, gen: Gener
         options=unit.example.fields.get("options"),
         output=gen.text if gen.error is None else None,
         error=gen.error,
+        error_kind=gen.error_kind,
         truncation=unit.truncation,
         finish_reason=gen.finish_reason,
         n_prompt_tokens=gen.n_prompt_tokens,
@@ -82,34 +84,20 @@ def loglik_record(model: PreparedModel, task: PreparedTask, unit: Unit, scores: 
     """A loglik unit's record: every option's scores and the best option by the task's normalisation
     (as `output`); an option the engine could not score makes the whole unit an error."""
     normalization = task.spec.loglik.normalization
-    error = unit.error or next((s["error"] for s in scores if s.get("error")), None)
-    table = None if error else {
-        key: {"logprob": s["logprob"], "mean_logprob": s["mean_logprob"], "n_tokens": s["n_tokens"],
-              "token_logprobs": s["token_logprobs"], "is_greedy": s.get("is_greedy")}
-        for (key, _), s in zip(unit.continuations, scores)}
-    n_context = next((s.get("n_context_tokens") for s in scores if s.get("n_context_tokens") is not None), None)
+    error, error_kind = next(((s.error, s.error_kind) for s in scores if s.error is not None), (None, None))
+    if unit.error is not None:
+        error, error_kind = unit.error, unit.error_kind
+    table = None if error else {key: s.record_entry() for (key, _), s in zip(unit.continuations, scores)}
+    n_context = next((s.n_context_tokens for s in scores if s.n_context_tokens is not None), None)
     return Record(
         model=model.name, model_sha256=model.sha256, task=task.run_name, task_hash=task.hash,
         example_id=unit.example.id, prompt_hash=unit.prompt_hash, prompt=unit.prompt, gold=unit.example.gold,
         options=unit.example.fields.get("options"),
         output=None if table is None else best_option(table, normalization),
-        error=error, truncation=unit.truncation, finish_reason="error" if error else None,
+        error=error, error_kind=error_kind, truncation=unit.truncation, finish_reason="error" if error else None,
         mode="loglik", scores=table, normalization=normalization,
         n_prompt_tokens=n_context, seconds=round(seconds, 4), created=now_iso(),
     )
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpu": cpu,
-            "machine": platform.machine()}
 
 
 def package_version(name: str) -> str | None:
@@ -286,7 +274,8 @@ def _work(engine: Engine, model: PreparedModel, task: PreparedTask, units: list[
         gens = [engine.generate(u.prompt, spec.max_tokens, list(spec.stop)) for u in ready]
     results = dict(zip(map(id, ready), gens))
     for unit in units:
-        gen = results.get(id(unit)) or Generation(text=None, finish_reason="error", error=unit.error)
+        gen = results.get(id(unit)) or Generation(text=None, finish_reason="error", error=unit.error,
+                                                  error_kind=unit.error_kind)
         yield make_record(model, task, unit, gen)
 
 
@@ -311,9 +300,7 @@ def _letter_scores(engine: Engine, unit: Unit) -> list[OptionScore]:
     try:
         logprobs = engine.letter_logprobs(unit.prompt, letters)
     except EngineError as exc:
-        if str(exc).startswith("not_single_token"):
+        if exc.kind is ErrorKind.NOT_SINGLE_TOKEN:
             return engine.loglikelihood(unit.prompt, letters)
-        return [error_score(str(exc)) for _ in letters]
-    return [{"logprob": logprobs[letter], "mean_logprob": logprobs[letter], "n_tokens": 1, "n_context_tokens": None,
-             "token_logprobs": [logprobs[letter]], "greedy": None, "is_greedy": None, "error": None}
-            for letter in letters]
+        return [OptionScore.failed(exc.kind, exc.detail) for _ in letters]
+    return [OptionScore.single_token(logprobs[letter]) for letter in letters]

@@ -11,7 +11,7 @@ from edgeeval.errors import DataError
 from edgeeval.parsing import best_option
 from edgeeval.store import Manifest, TaskEntry, load_manifest, load_records
 
-RECORD_COLUMNS = ["model", "task", "example_id", "gold", "output", "error", "prompt", "options",
+RECORD_COLUMNS = ["model", "task", "example_id", "gold", "output", "error", "error_kind", "prompt", "options",
                   "mode", "finish_reason", "n_prompt_tokens", "n_output_tokens", "seconds"]
 # Added per row from the task's manifest entry, so the metrics know what to compute.
 TASK_COLUMNS = {"kind": pl.String, "metrics": pl.String, "rouge_stemmer": pl.Boolean}

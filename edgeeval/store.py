@@ -13,9 +13,10 @@ from pathlib import Path
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from edgeeval.errors import DataError, EdgeevalError
+from edgeeval.engine import FinishReason
+from edgeeval.errors import DataError, EdgeevalError, ErrorKind
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -39,11 +40,14 @@ class Record(BaseModel):
     output: str | None
     """The raw generated text; None when `error` is set."""
     error: str | None = None
-    """Why there is no answer (native crash, prompt too long, ...). Errors are never answers."""
+    """Why there is no answer (native crash, prompt too long, ...), as 'kind: detail'. Errors are never answers."""
+    error_kind: ErrorKind | None = None
+    """The kind of `error`, set with it (derived from the message for records written before it was stored)."""
     truncation: dict | None = None
     """Set when the task's context policy cut the prompt to fit the model's window: the rule, the field,
     what was dropped and the token estimate (the prompt itself shows the cut)."""
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
+    """'stop', 'length', 'context' or 'error' (generate mode); in loglik mode 'error' or None."""
     mode: Literal["generate", "loglik"] = "generate"
     """'generate': `output` is generated text, parsed when scored. 'loglik': nothing was generated; `scores`
     holds every option's log-probability and the answer is the best one by `normalization`."""
@@ -58,6 +62,20 @@ class Record(BaseModel):
     created: str = ""
     node: str | None = None
     """The machine that answered (host name; with Ray, host/node id); None in records from before it was kept."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_of_old_errors(cls, data: Any) -> Any:
+        """Records written before `error_kind` existed get it from their message's prefix, once, here."""
+        if isinstance(data, dict) and data.get("error") is not None and data.get("error_kind") is None:
+            return {**data, "error_kind": ErrorKind.of_message(data["error"])}
+        return data
+
+    @model_validator(mode="after")
+    def _error_has_a_kind(self) -> "Record":
+        if (self.error is None) != (self.error_kind is None):
+            raise ValueError("error and error_kind are set together")
+        return self
 
     def key(self) -> tuple[str, str, str, str]:
         return (self.model_sha256, self.task_hash, self.example_id, self.prompt_hash)

@@ -12,6 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache_dir(tmp_path_factory):
+    """Model hashes remembered during tests go to a temporary cache, never the user's ~/.cache
+    (the CLI's subprocesses inherit the variable)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEEVAL_CACHE_DIR", str(tmp_path_factory.mktemp("edgeeval-cache")))
+        yield
+
+
 def write_tiny_gguf(path: Path, name: str = "tiny", chat_template: str | None = None, arch: str = "llama") -> Path:
     """A small but well-formed GGUF (metadata and one tensor); enough for everything but llama.cpp."""
     import gguf

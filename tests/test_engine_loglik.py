@@ -69,8 +69,8 @@ def demo(request, real_models):
 
 
 def logprobs(scores) -> list[float]:
-    assert all(s["error"] is None for s in scores), scores
-    return [s["logprob"] for s in scores]
+    assert all(s.error is None for s in scores), scores
+    return [s.logprob for s in scores]
 
 
 # --- exact agreement on the float32 model ------------------------------------------------------
@@ -79,7 +79,7 @@ def test_batched_items_equal_one_option_at_a_time_and_the_naive_reference(tiny, 
     items = mc_items(6)
     batched = tiny.loglikelihood_many(items)
     for (context, options), scores in zip(items, batched):
-        single = [tiny.loglikelihood(context, [option])[0]["logprob"] for option in options]
+        single = [tiny.loglikelihood(context, [option])[0].logprob for option in options]
         naive = [tiny_naive.score(context, option) for option in options]
         np.testing.assert_allclose(logprobs(scores), single, atol=1e-3, rtol=0)
         np.testing.assert_allclose(logprobs(scores), naive, atol=1e-3, rtol=0)
@@ -90,11 +90,11 @@ def test_scores_record_tokens_mean_and_greedy_flags(tiny, tiny_naive):
     for option, score in zip(options, tiny.loglikelihood(context, options)):
         whole, start = tiny.split_tokens(context, option)
         per_token = tiny_naive.token_logprobs(whole, start)
-        assert score["n_tokens"] == len(whole) - start == len(score["greedy"])
-        assert score["n_context_tokens"] == start
-        assert score["mean_logprob"] == pytest.approx(score["logprob"] / score["n_tokens"])
-        assert score["logprob"] == pytest.approx(sum(per_token), abs=1e-3)
-        assert score["is_greedy"] == all(score["greedy"])
+        assert score.n_tokens == len(whole) - start == len(score.greedy)
+        assert score.n_context_tokens == start
+        assert score.mean_logprob == pytest.approx(score.logprob / score.n_tokens)
+        assert score.logprob == pytest.approx(sum(per_token), abs=1e-3)
+        assert score.is_greedy == all(score.greedy)
 
 
 def test_kept_few_shot_prefix_equals_a_cold_cache(tiny_path, tiny):
@@ -141,9 +141,9 @@ def test_random_items_and_packings_equal_the_naive_reference(tiny_path, tiny_nai
             for option, score in zip(options, scores):
                 whole, start = model.split_tokens(context, option)
                 if start == len(whole):  # the option merged into the context: nothing to score
-                    assert score["error"].startswith("empty_continuation")
+                    assert score.error.startswith("empty_continuation")
                     continue
-                assert score["logprob"] == pytest.approx(sum(tiny_naive.token_logprobs(whole, start)), abs=1e-3)
+                assert score.logprob == pytest.approx(sum(tiny_naive.token_logprobs(whole, start)), abs=1e-3)
     finally:
         model.close()
 
@@ -173,11 +173,11 @@ def test_continuation_is_split_where_the_context_ends(tiny):
 def test_bad_items_get_error_scores_and_the_rest_are_scored(tiny):
     too_long = ("fever " * 3000, [" yes", " no"])
     results = tiny.loglikelihood_many([too_long, ("Q:", [" a", ""]), ("Q:", [" a", " b"])])
-    assert all(s["error"].startswith("prompt_too_long") for s in results[0])
-    assert all(s["error"].startswith("empty_continuation") for s in results[1])
-    assert all(s["error"] is None for s in results[2])
+    assert all(s.error.startswith("prompt_too_long") for s in results[0])
+    assert all(s.error.startswith("empty_continuation") for s in results[1])
+    assert all(s.error is None for s in results[2])
     many_options = tiny.loglikelihood("Q:", [f" {i}" for i in range(40)])
-    assert many_options[0]["error"].startswith("too_many_options")
+    assert many_options[0].error.startswith("too_many_options")
 
 
 # --- the quantized demo models -----------------------------------------------------------------
@@ -190,9 +190,9 @@ def test_demo_models_batched_scores_match_the_naive_reference(demo):
         for (context, options), scores in zip(items, demo.loglikelihood_many(items)):
             reference = [naive.score(context, option) for option in options]
             for score, ref in zip(scores, reference):
-                assert abs(score["logprob"] - ref) <= NOISE_PER_TOKEN * score["n_tokens"]
-            means = [s["mean_logprob"] for s in scores]
-            same_choice += np.argmax(means) == np.argmax([r / s["n_tokens"] for r, s in zip(reference, scores)])
+                assert abs(score.logprob - ref) <= NOISE_PER_TOKEN * score.n_tokens
+            means = [s.mean_logprob for s in scores]
+            same_choice += np.argmax(means) == np.argmax([r / s.n_tokens for r, s in zip(reference, scores)])
         assert same_choice >= 3
     finally:
         naive.close()
@@ -205,7 +205,7 @@ def test_demo_models_are_deterministic_and_one_at_a_time_close(demo):
     for (context, options), scores in zip(items, first):
         for option, score in zip(options, scores):
             alone = demo.loglikelihood(context, [option])[0]
-            assert abs(alone["logprob"] - score["logprob"]) <= NOISE_PER_TOKEN * score["n_tokens"]
+            assert abs(alone.logprob - score.logprob) <= NOISE_PER_TOKEN * score.n_tokens
 
 
 def test_gemma_sliding_window_prefix_longer_than_the_window(real_models):
@@ -222,7 +222,7 @@ def test_gemma_sliding_window_prefix_longer_than_the_window(real_models):
             cold.loglikelihood("unrelated", [" text"])  # drop the kept prefix: a cold start below
             fresh = cold.loglikelihood(context, options)
             for a, b in zip(warm, fresh):
-                assert abs(a["logprob"] - b["logprob"]) <= NOISE_PER_TOKEN * a["n_tokens"]
+                assert abs(a.logprob - b.logprob) <= NOISE_PER_TOKEN * a.n_tokens
         tokens = model.info()["tokens"]
         assert tokens["prompt_tokens_decoded"] < tokens["prompt_tokens"] / 3
     finally:

@@ -12,8 +12,12 @@ import pytest
 
 from cli_support import run_cli
 from edgeeval.config import load_task
-from edgeeval.errors import ConfigError
-from edgeeval.runner import LOGLIK_CHUNK
+from edgeeval.data import Example
+from edgeeval.engine import EngineError, EngineSettings, OptionScore
+from edgeeval.engine.fake import FakeModel
+from edgeeval.errors import ConfigError, ErrorKind
+from edgeeval.planning import Unit
+from edgeeval.runner import LOGLIK_CHUNK, _letter_scores
 from edgeeval.scoring import load_current_records, parse_answer
 from edgeeval.store import read_records
 
@@ -197,3 +201,42 @@ def test_loglik_section_may_name_its_own_prompt(project_dir, tmp_path):
     tasks = json.loads((out / "manifest.json").read_text())["tasks"]
     assert tasks["case_challenges@loglik"]["prompt"] == "prompts/case_loglik.j2"
     assert tasks["case_challenges"]["prompt"] == "prompts/case_challenge.j2"
+
+
+def test_records_hold_the_scores_the_engine_gave(project_dir, tmp_path):
+    # Scored in the worker, sent over its socket as OptionScore, written as each option's record entry.
+    out = tmp_path / "run"
+    assert fake_run(project_dir, out, "--mode", "loglik", "--task", "case_challenges", "--task", "mednli") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    for model in MODELS:
+        fake = FakeModel(manifest["models"][model]["path"], EngineSettings(backend="fake"))
+        for record in loglik_records(out, model, "case_challenges"):
+            letters = fake.letter_logprobs(record.prompt, list(record.options))
+            assert record.scores == {k: OptionScore.single_token(lp).record_entry() for k, lp in letters.items()}
+        for record in loglik_records(out, model, "mednli"):
+            scores = fake.loglikelihood(record.prompt, list(record.scores))
+            assert record.scores == {k: s.record_entry() for k, s in zip(record.scores, scores)}
+            assert record.n_prompt_tokens == scores[0].n_context_tokens
+
+
+def _letter_unit(letters: list[str]) -> Unit:
+    example = Example(id="q1", fields={"options": {k: k for k in letters}}, gold="A", source="test:1")
+    return Unit(example, "Which one?\nA. aspirin\nB. heparin\nAnswer:", "p", continuations=tuple((k, k) for k in letters))
+
+
+def test_a_letter_that_is_not_one_token_falls_back_to_full_text_scoring():
+    fake = FakeModel("bio.gguf", EngineSettings(backend="fake"))
+    unit = _letter_unit([" A", " B or C"])  # two words: not one token for the fake engine
+    with pytest.raises(EngineError) as refused:
+        fake.letter_logprobs(unit.prompt, [" A", " B or C"])
+    assert refused.value.kind is ErrorKind.NOT_SINGLE_TOKEN
+    scores = _letter_scores(fake, unit)
+    assert scores == fake.loglikelihood(unit.prompt, [" A", " B or C"]) and all(s.error is None for s in scores)
+    assert scores[1].n_tokens == 3
+
+
+def test_a_letter_prompt_the_engine_refuses_gives_failed_scores_of_its_kind():
+    fake = FakeModel("bio.gguf", EngineSettings(backend="fake", n_ctx=4))
+    scores = _letter_scores(fake, _letter_unit([" A", " B"]))
+    assert [s.error_kind for s in scores] == [ErrorKind.PROMPT_TOO_LONG] * 2
+    assert all(s.error.startswith("prompt_too_long: ") and s.logprob is None for s in scores)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeeval.errors import ErrorKind
 from edgeeval.store import read_records
 from cli_support import run_cli
 
@@ -164,6 +165,7 @@ def test_prompt_longer_than_context_is_recorded_not_truncated(project_dir, tmp_p
     assert fake_run(project_dir, out, "--data", f"case_challenges={data}") == 0
     recs = {r.example_id: r for r in records(out, "bio-small")}
     assert recs["long-1"].error.startswith("prompt_too_long") and recs["long-1"].output is None
+    assert recs["long-1"].error_kind is ErrorKind.PROMPT_TOO_LONG and recs["long-1"].finish_reason == "error"
     assert recs["long-2"].error is None
 
 
@@ -222,12 +224,12 @@ def test_models_verify_and_tasks_listing(project_dir, capsys):
 
 @pytest.mark.parametrize("load, warned", [(1.5, False), (2.0, True), (6.0, True)])
 def test_busy_machine_warning(monkeypatch, capsys, load, warned):
-    from edgeeval.cli import warn_if_busy
+    from edgeeval import cli
 
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    warn_if_busy("llama")
-    warn_if_busy("fake")  # the fake engine has no threads to fight over
+    monkeypatch.setattr(cli, "usable_cpus", lambda: 2)  # e.g. 2 CPUs of a bigger host (affinity, cgroup quota)
+    cli.warn_if_busy("llama")
+    cli.warn_if_busy("fake")  # the fake engine has no threads to fight over
     err = capsys.readouterr().err
     assert (f"the machine is busy (load {load:.1f} on 2 CPUs)" in err) == warned
     assert err.count("warning") == int(warned)

@@ -7,8 +7,10 @@ import stat
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from edgeeval.errors import EdgeevalError
+from edgeeval.errors import EdgeevalError, ErrorKind
+from edgeeval.scoring import parse_answer
 from edgeeval.store import Record, RunStore, read_records
 
 
@@ -112,3 +114,64 @@ def test_a_manifest_keeps_keys_it_does_not_know(tmp_path):
     manifest = load_manifest(tmp_path)
     assert manifest.tasks["t"].hash == "h" and manifest.tasks["t"].kind == "multiple_choice"
     assert json.loads((tmp_path / "manifest.json").read_text())["tasks"]["t"]["extra"] is True
+
+
+# Lines as records were written before `error_kind` existed (scores rounded for reading).
+OLD_RECORDS = [
+    '{"model":"m","model_sha256":"' + "s" * 64 + '","task":"t","task_hash":"h","example_id":"e1","prompt_hash":"p",'
+    '"prompt":"prompt","gold":"A","options":null,"output":null,"error":"native crash: worker killed by SIGSEGV '
+    '(signal 11) while generating","truncation":null,"finish_reason":"error","mode":"generate","scores":null,'
+    '"normalization":null,"n_prompt_tokens":null,"n_output_tokens":null,"seconds":0.0,"created":""}',
+    '{"model":"m","model_sha256":"' + "s" * 64 + '","task":"t","task_hash":"h","example_id":"e2","prompt_hash":"p",'
+    '"prompt":"prompt","gold":"A","options":null,"output":null,"error":"prompt_too_long: about 9000 tokens do not '
+    'fit","truncation":null,"finish_reason":"error","mode":"generate","scores":null,"normalization":null,'
+    '"n_prompt_tokens":null,"n_output_tokens":null,"seconds":0.0,"created":""}',
+    '{"model":"m","model_sha256":"' + "s" * 64 + '","task":"t@loglik","task_hash":"h","example_id":"e3",'
+    '"prompt_hash":"p","prompt":"prompt","gold":"B","options":{"A":"x","B":"y"},"output":"A","error":null,'
+    '"truncation":null,"finish_reason":null,"mode":"loglik","scores":{"A":{"logprob":-2.0,"mean_logprob":-1.0,'
+    '"n_tokens":2,"token_logprobs":[-1.5,-0.5],"is_greedy":false},"B":{"logprob":-1.25,"mean_logprob":-1.25,'
+    '"n_tokens":1,"token_logprobs":[-1.25],"is_greedy":null}},"normalization":"mean","n_prompt_tokens":12,'
+    '"n_output_tokens":null,"seconds":0.5,"created":"2025-01-01T00:00:00+00:00"}',
+    '{"model":"m","model_sha256":"' + "s" * 64 + '","task":"t","task_hash":"h","example_id":"e4","prompt_hash":"p",'
+    '"prompt":"prompt","gold":"A","output":null,"error":"something else entirely","finish_reason":"error"}',
+]
+
+
+def test_records_written_before_error_kind_load_with_the_kind_of_their_message(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(OLD_RECORDS) + "\n")
+    crash, too_long, scored, other = read_records(path)
+    assert crash.error_kind is ErrorKind.NATIVE_CRASH and crash.error.startswith("native crash: worker killed")
+    assert too_long.error_kind is ErrorKind.PROMPT_TOO_LONG
+    assert other.error_kind is ErrorKind.OTHER and other.error == "something else entirely"
+    assert scored.error_kind is None
+    # Scored as before: the answer comes from the recorded table, which loads unchanged.
+    assert parse_answer(scored.model_dump(), "multiple_choice", []) == scored.output == "A"
+    assert scored.scores["A"] == {"logprob": -2.0, "mean_logprob": -1.0, "n_tokens": 2,
+                                  "token_logprobs": [-1.5, -0.5], "is_greedy": False}
+    # Written again, the kind is stored; read again, nothing changes.
+    again = tmp_path / "again.jsonl"
+    again.write_text("".join(r.model_dump_json() + "\n" for r in (crash, too_long, scored, other)))
+    assert '"error_kind":"native crash"' in again.read_text()
+    assert read_records(again) == [crash, too_long, scored, other]
+
+
+@given(kind=st.sampled_from(list(ErrorKind)), detail=text)
+def test_the_kind_of_a_message_is_the_kind_it_was_made_with(kind, detail):
+    assert ErrorKind.of_message(kind.message(detail)) is kind
+
+
+def test_a_record_refuses_a_kind_without_an_error():
+    with pytest.raises(ValidationError, match="error_kind"):
+        record(error_kind=ErrorKind.ENGINE)
+
+
+def test_a_record_refuses_an_unknown_finish_reason(tmp_path):
+    with pytest.raises(ValidationError, match="finish_reason"):
+        record(finish_reason="eos")
+    for reason in ("stop", "length", "context", "error", None):  # what the engine and runner write
+        record(finish_reason=reason)
+    path = tmp_path / "t.jsonl"
+    path.write_text(record().model_dump_json().replace('"finish_reason":null', '"finish_reason":"eos"') + "\n")
+    with pytest.raises(EdgeevalError, match=r"t.jsonl:1: corrupt record"):
+        read_records(path)

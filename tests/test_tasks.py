@@ -18,7 +18,7 @@ from conftest import FAKE_MODELS_TOML, ROOT, make_project
 from edgeeval.config import ContextSpec, load_models_config, load_task
 from edgeeval.context import fit_example
 from edgeeval.data import Example
-from edgeeval.errors import ConfigError
+from edgeeval.errors import ConfigError, ErrorKind
 from edgeeval.planning import TASKS_DIR, prepare_task, task_messages
 from edgeeval.store import read_records
 from cli_support import run_cli
@@ -260,6 +260,7 @@ def test_prompt_that_cannot_fit_is_an_error_record_not_a_generation(tmp_path: Pa
     assert fake_run(project, tmp_path / "run", ["medisumqa"]) == 0
     records = read_records(tmp_path / "run" / "records" / "bio-small" / "medisumqa.jsonl")
     assert records and all(r.output is None and r.error.startswith("prompt_too_long") for r in records)
+    assert all(r.error_kind is ErrorKind.PROMPT_TOO_LONG for r in records)  # from the context policy, not the engine
     assert "'discharge_summary' cut" in records[0].error
     rates = {r["metric"]: float(r["value"]) for r in read_csv(tmp_path / "run" / "results.csv")
              if r["model"] == "bio-small"}

@@ -228,7 +228,9 @@ def ensure_peers() -> None:
     print(f"building {', '.join(tools)} in {src} (once; a few minutes)", file=sys.stderr)
     subprocess.run(["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"], cwd=src, check=True,
                    stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", "build", "--target", *tools, f"-j{os.cpu_count() or 2}"], cwd=src,
+    from edgeeval.machine import usable_cpus
+
+    subprocess.run(["cmake", "--build", "build", "--target", *tools, f"-j{usable_cpus()}"], cwd=src,
                    check=True, stdout=subprocess.DEVNULL)
 
 
@@ -680,9 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child_main(json.loads(Path(args.child).read_text()))))
         return 0
-    from edgeeval.engine import physical_cores
+    from edgeeval.machine import default_threads
 
-    args.threads = args.threads or physical_cores()
+    args.threads = args.threads or default_threads()
     models = args.model or default_models()
     ensure_peers()
     items, shots = load_items()
@@ -721,14 +723,12 @@ def default_models() -> list[str]:
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import llama_cpp
 
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+    from edgeeval.machine import cpu_model, usable_cpus
+
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
+            "python": platform.python_version(),
             "llama_cpp_python": llama_cpp.__version__, "load_average": os.getloadavg(),
             "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}
 

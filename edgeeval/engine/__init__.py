@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, get_args
+
+from pydantic import BaseModel, ConfigDict
+
+from edgeeval.errors import ErrorKind
+
+from edgeeval.machine import cpu_has_amx, default_threads
 
 
 @dataclass(frozen=True)
@@ -15,7 +21,7 @@ class EngineSettings:
     n_batch: int = 512
     n_ubatch: int = 512
     n_threads: int = 0
-    """0 means one thread per physical core."""
+    """0 means one thread per physical core this process may use (affinity and cgroup quota)."""
     seed: int = 0
     flash_attn: bool = False
     """Off by default: llama.cpp's CPU flash attention gives results that change with how tokens are
@@ -38,51 +44,116 @@ class EngineSettings:
     def resolved(self) -> "EngineSettings":
         values = asdict(self)
         if self.n_threads <= 0:
-            values["n_threads"] = physical_cores()
+            values["n_threads"] = default_threads()
         if self.use_extra_bufts is None:
             values["use_extra_bufts"] = not cpu_has_amx()
         return EngineSettings(**values)
 
 
+FinishReason = Literal["stop", "length", "context", "error"]
+"""Why an answer ended: 'stop' (end of turn or a stop string), 'length' (max_tokens), 'context' (window
+full), or 'error' (there is no answer)."""
+
+
 @dataclass(frozen=True)
 class Generation:
-    """One answer, or the reason there is none (`error`)."""
+    """One answer, or the reason there is none (`error`, whose kind is `error_kind`)."""
 
     text: str | None
     n_prompt_tokens: int | None = None
     n_output_tokens: int | None = None
-    finish_reason: str | None = None
-    """'stop' (end of turn or a stop string), 'length' (max_tokens), 'context' (window full), or 'error'."""
+    finish_reason: FinishReason | None = None
     seconds: float = 0.0
     error: str | None = None
+    """'kind: detail', for people; `error_kind` is the kind as data."""
+    error_kind: ErrorKind | None = None
     notes: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.finish_reason not in (None, *get_args(FinishReason)):
+            raise ValueError(f"finish_reason {self.finish_reason!r} is not one of {get_args(FinishReason)}")
+        if (self.error is None) != (self.error_kind is None):
+            raise ValueError("a Generation's error and error_kind are set together")
+        if self.error_kind is not None:
+            object.__setattr__(self, "error_kind", ErrorKind(self.error_kind))
+
+    @classmethod
+    def failed(cls, kind: ErrorKind, detail: str, **fields) -> "Generation":
+        """No answer, because of `kind`; `fields` are the counts known so far (n_prompt_tokens, seconds)."""
+        return cls(text=None, finish_reason="error", error=kind.message(detail), error_kind=kind, **fields)
 
 
 class EngineError(Exception):
-    """A unit of work the engine could not do (prompt too long, bad input, native crash); the
-    message starts with a short kind ('prompt_too_long: ...') so records can be grouped by it."""
+    """A unit of work the engine could not do (prompt too long, bad input, native crash): its kind
+    and what happened; the message is 'kind: detail', as records show it."""
+
+    def __init__(self, kind: ErrorKind, detail: str):
+        super().__init__(kind, detail)
+        self.kind = ErrorKind(kind)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.kind.message(self.detail)
 
 
-OptionScore = dict
-"""The score of one continuation (answer option) given a context, as a plain dict (it crosses
-the worker boundary and goes into records as it is):
+class OptionScore(BaseModel):
+    """The score of one continuation (answer option) given a context, or why it has none (`error`,
+    then every number is None). Built by `scored`, `single_token` or `failed`; crosses the worker
+    boundary as `to_wire`/`from_wire`, and goes into a record as `record_entry`."""
 
-- ``logprob``: sum of the continuation tokens' log-probabilities (natural log)
-- ``mean_logprob``: that sum divided by ``n_tokens`` (the length-normalised score)
-- ``n_tokens``: continuation tokens scored
-- ``n_context_tokens``: tokens before the first scored one
-- ``token_logprobs``: the log-probability of each continuation token (so other normalisations,
-  e.g. leaving out tokens every option shares, can be computed later without the model)
-- ``greedy``: per continuation token, whether it was the argmax at its position
-- ``is_greedy``: all of them were (the continuation is what greedy decoding would produce)
-- ``error``: None, or why this option has no score (then the numbers are None)
-"""
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
+    logprob: float | None = None
+    """Sum of the continuation tokens' log-probabilities (natural log)."""
+    mean_logprob: float | None = None
+    """That sum divided by `n_tokens` (the length-normalised score)."""
+    n_tokens: int | None = None
+    """Continuation tokens scored."""
+    n_context_tokens: int | None = None
+    """Tokens before the first scored one (None from the letter fast path)."""
+    token_logprobs: tuple[float, ...] | None = None
+    """The log-probability of each continuation token, so other normalisations (e.g. leaving out tokens
+    every option shares) can be computed later without the model."""
+    greedy: tuple[bool, ...] | None = None
+    """Per continuation token, whether it was the argmax at its position (None when not computed)."""
+    is_greedy: bool | None = None
+    """All of them were: the continuation is what greedy decoding would produce."""
+    error: str | None = None
+    """'kind: detail', for people; `error_kind` is the kind as data."""
+    error_kind: ErrorKind | None = None
 
-def error_score(error: str) -> OptionScore:
-    """The score of an option that could not be scored: every number None, `error` says why."""
-    return {"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
-            "token_logprobs": None, "greedy": None, "is_greedy": None, "error": error}
+    @classmethod
+    def scored(cls, token_logprobs: Sequence[float], greedy: Sequence[bool], n_context_tokens: int) -> "OptionScore":
+        """A continuation scored token by token (at least one token)."""
+        total = float(sum(token_logprobs))
+        return cls(logprob=total, mean_logprob=total / len(token_logprobs), n_tokens=len(token_logprobs),
+                   n_context_tokens=n_context_tokens, token_logprobs=tuple(token_logprobs), greedy=tuple(greedy),
+                   is_greedy=all(greedy))
+
+    @classmethod
+    def single_token(cls, logprob: float) -> "OptionScore":
+        """A one-token continuation scored from the next-token distribution (the letter fast path,
+        which does not look at the argmax)."""
+        return cls(logprob=logprob, mean_logprob=logprob, n_tokens=1, token_logprobs=(logprob,))
+
+    @classmethod
+    def failed(cls, kind: ErrorKind, detail: str) -> "OptionScore":
+        """An option that could not be scored: every number None."""
+        return cls(error=kind.message(detail), error_kind=kind)
+
+    def record_entry(self) -> dict:
+        """This option's entry in a loglik record's `scores` table (what parsing.best_option reads)."""
+        return {"logprob": self.logprob, "mean_logprob": self.mean_logprob, "n_tokens": self.n_tokens,
+                "token_logprobs": None if self.token_logprobs is None else list(self.token_logprobs),
+                "is_greedy": self.is_greedy}
+
+    def to_wire(self) -> dict:
+        """Plain data (lists, strings, numbers) for the worker's reply."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_wire(cls, data: dict) -> "OptionScore":
+        return cls.model_validate(data)
 
 
 class Engine(Protocol):
@@ -110,35 +181,3 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def physical_cores() -> int:
-    """Physical cores (llama.cpp is slower with hyper-threads); falls back to the logical count."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError:
-        return os.cpu_count() or 1
-    cores = set()
-    physical = core = None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "physical id":
-            physical = value.strip()
-        elif key == "core id":
-            core = value.strip()
-        elif not line.strip() and core is not None:
-            cores.add((physical, core))
-            physical = core = None
-    if core is not None:
-        cores.add((physical, core))
-    return len(cores) or os.cpu_count() or 1
-
-
-def cpu_has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            return " amx_" in handle.read()
-    except OSError:
-        return False

@@ -8,7 +8,8 @@ import os
 import re
 import time
 
-from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore, error_score
+from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
+from edgeeval.errors import ErrorKind
 
 _OPTION = re.compile(r"^([A-J])[.)] ", re.MULTILINE)
 
@@ -39,9 +40,7 @@ class FakeModel:
         digest = hashlib.sha256(f"{self._key}\0{prompt}".encode()).digest()
         n_prompt = len(prompt.split())
         if n_prompt >= self.settings.n_ctx:
-            return Generation(text=None, n_prompt_tokens=n_prompt, finish_reason="error",
-                              error=f"prompt_too_long: {n_prompt} prompt tokens do not fit the "
-                                    f"{self.settings.n_ctx}-token context window")
+            return Generation.failed(ErrorKind.PROMPT_TOO_LONG, self._too_long(n_prompt), n_prompt_tokens=n_prompt)
         letters = _OPTION.findall(prompt) or ["A", "B", "C", "D"]
         letter = letters[digest[0] % len(letters)]
         style = digest[1] % 8
@@ -71,36 +70,31 @@ class FakeModel:
     def _option_score(self, context: str, option: str) -> OptionScore:
         n_context = len(context.split())
         n_tokens = len(option.split())
-        error = None
         if not option.strip():
-            error = f"empty_continuation: {option!r} has no tokens"
-        elif n_context + n_tokens > self.settings.n_ctx:
-            error = (f"prompt_too_long: {n_context + n_tokens} prompt tokens do not fit the "
-                     f"{self.settings.n_ctx}-token context window")
-        if error:
-            return error_score(error)
+            return OptionScore.failed(ErrorKind.EMPTY_CONTINUATION, f"{option!r} has no tokens")
+        if n_context + n_tokens > self.settings.n_ctx:
+            return OptionScore.failed(ErrorKind.PROMPT_TOO_LONG, self._too_long(n_context + n_tokens))
         self.counters["prompt_tokens"] += n_context + n_tokens
         digest = hashlib.sha256(f"{self._key}\0{context}\0{option}".encode()).digest()
         logprobs = [-0.05 - 4.0 * digest[i % 32] / 255 for i in range(n_tokens)]
         greedy = [digest[(i + 7) % 32] < 64 for i in range(n_tokens)]
-        total = sum(logprobs)
-        return {"logprob": total, "mean_logprob": total / n_tokens, "n_tokens": n_tokens,
-                "n_context_tokens": n_context, "token_logprobs": logprobs, "greedy": greedy,
-                "is_greedy": all(greedy), "error": None}
+        return OptionScore.scored(logprobs, greedy, n_context)
 
     def letter_logprobs(self, prompt: str, letters: list[str]) -> dict[str, float]:
         """A softmax over the letters and one 'anything else' outcome, from a hash of the prompt."""
         if len(prompt.split()) >= self.settings.n_ctx:
-            raise EngineError(f"prompt_too_long: {len(prompt.split())} prompt tokens do not fit the "
-                              f"{self.settings.n_ctx}-token context window")
+            raise EngineError(ErrorKind.PROMPT_TOO_LONG, self._too_long(len(prompt.split())))
         for letter in letters:
             if len(letter.split()) != 1:
-                raise EngineError(f"not_single_token: {letter!r} is not one token after this prompt; "
+                raise EngineError(ErrorKind.NOT_SINGLE_TOKEN, f"{letter!r} is not one token after this prompt; "
                                   "score the options with loglikelihood instead")
         digest = hashlib.sha256(f"{self._key}\0{prompt}".encode()).digest()
         scores = [4.0 * digest[i % 32] / 255 for i in range(len(letters) + 1)]
         log_total = math.log(sum(math.exp(x) for x in scores))
         return {letter: score - log_total for letter, score in zip(letters, scores)}
+
+    def _too_long(self, n_tokens: int) -> str:
+        return f"{n_tokens} prompt tokens do not fit the {self.settings.n_ctx}-token context window"
 
     def close(self) -> None:
         pass

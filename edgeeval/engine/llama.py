@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import llama_cpp as L
 import numpy as np
 
-from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
+from edgeeval.engine import EngineError, EngineSettings, FinishReason, Generation, OptionScore
+from edgeeval.errors import ErrorKind
 
 _LOG_ERROR = 4
 _PREFIX_SEQ = 0
@@ -144,13 +145,8 @@ class LlamaModel:
         start = time.perf_counter()
         tokens = self.tokenize(prompt)
         if len(tokens) >= self.n_ctx:
-            return Generation(
-                text=None,
-                n_prompt_tokens=len(tokens),
-                finish_reason="error",
-                error=_too_long(len(tokens), self.n_ctx),
-                seconds=time.perf_counter() - start,
-            )
+            return Generation.failed(ErrorKind.PROMPT_TOO_LONG, _too_long(len(tokens), self.n_ctx),
+                                     n_prompt_tokens=len(tokens), seconds=time.perf_counter() - start)
         reused = self._feed_prompt(tokens)
         text, n_out, reason = self._decode_loop(len(tokens), max_tokens, stop, ignore_eos)
         return Generation(
@@ -170,13 +166,13 @@ class LlamaModel:
         letter_tokens = []
         for letter, (whole, start) in zip(letters, splits):
             if whole[:start] != context or len(whole) - start != 1:
-                raise EngineError(f"not_single_token: {letter!r} is not one token after this prompt; "
+                raise EngineError(ErrorKind.NOT_SINGLE_TOKEN, f"{letter!r} is not one token after this prompt; "
                                   "score the options with loglikelihood instead")
             letter_tokens.append(whole[start])
         if not context:
-            raise EngineError("empty_context: nothing to condition the letters on")
+            raise EngineError(ErrorKind.EMPTY_CONTEXT, "nothing to condition the letters on")
         if len(context) >= self.n_ctx:
-            raise EngineError(_too_long(len(context), self.n_ctx))
+            raise EngineError(ErrorKind.PROMPT_TOO_LONG, _too_long(len(context), self.n_ctx))
         self._feed_prompt(context)
         logprobs, _ = _log_softmax_at(self._row(-1), letter_tokens)
         return {letter: float(lp) for letter, lp in zip(letters, logprobs)}
@@ -244,7 +240,7 @@ class LlamaModel:
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def _decode_loop(self, n_prompt: int, max_tokens: int, stop: list[str],
-                     ignore_eos: bool = False) -> tuple[str, int, str]:
+                     ignore_eos: bool = False) -> tuple[str, int, FinishReason]:
         out = bytearray()
         n_out = 0
         room = self.n_ctx - n_prompt
@@ -289,32 +285,32 @@ class LlamaModel:
             prefix = prefix[: max(0, min(plan.shared_end for plan in good) - 1)]
             for plan in good:
                 if len(prefix) + plan.cost(len(prefix)) > self.n_ctx:
-                    plan.error = _too_long(len(prefix) + plan.cost(len(prefix)), self.n_ctx)
+                    plan.fail(ErrorKind.PROMPT_TOO_LONG, _too_long(len(prefix) + plan.cost(len(prefix)), self.n_ctx))
             self._score(prefix, [plan for plan in good if plan.error is None])
         return [plan.results() for plan in plans]
 
     def _plan(self, context: str, continuations: list[str]) -> _ItemPlan:
         plan = _ItemPlan(n_options=len(continuations))
         if not continuations:
-            plan.error = "no_options: an item needs at least one continuation"
+            plan.fail(ErrorKind.NO_OPTIONS, "an item needs at least one continuation")
         elif len(continuations) > self.settings.n_seq_max - 1:
-            plan.error = (f"too_many_options: {len(continuations)} options need n_seq_max >= "
-                          f"{len(continuations) + 1} (it is {self.settings.n_seq_max})")
-        if plan.error:
+            plan.fail(ErrorKind.TOO_MANY_OPTIONS, f"{len(continuations)} options need n_seq_max >= "
+                                                  f"{len(continuations) + 1} (it is {self.settings.n_seq_max})")
+        if plan.error is not None:
             return plan
         for continuation in continuations:
             whole, start = self.split_tokens(context, continuation)
             if start == len(whole):
-                plan.error = f"empty_continuation: {continuation!r} has no tokens"
+                plan.fail(ErrorKind.EMPTY_CONTINUATION, f"{continuation!r} has no tokens")
             elif start == 0:
-                plan.error = "empty_context: nothing to condition the options on"
+                plan.fail(ErrorKind.EMPTY_CONTEXT, "nothing to condition the options on")
             plan.options.append(whole)
             plan.starts.append(start)
         if plan.error is None:
             plan.shared_end = min(len(_common_prefix_all(plan.options)), min(plan.starts))
             longest = max(len(option) for option in plan.options)
             if longest > self.n_ctx:
-                plan.error = _too_long(longest, self.n_ctx)
+                plan.fail(ErrorKind.PROMPT_TOO_LONG, _too_long(longest, self.n_ctx))
         return plan
 
     def _score(self, prefix: list[int], plans: list[_ItemPlan]) -> None:
@@ -397,11 +393,10 @@ class LlamaModel:
         results: list[Generation | None] = [None] * len(prompts)
         for i, toks in enumerate(tokens):
             if len(toks) >= self.n_ctx:
-                results[i] = Generation(text=None, n_prompt_tokens=len(toks), finish_reason="error",
-                                        error=_too_long(len(toks), self.n_ctx))
+                results[i] = Generation.failed(ErrorKind.PROMPT_TOO_LONG, _too_long(len(toks), self.n_ctx),
+                                               n_prompt_tokens=len(toks))
             elif not toks:
-                results[i] = Generation(text=None, n_prompt_tokens=0, finish_reason="error",
-                                        error="empty_prompt: nothing to generate from")
+                results[i] = Generation.failed(ErrorKind.EMPTY_PROMPT, "nothing to generate from", n_prompt_tokens=0)
         todo = [i for i in range(len(prompts)) if results[i] is None]
         n_parallel = min(n_parallel, len(todo))
         if n_parallel <= 1:
@@ -599,7 +594,8 @@ class _ItemPlan:
     """Per option: the index of its first continuation token."""
     shared_end: int = 0
     """Tokens [0, shared_end) are the same in every option and none of them is scored."""
-    error: str | None = None
+    error: OptionScore | None = None
+    """Why the item cannot be scored: the failed score every option gets."""
     seqs: list[int] = field(default_factory=list)
     pending: int = 0
     logprobs: list[list[float]] = field(default_factory=list)
@@ -626,18 +622,14 @@ class _ItemPlan:
         self.pending = sum(len(run.tokens) for run in runs)
         return runs
 
+    def fail(self, kind: ErrorKind, detail: str) -> None:
+        self.error = OptionScore.failed(kind, detail)
+
     def results(self) -> list[OptionScore]:
         if self.error is not None:
-            return [{"logprob": None, "mean_logprob": None, "n_tokens": None, "n_context_tokens": None,
-                     "token_logprobs": None, "greedy": None, "is_greedy": None, "error": self.error}
-                    for _ in range(self.n_options)]
-        out = []
-        for logprobs, greedy, start in zip(self.logprobs, self.greedy, self.starts):
-            total = float(sum(logprobs))
-            out.append({"logprob": total, "mean_logprob": total / len(logprobs), "n_tokens": len(logprobs),
-                        "n_context_tokens": start, "token_logprobs": list(logprobs), "greedy": list(greedy),
-                        "is_greedy": all(greedy), "error": None})
-        return out
+            return [self.error] * self.n_options
+        return [OptionScore.scored(logprobs, greedy, start)
+                for logprobs, greedy, start in zip(self.logprobs, self.greedy, self.starts)]
 
 
 @dataclass
@@ -654,7 +646,7 @@ class _Slot:
     n_out: int = 0
     out: bytearray = field(default_factory=bytearray)
     text: str = ""
-    reason: str | None = None
+    reason: FinishReason | None = None
     ignore_eos: bool = False
 
     def accept(self, token: int, model: LlamaModel, max_tokens: int, stop: list[str]) -> bool:
@@ -717,7 +709,7 @@ def _common_prefix_all(seqs: list[list[int]]) -> list[int]:
 
 
 def _too_long(n_tokens: int, n_ctx: int) -> str:
-    return f"prompt_too_long: {n_tokens} prompt tokens do not fit the {n_ctx}-token context window"
+    return f"{n_tokens} prompt tokens do not fit the {n_ctx}-token context window"
 
 
 def _first_stop(text: str, stop: list[str]) -> int | None:

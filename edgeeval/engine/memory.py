@@ -7,11 +7,11 @@ before any error is printed. We refuse such a setting first, with a message nami
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from edgeeval.errors import ConfigError
+from edgeeval.machine import available_memory_bytes
 
 KV_BYTES_PER_VALUE = 2
 """llama.cpp's default cache type is f16 (and swa_full keeps every layer's window at n_ctx)."""
@@ -39,26 +39,6 @@ def kv_cache_bytes(metadata: dict[str, Any], n_ctx: int) -> int | None:
         value = _count(metadata.get(f"{arch}.attention.value_length")) or n_embd // n_head
         per_token += n_head_kv * (key + value)
     return per_token * KV_BYTES_PER_VALUE * n_ctx
-
-
-def available_memory_bytes() -> int | None:
-    """Memory this process could still get: MemAvailable, or less under a cgroup (container) limit."""
-    available = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    room = _cgroup_room()
-    return min(available, room) if room is not None else available
 
 
 def check_context_fits(model_path: Path | str, metadata: dict[str, Any], n_ctx: int) -> None:
@@ -93,17 +73,3 @@ def _per_layer(value: Any, n_layer: int | None) -> list[int] | None:
     count = _count(value)
     return [count] * n_layer if count is not None else None
 
-
-def _cgroup_room() -> int | None:
-    """Bytes left under this process's cgroup memory limit (v2, then v1); None when unlimited or unknown."""
-    for limit_file, usage_file in (("memory.max", "memory.current"),
-                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        try:
-            limit = Path("/sys/fs/cgroup", limit_file).read_text().strip()
-            usage = int(Path("/sys/fs/cgroup", usage_file).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if limit == "max" or not limit.isdigit() or int(limit) >= 2**60:
-            return None
-        return max(0, int(limit) - usage)
-    return None

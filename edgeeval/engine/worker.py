@@ -13,9 +13,9 @@ from dataclasses import asdict, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore, error_score
+from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
 from edgeeval.engine.memory import check_context_fits
-from edgeeval.errors import ModelFileError
+from edgeeval.errors import ErrorKind, ModelFileError
 from edgeeval.gguf_file import read_gguf_metadata
 
 # Test hook: a worker whose prompt (or, while loading, model path) contains this marker crashes the
@@ -25,6 +25,10 @@ FAULT_ENV = "EDGEEVAL_FAULT_INJECT"
 
 class WorkerCrashed(Exception):
     """The worker process died (signal or exit) while doing a unit of work."""
+
+
+class WorkerTimedOut(WorkerCrashed):
+    """The worker took longer than allowed; it has been killed."""
 
 
 def describe_exit(code: int | None) -> str:
@@ -99,10 +103,29 @@ def _worker_main(conn, model_path: str, settings: dict) -> None:
         _maybe_inject_fault(request["prompt"])
         try:
             result = model.generate(request["prompt"], request["max_tokens"], request["stop"])
-            conn.send({"generation": asdict(result)})
         except Exception as exc:  # noqa: BLE001
-            conn.send({"generation": asdict(Generation(text=None, finish_reason="error", error=f"engine: {exc}"))})
+            failure = _as_engine_error(exc)
+            result = Generation.failed(failure.kind, failure.detail)
+        conn.send({"generation": asdict(result)})
     model.close()
+
+
+# The replies to a unit of work: a Generation as its fields (asdict), an OptionScore as `to_wire`,
+# and a failure as {"error": {"kind": ..., "detail": ...}}, made by `_error_reply` and read back by
+# `_reply_error`. (The load handshake answers {"info": ...} or {"error": message}.)
+
+
+def _as_engine_error(exc: Exception) -> EngineError:
+    """EngineError carries its kind; any other exception is an engine fault."""
+    return exc if isinstance(exc, EngineError) else EngineError(ErrorKind.ENGINE, str(exc))
+
+
+def _error_reply(error: EngineError) -> dict:
+    return {"error": {"kind": error.kind.value, "detail": error.detail}}
+
+
+def _reply_error(reply: dict) -> EngineError:
+    return EngineError(ErrorKind(reply["error"]["kind"]), reply["error"]["detail"])
 
 
 def _op_generate_many(model, request: dict) -> dict:
@@ -112,23 +135,24 @@ def _op_generate_many(model, request: dict) -> dict:
                                       n_parallel=request.get("n_parallel"))
         return {"generations": [asdict(result) for result in results]}
     except Exception as exc:  # noqa: BLE001
-        return {"error": f"engine: {exc}"}
+        return _error_reply(_as_engine_error(exc))
 
 
 def _op_loglikelihood_many(model, request: dict) -> dict:
     _maybe_inject_fault("\0".join(context + "\0" + "\0".join(options) for context, options in request["items"]))
     try:
-        return {"scores": model.loglikelihood_many([(c, list(o)) for c, o in request["items"]])}
+        scores = model.loglikelihood_many([(c, list(o)) for c, o in request["items"]])
     except Exception as exc:  # noqa: BLE001
-        return {"error": f"engine: {exc}"}
+        return _error_reply(_as_engine_error(exc))
+    return {"scores": [[score.to_wire() for score in item] for item in scores]}
 
 
 def _op_letter_logprobs(model, request: dict) -> dict:
     _maybe_inject_fault(request["prompt"])
     try:
         return {"logprobs": model.letter_logprobs(request["prompt"], request["letters"])}
-    except Exception as exc:  # noqa: BLE001 - EngineError carries its kind; others are engine faults
-        return {"error": str(exc) if isinstance(exc, EngineError) else f"engine: {exc}"}
+    except Exception as exc:  # noqa: BLE001
+        return _error_reply(_as_engine_error(exc))
 
 
 # Operations besides `generate`: each takes the request and returns the reply to send.
@@ -182,7 +206,7 @@ class WorkerEngine:
                 raise WorkerCrashed(f"worker {describe_exit(self._proc.returncode)} while {what}")
             if time.monotonic() > deadline:
                 self._stop()
-                raise WorkerCrashed(f"worker timed out after {timeout:.0f} s while {what}")
+                raise WorkerTimedOut(f"worker timed out after {timeout:.0f} s while {what}")
         try:
             return self._conn.recv()
         except (EOFError, ConnectionError):
@@ -198,7 +222,8 @@ class WorkerEngine:
         reply = self._request_with_retry(request, "generating")
         if "generation" in reply:
             return Generation(**reply["generation"])
-        return Generation(text=None, finish_reason="error", error=reply["error"])
+        failure = _reply_error(reply)
+        return Generation.failed(failure.kind, failure.detail)
 
     def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str],
                       n_parallel: int | None = None) -> list[Generation]:
@@ -209,7 +234,8 @@ class WorkerEngine:
         reply = self._request_with_retry(request, "generating")
         if "generations" in reply:
             return [Generation(**g) for g in reply["generations"]]
-        return [Generation(text=None, finish_reason="error", error=reply["error"]) for _ in prompts]
+        failure = _reply_error(reply)
+        return [Generation.failed(failure.kind, failure.detail) for _ in prompts]
 
     def loglikelihood(self, context: str, continuations: list[str]) -> list[OptionScore]:
         return self.loglikelihood_many([(context, continuations)])[0]
@@ -220,15 +246,16 @@ class WorkerEngine:
         request = {"op": "loglikelihood_many", "items": [(c, list(o)) for c, o in items]}
         reply = self._request_with_retry(request, "scoring")
         if "scores" in reply:
-            return reply["scores"]
-        return [[error_score(reply["error"]) for _ in options] for _, options in items]
+            return [[OptionScore.from_wire(score) for score in item] for item in reply["scores"]]
+        failure = _reply_error(reply)
+        return [[OptionScore.failed(failure.kind, failure.detail) for _ in options] for _, options in items]
 
     def letter_logprobs(self, prompt: str, letters: list[str]) -> dict[str, float]:
         """Log-probability of each letter as the next token; raises EngineError when there is none."""
         reply = self._request_with_retry({"op": "letter_logprobs", "prompt": prompt, "letters": list(letters)},
                                          "scoring")
         if "error" in reply:
-            raise EngineError(reply["error"])
+            raise _reply_error(reply)
         return reply["logprobs"]
 
     def _request_with_retry(self, request: dict, what: str) -> dict:
@@ -246,7 +273,8 @@ class WorkerEngine:
             except WorkerCrashed as second:
                 self._note_crash(str(second))
                 self._restart()
-                return {"error": f"native crash: {second}"}
+                kind = ErrorKind.TIMEOUT if isinstance(second, WorkerTimedOut) else ErrorKind.NATIVE_CRASH
+                return _error_reply(EngineError(kind, str(second)))
 
     def _request_once(self, request: dict, what: str) -> dict:
         self._conn.send(request)

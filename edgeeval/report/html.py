@@ -374,7 +374,7 @@ def _drill_down(study: Study) -> str:
 def _answer_span(row: dict, suffix: str, limit: int | None = None) -> str:
     """The parsed answer, marked right or wrong where the task has a right answer."""
     if row.get(f"error{suffix}"):
-        return f'<span class="wrong">error ({escape(str(row[f"error{suffix}"]).split(":", 1)[0])})</span>'
+        return f'<span class="wrong">error ({escape(str(row[f"error_kind{suffix}"]))})</span>'
     parsed = row.get(f"parsed{suffix}")
     right = row.get(f"correct{suffix}")
     text = _clip(parsed, limit) if parsed else "invalid"

@@ -135,7 +135,7 @@ def _disagreements(study: Study) -> list[str]:
 
 def _answer(row: dict, suffix: str) -> str:
     if row.get(f"error{suffix}"):
-        return f"error ({row[f'error{suffix}'].split(':', 1)[0]})"
+        return f"error ({row[f'error_kind{suffix}']})"
     if row.get("score_metric"):
         return f"{row['score_metric']} {fmt(row.get(f'score{suffix}'))}"
     answer = row.get(f"parsed{suffix}") or "invalid"

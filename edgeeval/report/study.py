@@ -3,7 +3,6 @@ comparisons; built from one run directory or from several, with or without promp
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from edgeeval.shard import shard_gaps
 # Record columns that hold patient or model text; --no-text drops them, and any other string column
 # not named in SAFE_STRING_COLUMNS.
 TEXT_COLUMNS = ("prompt", "output", "options")
-SAFE_STRING_COLUMNS = frozenset({"model", "task", "example_id", "gold", "parsed", "error", "finish_reason", "kind",
-                                 "metrics", "unoffered_choice"})
+SAFE_STRING_COLUMNS = frozenset({"model", "task", "example_id", "gold", "parsed", "error", "error_kind", "finish_reason",
+                                 "kind", "metrics", "unoffered_choice"})
 # Gold and parsed answers are kept under --no-text only for tasks whose answers are labels (an option
 # letter, "entailment", ICD codes) and only when short; never a reference summary or a free-text answer.
 LABEL_KINDS = frozenset(name for name, kind in kinds.KINDS.items() if kind.short_answers)
@@ -208,7 +207,8 @@ def without_text(study: Study) -> Study:
                   .otherwise(pl.when(pl.col(c).is_not_null()).then(pl.lit(WITHHELD))).alias(c)
                   for c in ("gold", "parsed") if c in scored.columns]
     if "error" in scored.columns:
-        redactions.append(pl.col("error").map_elements(error_kind, return_dtype=pl.String))
+        # The message may quote the input; its kind (the record's error_kind) does not.
+        redactions.append(pl.col("error_kind").cast(pl.String).alias("error"))
     return replace(study, scored=scored.with_columns(redactions) if redactions else scored, has_text=False)
 
 
@@ -217,12 +217,3 @@ def redact_label(value: str | None) -> str | None:
         return None
     short = len(value) <= LABEL_MAX_CHARS and value.count(" ") <= LABEL_MAX_SPACES and "\n" not in value
     return value if short else WITHHELD
-
-
-def error_kind(error: str | None) -> str | None:
-    """'prompt_too_long', 'native crash', 'engine': the kind of failure without its message, which
-    may quote the input."""
-    if error is None:
-        return None
-    kind = error.split(":", 1)[0].strip()
-    return kind if re.fullmatch(r"[\w ()-]{1,40}", kind) else "error"

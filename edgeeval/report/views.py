@@ -154,7 +154,7 @@ def confusion_table(results: pl.DataFrame, model: str, task: str) -> tuple[list[
     return golds, answers, cells
 
 
-DRILL_COLUMNS = ("task", "example_id", "gold", "parsed", "correct", "error", "output", "prompt")
+DRILL_COLUMNS = ("task", "example_id", "gold", "parsed", "correct", "error", "error_kind", "output", "prompt")
 
 
 def disagreements(scored: pl.DataFrame, baseline: str, candidate: str) -> pl.DataFrame:
