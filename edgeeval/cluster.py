@@ -30,10 +30,11 @@ from tqdm import tqdm
 import edgeeval
 from edgeeval.config import MODELS_DIR_ENV, Project, resolve_model_path
 from edgeeval.engine import EngineSettings
-from edgeeval.machine import default_threads
 from edgeeval.errors import ConfigError, EdgeevalError
+from edgeeval.machine import default_threads
 from edgeeval.sha256_cache import cached_sha256
 from edgeeval.planning import PreparedModel, PreparedTask, Unit
+from edgeeval.sha256_cache import cached_sha256
 from edgeeval.store import Record, RunStore
 
 AUTH_HINT = ("--ray ADDRESS joins a cluster only with Ray token authentication (anyone who can reach a cluster "
@@ -134,7 +135,7 @@ class ModelWorker:
             if edgeeval.__version__ != self.version:
                 raise NodeUnusable(f"edgeeval {edgeeval.__version__} here, {self.version} on the driver")
             path = node_model_path(self.project, self.model.name)
-            sha = cached_sha256(path)  # remembered on disk by (path, size, mtime, inode): a 40 GB file is hashed once
+            sha = cached_sha256(path)  # remembered on the node's disk: a 40 GB file is hashed once
             if sha != self.model.sha256:
                 raise NodeUnusable(f"{path} is another file (sha256 {sha[:16]}…, the run's is {self.model.sha256[:16]}…)")
             self.engine = WorkerEngine(path, replace(self.settings, n_ctx=self.model.n_ctx))

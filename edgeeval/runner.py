@@ -50,7 +50,7 @@ class ModelWork:
 
 
 class Executor(Protocol):
-    """Where the pending units are answered: this process (`run_local`) or a Ray cluster
+    """Where the pending units are answered: this process (`local_executor`) or a Ray cluster
     (edgeeval.cluster). It appends every record to the store itself and returns, per model that did
     work, what its engines reported (for the manifest)."""
 

@@ -405,6 +405,9 @@ STUDY_TEMPLATES = {
     "biomistral-7b": "mistralai-Mistral-7B-Instruct-v0.1.jinja",
     "llama2-7b": "meta-llama-Llama-2-7b-chat-hf.jinja",
     "meditron-7b": "meta-llama-Llama-2-7b-chat-hf.jinja",
+    # The speed benchmark's opt-in pair (not study models): Qwen2.5's template, embedded in their GGUFs.
+    "qwen2.5-coder-1.5b-instruct": "Qwen-Qwen2.5-7B-Instruct.jinja",
+    "qwen2.5-coder-0.5b-instruct": "Qwen-Qwen2.5-7B-Instruct.jinja",
 }
 REAL_TEMPLATES = sorted({*STUDY_TEMPLATES.values(), "mistralai-v1-with-system-prompt.jinja",
     "meta-llama-Llama-3.1-8B-Instruct.jinja",
