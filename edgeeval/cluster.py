@@ -34,7 +34,6 @@ from edgeeval.errors import ConfigError, EdgeevalError
 from edgeeval.machine import default_threads
 from edgeeval.sha256_cache import cached_sha256
 from edgeeval.planning import PreparedModel, PreparedTask, Unit
-from edgeeval.sha256_cache import cached_sha256
 from edgeeval.store import Record, RunStore
 
 AUTH_HINT = ("--ray ADDRESS joins a cluster only with Ray token authentication (anyone who can reach a cluster "
