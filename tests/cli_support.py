@@ -41,14 +41,14 @@ if _log or _gate:
         os.write(fd, line.encode())
         os.close(fd)
 
-    def _hooked(self, prompt, max_tokens, stop):
+    def _hooked(self, prompt, max_tokens, stop, speculative=None):
         _answers[0] += 1
         if _gate and _answers[0] > _gate_after:  # hold this answer until the test opens the gate
             deadline = time.monotonic() + 600
             while not os.path.exists(_gate) and time.monotonic() < deadline:
                 time.sleep(0.005)
         _note("start", prompt)
-        result = _generate(self, prompt, max_tokens, stop)
+        result = _generate(self, prompt, max_tokens, stop, speculative)
         _note("done", prompt)
         return result
 
