@@ -280,10 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="generate: decode N prompts together (continuous batching; faster on larger "
                          "models, answers may differ from one-at-a-time in the last bits, see README); "
                          "'auto' (default) picks N from the model's size, context and threads")
-    running.add_argument("--speculative", choices=["auto", "lookup", "none"], default="auto",
-                         help="generate: draft tokens and verify them in one decode (greedy output, faster): "
-                         "'auto' (default) drafts by prompt lookup for summary tasks and with --draft's model "
-                         "where given; 'lookup' for every task; 'none' never")
+    running.add_argument("--speculative", choices=["auto", "lookup", "none"], default="none",
+                         help="generate: draft tokens by prompt lookup and verify them in one decode (greedy "
+                         "output up to near-ties): 'auto' for summary tasks, 'lookup' for every task, 'none' "
+                         "(default; see benchmarks/speed/README.md for why)")
     running.add_argument("--draft", metavar="MODEL",
                          help="generate: a small model with the same vocabulary (models.toml name or GGUF path) "
                          "drafts for both models of the pair (draft-model speculative decoding)")

@@ -262,10 +262,12 @@ def parallel_for(model: PreparedModel, settings: EngineSettings) -> int:
 def speculative_for(task: PreparedTask, settings: EngineSettings) -> str | None:
     """How a generation task drafts: the draft model when there is one, prompt lookup for kinds whose
     answers copy the prompt (or every task with --speculative lookup), else not at all."""
-    if task.mode != "generate" or settings.speculative == "none":
+    if task.mode != "generate":
         return None
     if settings.draft_model:
         return "draft"
+    if settings.speculative == "none":
+        return None
     if settings.speculative == "lookup" or kinds.get(task.spec.kind).copies_input:
         return "lookup"
     return None

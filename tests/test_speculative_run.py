@@ -22,9 +22,10 @@ def methods(out: Path, task: str) -> set:
     return {(r.speculative or {}).get("method") for r in recs}
 
 
-def test_summary_tasks_draft_by_prompt_lookup_by_default(project_dir, tmp_path):
+def test_speculative_auto_drafts_summary_tasks_by_prompt_lookup(project_dir, tmp_path):
     out = tmp_path / "run"
-    assert fake_run(project_dir, out, "--task", "meqsum", "--task", "case_challenges", "--limit", "3") == 0
+    assert fake_run(project_dir, out, "--task", "meqsum", "--task", "case_challenges", "--limit", "3",
+                    "--speculative", "auto") == 0
     assert methods(out, "meqsum") == {"lookup"}
     assert methods(out, "case_challenges") == {None}
     manifest = json.loads((out / "manifest.json").read_text())
@@ -34,11 +35,12 @@ def test_summary_tasks_draft_by_prompt_lookup_by_default(project_dir, tmp_path):
     assert "speculative decoding" in report and "drafted tokens accepted" not in report  # the fake counts none
 
 
-@pytest.mark.parametrize("flag, summary, other", [("none", None, None), ("lookup", "lookup", "lookup")])
+@pytest.mark.parametrize("flag, summary, other", [(None, None, None), ("none", None, None),
+                                                   ("lookup", "lookup", "lookup")])
 def test_speculative_flag_sets_every_task(project_dir, tmp_path, flag, summary, other):
     out = tmp_path / "run"
     assert fake_run(project_dir, out, "--task", "meqsum", "--task", "case_challenges", "--limit", "2",
-                    "--speculative", flag) == 0
+                    *(("--speculative", flag) if flag else ())) == 0
     assert methods(out, "meqsum") == {summary} and methods(out, "case_challenges") == {other}
 
 

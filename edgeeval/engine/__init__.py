@@ -36,10 +36,11 @@ class EngineSettings:
     """Weight repacking; None decides per CPU (off on Intel AMX, where it crashes llama_decode)."""
     unit_timeout_s: float = 3600.0
     """A single generation taking longer than this is stopped and recorded as an error."""
-    speculative: str = "auto"
-    """Speculative decoding in generation (greedy output either way, up to near-ties): 'auto' (prompt
-    lookup for summary tasks, the draft model where one is given), 'lookup' (every generation task),
-    'none'. The runner resolves it per task and passes it to generate."""
+    speculative: str = "none"
+    """Prompt-lookup drafting in generation (greedy output either way, up to near-ties): 'none' (default:
+    on the shared 2-core machine it did not pay and changed a third of the demo answers, see
+    benchmarks/speed/README.md), 'auto' (summary tasks), 'lookup' (every generation task). A draft model,
+    where one is given, drafts whatever this says. The runner resolves it per task."""
     draft_model: str | None = None
     """A GGUF with the same vocabulary that drafts tokens for this model (draft-model speculative decoding)."""
     n_draft: int = 8
