@@ -21,6 +21,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import llama_cpp as L
 import numpy as np
@@ -115,7 +116,7 @@ class LlamaModel:
                              "a draft model must come with the same tokenizer")
         return draft
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         return {
             "llama_cpp_python": L.__version__,
             "llama_cpp": _library_build(),
@@ -821,7 +822,7 @@ class _Slot:
             self.budget = max(1, self.budget // 2)
 
     def generation(self, reused: int) -> Generation:
-        notes: dict = {"prefix_tokens_reused": reused}
+        notes: dict[str, Any] = {"prefix_tokens_reused": reused}
         if self.drafter is not None:
             notes["speculative"] = {"method": self.drafter.name, "drafted": self.drafted, "accepted": self.accepted}
         return Generation(text=self.text, n_prompt_tokens=len(self.tokens), n_output_tokens=self.n_out,
