@@ -257,7 +257,7 @@ class RunStore:
             raise
         self._fds: dict[Path, int] = {}
 
-    def _lock(self, name: str, shared: bool):
+    def _lock(self, name: str, shared: bool) -> int:
         path = self.root / name
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
@@ -323,7 +323,7 @@ class RunStore:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
         except OSError as exc:
-            if start is not None:
+            if start is not None and fd is not None:  # fd is set once start is
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)
             raise EdgeevalError(f"cannot write records to {path}: {exc.strerror}; records written so far are kept") from None
@@ -356,7 +356,7 @@ class RunStore:
     def __enter__(self) -> "RunStore":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

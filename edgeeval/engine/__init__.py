@@ -87,7 +87,7 @@ class Generation:
             object.__setattr__(self, "error_kind", ErrorKind(self.error_kind))
 
     @classmethod
-    def failed(cls, kind: ErrorKind, detail: str, **fields) -> "Generation":
+    def failed(cls, kind: ErrorKind, detail: str, **fields: Any) -> "Generation":
         """No answer, because of `kind`; `fields` are the counts known so far (n_prompt_tokens, seconds)."""
         return cls(text=None, finish_reason="error", error=kind.message(detail), error_kind=kind, **fields)
 

@@ -12,12 +12,18 @@ import time
 from dataclasses import asdict, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
 from edgeeval.engine.memory import check_context_fits
 from edgeeval.errors import ErrorKind, ModelFileError
 from edgeeval.gguf_file import read_gguf_metadata
+
+if TYPE_CHECKING:
+    from edgeeval.engine.fake import FakeModel
+    from edgeeval.engine.llama import LlamaModel
+
+    Model = Union[FakeModel, LlamaModel]
 
 # Test hook: a worker whose prompt (or, while loading, model path) contains this marker crashes the
 # way native code does.
@@ -73,8 +79,9 @@ def _die_with_parent(parent_pid: int) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _worker_main(conn, model_path: str, settings: dict[str, Any]) -> None:
+def _worker_main(conn: Connection[Any, Any], model_path: str, settings: dict[str, Any]) -> None:
     """The child: load the model once, then answer requests until told to stop."""
+    model: Model
     engine_settings = EngineSettings(**settings)
     _maybe_inject_fault(model_path)
     try:
@@ -130,7 +137,7 @@ def _reply_error(reply: dict[str, Any]) -> EngineError:
     return EngineError(ErrorKind(reply["error"]["kind"]), reply["error"]["detail"])
 
 
-def _op_generate_many(model, request: dict[str, Any]) -> dict[str, Any]:
+def _op_generate_many(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     _maybe_inject_fault("\0".join(request["prompts"]))
     try:
         results = model.generate_many(request["prompts"], request["max_tokens"], request["stop"],
@@ -140,7 +147,7 @@ def _op_generate_many(model, request: dict[str, Any]) -> dict[str, Any]:
         return _error_reply(_as_engine_error(exc))
 
 
-def _op_loglikelihood_many(model, request: dict[str, Any]) -> dict[str, Any]:
+def _op_loglikelihood_many(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     _maybe_inject_fault("\0".join(context + "\0" + "\0".join(options) for context, options in request["items"]))
     try:
         scores = model.loglikelihood_many([(c, list(o)) for c, o in request["items"]])
@@ -149,7 +156,7 @@ def _op_loglikelihood_many(model, request: dict[str, Any]) -> dict[str, Any]:
     return {"scores": [[score.to_wire() for score in item] for item in scores]}
 
 
-def _op_letter_logprobs(model, request: dict[str, Any]) -> dict[str, Any]:
+def _op_letter_logprobs(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     _maybe_inject_fault(request["prompt"])
     try:
         return {"logprobs": model.letter_logprobs(request["prompt"], request["letters"])}
@@ -173,8 +180,8 @@ class WorkerEngine:
         self.settings = settings.resolved()
         self.restarts = 0
         self.crashes: list[str] = []
-        self._proc = None
-        self._conn = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection[Any, Any] | None = None
         self._info: dict[str, Any] = {}
         # A context too large for this machine is refused here, before llama.cpp allocates it.
         check_context_fits(self.model_path, read_gguf_metadata(self.model_path).metadata, self.settings.n_ctx)
@@ -202,6 +209,7 @@ class WorkerEngine:
         self._info = reply["info"]
 
     def _receive(self, timeout: float, what: str) -> dict[str, Any]:
+        assert self._proc is not None and self._conn is not None, "worker not started"
         deadline = time.monotonic() + timeout
         while not self._conn.poll(0.1):
             if self._proc.poll() is not None:
@@ -210,7 +218,8 @@ class WorkerEngine:
                 self._stop()
                 raise WorkerTimedOut(f"worker timed out after {timeout:.0f} s while {what}")
         try:
-            return self._conn.recv()
+            reply: dict[str, Any] = self._conn.recv()
+            return reply
         except (EOFError, ConnectionError):
             _wait(self._proc, 5)
             raise WorkerCrashed(f"worker {describe_exit(self._proc.returncode)} while {what}") from None
@@ -259,7 +268,8 @@ class WorkerEngine:
                                          "scoring")
         if "error" in reply:
             raise _reply_error(reply)
-        return reply["logprobs"]
+        logprobs: dict[str, float] = reply["logprobs"]
+        return logprobs
 
     def _request_with_retry(self, request: dict[str, Any], what: str) -> dict[str, Any]:
         """One request, retried once on a fresh worker after a native crash (in safe mode if
@@ -280,6 +290,7 @@ class WorkerEngine:
                 return _error_reply(EngineError(kind, str(second)))
 
     def _request_once(self, request: dict[str, Any], what: str) -> dict[str, Any]:
+        assert self._conn is not None, "worker not started"
         self._conn.send(request)
         reply = self._receive(self.settings.unit_timeout_s, what)
         if "tokens" in reply:
@@ -313,7 +324,7 @@ class WorkerEngine:
         self._stop()
 
 
-def _wait(proc: subprocess.Popen, timeout: float) -> None:
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
