@@ -101,7 +101,8 @@ class LlamaModel:
         self.batch: _Batch | None = _Batch(self.n_batch, settings.n_seq_max)  # None once closed
         self._cached: list[int] = []  # the tokens of the prefix sequence (0) in the cache
         self._working_used = False  # whether any other sequence may hold cells
-        self._streams: tuple[Any, int, int, int] | None = None  # (context, sequences, cells each) for generate_many, made when needed
+        # (context, sequences, cells each, outputs) for generate_many, made when needed
+        self._streams: tuple[Any, int, int, int] | None = None
         self.counters = {"prompt_tokens": 0, "prompt_tokens_decoded": 0, "generated_tokens": 0,
                          "decode_calls": 0, "decode_seconds": 0.0, "drafted_tokens": 0, "accepted_tokens": 0}
         self.draft = self._load_draft(path, settings) if settings.draft_model else None
