@@ -2,7 +2,7 @@
 # llama-cpp-python is compiled once and cached as a wheel).
 PY := .venv/bin/python
 
-.PHONY: setup setup-dev demo test wheelhouse models-extra
+.PHONY: setup setup-dev demo test typecheck wheelhouse models-extra
 setup:
 	scripts/setup.sh
 
@@ -15,6 +15,10 @@ demo: setup
 # The packaging tests install edgeeval from the wheelhouse into a fresh venv, offline.
 test: setup-dev wheelhouse
 	EDGEEVAL_WHEELHOUSE=dist/wheelhouse $(PY) -m pytest
+
+# mypy over edgeeval/ (strict for engine/ and store.py); the settings are pyproject.toml's [tool.mypy].
+typecheck: setup-dev
+	$(PY) -m mypy
 
 # Everything an air-gapped machine needs, in dist/wheelhouse (see the README).
 wheelhouse:

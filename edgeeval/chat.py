@@ -126,7 +126,7 @@ def _weight(value: Any, limit: int = MAX_RENDER_CHARS) -> tuple[int, int]:
         elif isinstance(x, range):
             total += len(x) + 1
         elif isinstance(x, Namespace):
-            attrs = x._Namespace__attrs  # type: ignore[attr-defined]
+            attrs = x._Namespace__attrs
             total += 2 * len(attrs) + 1
             stack.extend((v, depth + 1) for v in attrs.values())
         else:
@@ -317,7 +317,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     code_generator_class = _CodeGenerator
     intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
-    concat = staticmethod(_bounded_concat)  # type: ignore[assignment]
+    concat = staticmethod(_bounded_concat)
 
     def __init__(self, undefined: type[Undefined], **options: Any) -> None:
         super().__init__(undefined=undefined, autoescape=False, finalize=_finalize, **options)
@@ -388,7 +388,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                 _check_estimate(_replace_estimate(receiver, args[0], args[1]), what)
             elif method == "expandtabs":
                 tab = args[0] if args else kwargs.get("tabsize", 8)
-                _check_estimate(len(receiver) + receiver.count("\t" if isinstance(receiver, str) else b"\t") * int(tab), what)
+                _check_estimate(len(receiver) + (receiver.count("\t") if isinstance(receiver, str) else receiver.count(b"\t")) * int(tab), what)
             elif method in ("translate", "maketrans"):
                 raise SecurityError(f"str.{method} is not allowed in chat templates")
         if isinstance(__obj, LoopContext) and args:  # a recursive loop: loop(children)

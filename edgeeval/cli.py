@@ -216,7 +216,7 @@ def cmd_models(args) -> int:
         failures += not ok
         template = "embedded" if info.chat_template else "none in file"
         print(f"    {path}\n    {info.architecture}, {info.quantization}, {info.size_bytes / 1e6:.0f} MB, "
-              f"chat template in GGUF: {template}\n    sha256 {sha} {'OK' if ok else 'MISMATCH (expected ' + spec.sha256 + ')'}")
+              f"chat template in GGUF: {template}\n    sha256 {sha} {'OK' if ok else f'MISMATCH (expected {spec.sha256})'}")
     return 1 if failures else 0
 
 

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -35,6 +36,9 @@ from edgeeval.machine import default_threads
 from edgeeval.sha256_cache import cached_sha256
 from edgeeval.planning import PreparedModel, PreparedTask, Unit
 from edgeeval.store import Record, RunStore
+
+if TYPE_CHECKING:
+    from edgeeval.engine.worker import WorkerEngine
 
 AUTH_HINT = ("--ray ADDRESS joins a cluster only with Ray token authentication (anyone who can reach a cluster "
              "without it can run code on it): start every node and this command with RAY_AUTH_MODE=token and "
@@ -77,6 +81,7 @@ def ray_session(address: str | None, object_store_bytes: int = 512 * 2**20):
         except ImportError:
             raise ConfigError("--ray needs Ray: pip install 'edgeeval[ray]'") from None
         if address is None:
+            assert private is not None  # made above for a private instance
             ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=object_store_bytes,
                      object_spilling_directory=os.path.join(private, "spill"))
         else:
@@ -123,7 +128,7 @@ class ModelWorker:
     def __init__(self, project: Project, model: PreparedModel, settings: EngineSettings, parallel: int,
                  version: str):
         self.project, self.model, self.settings, self.parallel, self.version = project, model, settings, parallel, version
-        self.engine = None
+        self.engine: WorkerEngine | None = None
         self.node = node_name()
 
     def start(self) -> dict:
@@ -150,6 +155,7 @@ class ModelWorker:
         SEND_EVERY_S has passed since the last sending, and whatever is left at the end."""
         from edgeeval.runner import _chunks, _work, speculative_for
 
+        assert self.engine is not None, "start() first"
         done, sent = [], time.perf_counter()
         for sub_task, sub_units in _chunks([(task, u) for u in units], self.parallel):
             for record in _work(self.engine, self.model, sub_task, sub_units, self.parallel,
@@ -211,7 +217,7 @@ class ChunkQueue:
 
 def chunked(pending: list[tuple[PreparedTask, Unit]], size: int) -> list[tuple[PreparedTask, list[Unit]]]:
     """Consecutive units of one task, at most `size` to a chunk."""
-    chunks = []
+    chunks: list[tuple[PreparedTask, list[Unit]]] = []
     for task, unit in pending:
         if chunks and chunks[-1][0] is task and len(chunks[-1][1]) < size:
             chunks[-1][1].append(unit)

@@ -433,6 +433,7 @@ def resolve_model_path(project: Project, name: str) -> Path:
     spec = project.config.models[name]
     if spec.package is not None:
         return _package_model_path(name, spec)
+    assert spec.path is not None  # load_project: exactly one of path and package
     candidate = Path(spec.path).expanduser()
     if not candidate.is_absolute():
         candidate = project.models_dir / candidate
@@ -448,6 +449,7 @@ def resolve_model_path(project: Project, name: str) -> Path:
 def _package_model_path(name: str, spec: ModelSpec) -> Path:
     """A GGUF shipped inside a Python package: package data found without importing the package
     (some such packages import heavy plugins), or a file the package assembles into a cache."""
+    assert spec.package is not None and spec.file is not None  # load_project checks both are set
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
         raise ModelFileError(

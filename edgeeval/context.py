@@ -48,6 +48,7 @@ def estimate_tokens(text: str, policy: ContextSpec) -> int:
 
 def _drop_middle(example: Example, policy: ContextSpec, budget: int, render: Render, before: int) -> Fitted:
     """Keep the head and the tail of the field's text, drop its middle."""
+    assert policy.field is not None  # fit_example found it among the example's fields
     text = example.fields[policy.field]
     if not isinstance(text, str):
         raise TemplateError(f"context rule drop_middle needs a text field; {policy.field!r} is {type(text).__name__}")
@@ -61,6 +62,7 @@ def _drop_middle(example: Example, policy: ContextSpec, budget: int, render: Ren
 def _drop_documents(example: Example, policy: ContextSpec, budget: int, render: Render, before: int) -> Fitted:
     """Drop the least relevant documents (highest rank) until the prompt fits; if the most relevant one
     alone is still too long, keep its head."""
+    assert policy.field is not None  # fit_example found it among the example's fields
     documents = _documents(example, policy.field)
     kept = sorted(documents, key=lambda d: d["rank"])
     candidate, estimate = example, before
@@ -85,6 +87,7 @@ def _shorten(example: Example, policy: ContextSpec, budget: int, render: Render,
              cut: Callable[[int], Any], length: int) -> tuple[Example, int, int] | None:
     """Cut the field to fewer and fewer characters (cut(keep) gives its new value) until it fits;
     (example, estimate, characters kept) or None."""
+    assert policy.field is not None  # fit_example found it among the example's fields
     keep = length
     for _ in range(_ATTEMPTS):
         keep -= math.ceil((estimate - budget) * policy.chars_per_token) + len(_marker(length)) + 8

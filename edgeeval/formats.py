@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from edgeeval.config import DataSpec, TaskSpec
 from edgeeval.data import Example, check_unique_ids, load_multiple_choice
@@ -144,7 +144,7 @@ def _text_list(item: dict[str, Any], key: str, source: str, required: bool) -> l
     texts = [text_cell(v, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if any(t is None for t in texts):
         raise DataError(f"{source}: {key!r} holds an empty entry")
-    return texts
+    return cast("list[str]", texts)
 
 
 # --- MedNLI ----------------------------------------------------------------------------------------------
@@ -207,6 +207,8 @@ def load_medisumqa(path: Path, data: DataSpec) -> list[Example]:
     """MeDiSumQA. Fields: discharge_summary, question. Gold: Answer. A note has several questions, so the
     id is '<note_id>-<k>' (the k-th question of that note in file order)."""
     rows = table_rows(path, MEDISUMQA)
+    seen: dict[tuple[str, str], str]
+    per_note: dict[str, int]
     examples, seen, per_note = [], {}, {}
     for source, record in rows:
         note = required_text(record, ("note_id",), source, MEDISUMQA)

@@ -127,7 +127,7 @@ def _documents(example_id: str, key: str, texts: dict[str, str], answer_ids: lis
         if data.documents == "answer_and_distractors" and not answer_ids:
             raise DataError(f"{source}: no answer_location, so task 2 cannot include the answer's documents")
     text_of = {(k, t): text for k, t, text in library}
-    ranked = [{"text": text_of[doc], "rank": rank, "key": doc} for rank, doc in enumerate(chosen)]
+    ranked: list[dict[str, Any]] = [{"text": text_of[doc], "rank": rank, "key": doc} for rank, doc in enumerate(chosen)]
     shown = sorted(ranked, key=lambda d: _hash(example_id, "order", *d["key"]))
     return [{"text": d["text"], "rank": d["rank"]} for d in shown]
 

@@ -181,7 +181,7 @@ def _cpuinfo_blocks(proc: Path) -> list[dict[str, str]]:
 
 def _cpuinfo_cores(proc: Path) -> dict[int, tuple[str, ...]]:
     """Logical CPU -> (physical id, core id) from /proc/cpuinfo, for CPUs that say both."""
-    cores = {}
+    cores: dict[int, tuple[str, ...]] = {}
     for block in _cpuinfo_blocks(proc):
         if block.get("processor", "").isdigit() and "core id" in block:
             cores[int(block["processor"])] = ("cpuinfo", block.get("physical id", "0"), block["core id"])

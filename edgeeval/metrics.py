@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -89,7 +90,7 @@ def metric_of(frame: pl.DataFrame, name: str) -> Metric:
 
 # --- statistics of one metric ----------------------------------------------------------------------------
 
-IndexStatistic = Callable[..., object]
+IndexStatistic = Callable[..., Any]
 
 
 def metric_statistic(name: str, frame: pl.DataFrame) -> IndexStatistic:
@@ -127,7 +128,8 @@ def _macro_f1_statistic(frame: pl.DataFrame) -> IndexStatistic:
     def statistic(indices: np.ndarray, axis: int | None = None) -> np.ndarray:
         idx = np.asarray(indices).astype(np.intp)
         gi, ai = g[idx], a[idx]
-        total, present = 0.0, 0
+        total: Any = 0.0  # a float per resample, as numpy arrays
+        present: Any = 0
         for label in range(len(labels)):
             tp = ((gi == label) & (ai == label)).sum(axis=-1)
             support = (gi == label).sum(axis=-1) + (ai == label).sum(axis=-1)  # 2tp + fp + fn

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgeeval import kinds
 from edgeeval.chat import ChatTemplate, load_chat_template, prompt_hash
-from edgeeval.config import Project, TaskSpec, load_task, resolve_model_path, task_hash
+from edgeeval.config import LoglikSpec, Project, TaskSpec, load_task, resolve_model_path, task_hash
 from edgeeval.context import fit_example
 from edgeeval.data import Example
 from edgeeval.errors import ConfigError, DataError, ErrorKind, TemplateError
@@ -49,6 +49,13 @@ class PreparedTask:
         """The name its records and report rows go under: a loglik run of a task is a task of its own,
         so both modes can share a run directory and be compared."""
         return self.spec.name if self.mode == "generate" else f"{self.spec.name}@{self.mode}"
+
+    @property
+    def loglik(self) -> LoglikSpec:
+        """The task's [loglik] section, for a loglik run (prepare_task refuses one without it)."""
+        if self.spec.loglik is None:
+            raise ConfigError(f"task '{self.spec.name}' has no [loglik] section")
+        return self.spec.loglik
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ def prepare_task(project: Project, name: str, data_override: Path | None, limit:
     identity = data_sha if shots_sha is None else f"{data_sha}+{shots_sha}"
     digest = task_hash(spec, prompt.text, identity)
     if mode != "generate":
+        assert spec.loglik is not None  # checked above: mode is 'loglik'
         digest = hashlib.sha256(f"{digest}\0{mode}\0{spec.loglik.model_dump_json()}".encode()).hexdigest()[:16]
     return PreparedTask(spec, digest, data_path, data_sha, examples, prompt, tuple(shots), shots_sha, mode)
 
@@ -207,7 +215,7 @@ class Unit:
 def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bool]:
     units, folded = [], False
     budget = model.n_ctx - task.spec.max_tokens
-    answer_prefix = task.spec.loglik.answer_prefix if task.mode == "loglik" else ""
+    answer_prefix = task.loglik.answer_prefix if task.mode == "loglik" else ""
 
     def messages(example: Example, hits) -> list[dict[str, str]]:
         turns = task_messages(task, example)
@@ -226,9 +234,11 @@ def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bo
         folded = folded or was_folded
         if task.mode == "loglik":
             text += answer_prefix
-            options = kinds.get(task.spec.kind).loglik_options(task.spec, example)
+            loglik_options = kinds.get(task.spec.kind).loglik_options
+            assert loglik_options is not None  # TaskSpec refuses a [loglik] section for a kind without one
+            options = loglik_options(task.spec, example)
             # What is scored is part of the unit's identity: other options, another scoring rule, a new unit.
-            identity = "\0".join([text, task.spec.loglik.scoring, *(f"{k}={t}" for k, t in options)])
+            identity = "\0".join([text, task.loglik.scoring, *(f"{k}={t}" for k, t in options)])
             units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.error, options,
                               error_kind=fitted.error_kind, retrieval=audit))
         else:

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Literal, Protocol, cast
 
 from tqdm import tqdm
 
@@ -55,7 +55,7 @@ class Executor(Protocol):
     work, what its engines reported (for the manifest)."""
 
     def __call__(self, store: RunStore, work: list[ModelWork], settings: EngineSettings,
-                 summary: RunSummary, progress: bool, parallel: int) -> dict[str, dict]: ...
+                 summary: RunSummary, progress: bool, parallel: int | str) -> dict[str, dict]: ...
 
 
 def make_record(model: PreparedModel, task: PreparedTask, unit: Unit, gen: Generation) -> Record:
@@ -87,7 +87,7 @@ def loglik_record(model: PreparedModel, task: PreparedTask, unit: Unit, scores: 
                   seconds: float) -> Record:
     """A loglik unit's record: every option's scores and the best option by the task's normalisation
     (as `output`); an option the engine could not score makes the whole unit an error."""
-    normalization = task.spec.loglik.normalization
+    normalization = task.loglik.normalization
     error, error_kind = next(((s.error, s.error_kind) for s in scores if s.error is not None), (None, None))
     if unit.error is not None:
         error, error_kind = unit.error, unit.error_kind
@@ -126,6 +126,10 @@ def model_manifest(model: PreparedModel, project: Project, folded: bool) -> Mode
     )
 
 
+Mode = Literal["generate", "loglik"]
+"""prepare_task accepts these modes only (planning.MODES)."""
+
+
 def task_manifest(task: PreparedTask) -> TaskEntry:
     """The task's entry in manifest.json: everything scoring needs (kind, labels, metrics, the parser and
     scorer versions that read its answers) and what shaped its prompts, so a run directory can be re-scored
@@ -137,7 +141,7 @@ def task_manifest(task: PreparedTask) -> TaskEntry:
         format=spec.data.format, examples=len(task.examples), kind=spec.kind,
         labels=spec.labels, metrics=spec.metrics, rouge_stemmer=spec.rouge_stemmer,
         max_tokens=spec.max_tokens, stop=spec.stop, prompt=task.template, few_shot=few_shot,
-        context=spec.context.model_dump(), mode=task.mode, name=spec.name,
+        context=spec.context.model_dump(), mode=cast(Mode, task.mode), name=spec.name,
         loglik=spec.loglik.model_dump() if task.mode == "loglik" and spec.loglik is not None else None,
         icd_table=icd.TABLE if spec.kind == "icd_coding" else None,
         **kinds.get(spec.kind).version,
@@ -208,7 +212,7 @@ GENERATE_CHUNK_PER_SEQUENCE = 4
 def pending_units(store: RunStore, model: PreparedModel, plans, summary: RunSummary,
                   retry_errors: bool = False) -> list[tuple[PreparedTask, Unit]]:
     """The planned units of a model with no record yet (with `retry_errors`, or whose last one is an error)."""
-    pending = []
+    pending: list[tuple[PreparedTask, Unit]] = []
     for task, units, _ in plans:
         latest = {r.key(): r for r in store.load(model.name, task.run_name)}  # the last record of a unit wins
         done = {key for key, r in latest.items() if not (retry_errors and r.error is not None)}
@@ -231,6 +235,7 @@ def _run_model(store: RunStore, model: PreparedModel, pending: list[tuple[Prepar
                parallel: int | str = 1) -> dict:
     engine = engine_factory(model.path, replace(settings, n_ctx=model.n_ctx))
     parallel = parallel_for(model, settings) if parallel == "auto" else parallel
+    assert isinstance(parallel, int)  # an int or 'auto' (the CLI's --parallel)
     started = time.perf_counter()
     try:
         bar = tqdm(total=len(pending), desc=f"{model.name}", unit="ex", disable=not progress, dynamic_ncols=True)
@@ -281,7 +286,7 @@ def _chunks(pending: list[tuple[PreparedTask, Unit]], parallel: int):
         task = pending[i][0]
         size = (LOGLIK_CHUNK if task.mode == "loglik"
                 else GENERATE_CHUNK_PER_SEQUENCE * parallel if parallel > 1 else 1)
-        units = []
+        units: list[Unit] = []
         while i < len(pending) and pending[i][0] is task and len(units) < size:
             units.append(pending[i][1])
             i += 1
@@ -293,9 +298,9 @@ def _work(engine: Engine, model: PreparedModel, task: PreparedTask, units: list[
     """The records of one chunk of units, in order (units that cannot be sent become error records)."""
     ready = [u for u in units if u.error is None]
     if task.mode == "loglik":
-        results = dict(zip(map(id, ready), _score_units(engine, task, ready)))
+        scored = dict(zip(map(id, ready), _score_units(engine, task, ready)))
         for unit in units:
-            scores, seconds = results.get(id(unit), ([], 0.0))
+            scores, seconds = scored.get(id(unit), ([], 0.0))
             yield loglik_record(model, task, unit, scores, seconds)
         return
     spec = task.spec
@@ -318,7 +323,7 @@ def _score_units(engine: Engine, task: PreparedTask, units: list[Unit]) -> list[
     """(option scores, seconds) per unit. Letters: one pass over each prompt and the letters' logits at its
     end (the letter fast path), or full scoring for a prompt after which a letter is not one token. Full
     text: every unit of the chunk packed into one scoring call."""
-    if task.spec.loglik.scoring == "letter":
+    if task.loglik.scoring == "letter":
         out = []
         for unit in units:
             began = time.perf_counter()

@@ -27,7 +27,7 @@ def load_current_records(run_dir: Path) -> tuple[Manifest, pl.DataFrame]:
     manifest = load_manifest(run_dir)
     if manifest is None:
         raise DataError(f"{run_dir} is not an edgeeval run directory (no manifest.json)")
-    rows = []
+    rows: list[dict] = []
     for model, meta in manifest.models.items():
         for task, entry in manifest.tasks.items():
             latest = {}

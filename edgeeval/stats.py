@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-Statistic = Callable[..., object]
+Statistic = Callable[..., Any]
 
 # Upper bound on the size of one (resamples x items) block, so 10^4 x 10^4 resampling stays
 # within a few tens of MB instead of allocating the full matrix at once.

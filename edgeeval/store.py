@@ -43,7 +43,7 @@ class Record(BaseModel):
     """Why there is no answer (native crash, prompt too long, ...), as 'kind: detail'. Errors are never answers."""
     error_kind: ErrorKind | None = None
     """The kind of `error`, set with it (derived from the message for records written before it was stored)."""
-    truncation: dict | None = None
+    truncation: dict[str, Any] | None = None
     """Set when the task's context policy cut the prompt to fit the model's window: the rule, the field,
     what was dropped and the token estimate (the prompt itself shows the cut)."""
     finish_reason: FinishReason | None = None
@@ -51,18 +51,18 @@ class Record(BaseModel):
     mode: Literal["generate", "loglik"] = "generate"
     """'generate': `output` is generated text, parsed when scored. 'loglik': nothing was generated; `scores`
     holds every option's log-probability and the answer is the best one by `normalization`."""
-    scores: dict[str, dict] | None = None
+    scores: dict[str, dict[str, Any]] | None = None
     """loglik: per option key (letter or label): logprob (sum), mean_logprob, n_tokens, token_logprobs,
     is_greedy (None when not computed)."""
     normalization: Literal["mean", "sum"] | None = None
     """loglik: which score decided the answer (`output` is that option's key)."""
     n_prompt_tokens: int | None = None
     n_output_tokens: int | None = None
-    speculative: dict | None = None
+    speculative: dict[str, Any] | None = None
     """Speculative decoding of this answer: method ('lookup' or 'draft'), tokens drafted, tokens accepted."""
     seconds: float = 0.0
     created: str = ""
-    retrieval: dict | None = None
+    retrieval: dict[str, Any] | None = None
     """A retrieval arm's audit (edgeeval.retrieval.augment): `passages` shown ({id, source, score, rank}, best
     first), `text_sha256` of their text, `n_passage_tokens` (estimated), `leaked` (ids of candidate passages
     holding the item's own query text), `excluded`, `trimmed_chars`, `dropped_for_context`."""
@@ -257,7 +257,7 @@ class RunStore:
             raise
         self._fds: dict[Path, int] = {}
 
-    def _lock(self, name: str, shared: bool):
+    def _lock(self, name: str, shared: bool) -> int:
         path = self.root / name
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
@@ -323,12 +323,12 @@ class RunStore:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
         except OSError as exc:
-            if start is not None:
+            if start is not None and fd is not None:  # fd is set once start is
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)
             raise EdgeevalError(f"cannot write records to {path}: {exc.strerror}; records written so far are kept") from None
 
-    def write_manifest(self, manifest: Manifest | dict) -> None:
+    def write_manifest(self, manifest: Manifest | dict[str, Any]) -> None:
         mine = manifest if isinstance(manifest, Manifest) else Manifest.model_validate(manifest)
         if self.part is None:
             return self._write_manifest(mine)
@@ -356,7 +356,7 @@ class RunStore:
     def __enter__(self) -> "RunStore":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

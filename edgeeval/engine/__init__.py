@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -77,7 +77,7 @@ class Generation:
     error: str | None = None
     """'kind: detail', for people; `error_kind` is the kind as data."""
     error_kind: ErrorKind | None = None
-    notes: dict = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.finish_reason not in (None, *get_args(FinishReason)):
@@ -88,7 +88,7 @@ class Generation:
             object.__setattr__(self, "error_kind", ErrorKind(self.error_kind))
 
     @classmethod
-    def failed(cls, kind: ErrorKind, detail: str, **fields) -> "Generation":
+    def failed(cls, kind: ErrorKind, detail: str, **fields: Any) -> "Generation":
         """No answer, because of `kind`; `fields` are the counts known so far (n_prompt_tokens, seconds)."""
         return cls(text=None, finish_reason="error", error=kind.message(detail), error_kind=kind, **fields)
 
@@ -151,25 +151,25 @@ class OptionScore(BaseModel):
         """An option that could not be scored: every number None."""
         return cls(error=kind.message(detail), error_kind=kind)
 
-    def record_entry(self) -> dict:
+    def record_entry(self) -> dict[str, Any]:
         """This option's entry in a loglik record's `scores` table (what parsing.best_option reads)."""
         return {"logprob": self.logprob, "mean_logprob": self.mean_logprob, "n_tokens": self.n_tokens,
                 "token_logprobs": None if self.token_logprobs is None else list(self.token_logprobs),
                 "is_greedy": self.is_greedy}
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[str, Any]:
         """Plain data (lists, strings, numbers) for the worker's reply."""
         return self.model_dump(mode="json")
 
     @classmethod
-    def from_wire(cls, data: dict) -> "OptionScore":
+    def from_wire(cls, data: dict[str, Any]) -> "OptionScore":
         return cls.model_validate(data)
 
 
 class Engine(Protocol):
     """A loaded model. Implementations: the llama.cpp worker and the fake used by fast tests."""
 
-    def info(self) -> dict: ...
+    def info(self) -> dict[str, Any]: ...
 
     def generate(self, prompt: str, max_tokens: int, stop: list[str], speculative: str | None = None) -> Generation:
         """Greedy answer; `speculative` ('lookup', 'draft', None) only changes how fast it comes."""

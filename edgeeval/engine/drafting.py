@@ -7,9 +7,12 @@ near-ties in quantized kernels, which round differently for a batch of k+1 token
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgeeval.engine.llama import LlamaModel
 
 DRAFT_P_MIN = 0.75
 """A draft model stops drafting where its top token's probability is below this: a token it is unsure of
@@ -69,7 +72,7 @@ class DraftModel:
 
     name = "draft"
 
-    def __init__(self, model, p_min: float | None = None):
+    def __init__(self, model: LlamaModel, p_min: float | None = None):
         self.model = model  # a LlamaModel
         self.p_min = DRAFT_P_MIN if p_min is None else p_min
 
@@ -98,7 +101,7 @@ def _top_probability(row: np.ndarray) -> float:
     return 1.0 / float(np.exp(row.astype(np.float64) - top).sum())
 
 
-def vocabulary_mismatch(target, draft) -> str | None:
+def vocabulary_mismatch(target: LlamaModel, draft: LlamaModel) -> str | None:
     """Why `draft` cannot draft for `target` (another token count, or a token spelled differently), or None."""
     if target.n_vocab != draft.n_vocab:
         return f"{target.n_vocab} tokens vs {draft.n_vocab}"

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import time
+from typing import Any
 
 from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
 from edgeeval.errors import ErrorKind
@@ -30,7 +31,7 @@ class FakeModel:
         self.counters = {"prompt_tokens": 0, "prompt_tokens_decoded": 0, "generated_tokens": 0,
                          "decode_calls": 0, "decode_seconds": 0.0}
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         return {"backend": "fake", "system_info": "fake engine (no model)", "gpu_offload": False,
                 "n_ctx": self.settings.n_ctx, "settings": self.settings.__dict__, "tokens": dict(self.counters)}
 

@@ -21,6 +21,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import llama_cpp as L
 import numpy as np
@@ -50,8 +51,8 @@ def _library_build() -> dict[str, str]:
     return found
 
 
-@L.llama_log_callback
-def _quiet_log(level, text, user_data):  # pragma: no cover - called from C
+@L.llama_log_callback  # type: ignore[untyped-decorator]  # llama_cpp ships no type information
+def _quiet_log(level: int, text: bytes, user_data: Any) -> None:  # pragma: no cover - called from C
     # llama.cpp is chatty on load; keep only errors, on stderr.
     if level >= _LOG_ERROR and level != 5:
         os.write(2, text)
@@ -97,16 +98,18 @@ class LlamaModel:
         self.n_ctx = L.llama_n_ctx(self.ctx)
         self.n_batch = min(settings.n_batch, self.n_ctx)
         self.memory = L.llama_get_memory(self.ctx)
-        self.batch = _Batch(self.n_batch, settings.n_seq_max)
+        self.batch: _Batch | None = _Batch(self.n_batch, settings.n_seq_max)  # None once closed
         self._cached: list[int] = []  # the tokens of the prefix sequence (0) in the cache
         self._working_used = False  # whether any other sequence may hold cells
-        self._streams = None  # (context, sequences, cells each) for generate_many, made when needed
+        # (context, sequences, cells each, outputs) for generate_many, made when needed
+        self._streams: tuple[Any, int, int, int] | None = None
         self.counters = {"prompt_tokens": 0, "prompt_tokens_decoded": 0, "generated_tokens": 0,
                          "decode_calls": 0, "decode_seconds": 0.0, "drafted_tokens": 0, "accepted_tokens": 0}
         self.draft = self._load_draft(path, settings) if settings.draft_model else None
 
     def _load_draft(self, path: str, settings: EngineSettings) -> LlamaModel:
         """The draft model for speculative decoding: same threads and window, two sequences."""
+        assert settings.draft_model is not None  # called only when there is one
         draft = LlamaModel(settings.draft_model, replace(settings, draft_model=None, n_seq_max=2))
         why = vocabulary_mismatch(self, draft)
         if why is not None:
@@ -115,7 +118,7 @@ class LlamaModel:
                              "a draft model must come with the same tokenizer")
         return draft
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         return {
             "llama_cpp_python": L.__version__,
             "llama_cpp": _library_build(),
@@ -223,6 +226,7 @@ class LlamaModel:
             draft = slot.propose(self.settings.n_draft, max_tokens)
             base = len(self._cached)
             batch = self.batch
+            assert batch is not None, "model closed"
             batch.clear()
             batch.add([slot.last, *draft], base, [_PREFIX_SEQ])
             for index in range(len(draft) + 1):
@@ -296,7 +300,7 @@ class LlamaModel:
         self._llama_decode(L.llama_batch_get_one(arr, len(chunk)), len(chunk))
         self._cached.extend(chunk)
 
-    def _llama_decode(self, batch, n_tokens: int) -> None:
+    def _llama_decode(self, batch: Any, n_tokens: int) -> None:
         try:
             self._decode_on(self.ctx, batch, n_tokens)
         except RuntimeError:
@@ -305,7 +309,7 @@ class LlamaModel:
             self._cached = []
             raise
 
-    def _decode_on(self, ctx, batch, n_tokens: int) -> None:
+    def _decode_on(self, ctx: Any, batch: Any, n_tokens: int) -> None:
         begin = time.perf_counter()
         rc = L.llama_decode(ctx, batch)
         self.counters["decode_seconds"] += time.perf_counter() - begin
@@ -316,7 +320,7 @@ class LlamaModel:
     def _row(self, index: int) -> np.ndarray:
         return self._row_of(self.ctx, index)
 
-    def _row_of(self, ctx, index: int) -> np.ndarray:
+    def _row_of(self, ctx: Any, index: int) -> np.ndarray:
         """The logits of output `index` of the last decode (a view, valid until the next decode)."""
         ptr = L.llama_get_logits_ith(ctx, index)
         if not ptr:
@@ -439,6 +443,7 @@ class LlamaModel:
     def _decode_runs(self, runs: deque[_Run]) -> None:
         """Fill one batch from the front of the runs, decode it, hand each output row to its run."""
         batch = self.batch
+        assert batch is not None, "model closed"
         batch.clear()
         outputs: list[tuple[int, _Run, int]] = []
         while runs and batch.n < batch.capacity:
@@ -502,7 +507,7 @@ class LlamaModel:
             L.llama_memory_clear(L.llama_get_memory(streams), False)
         return results  # type: ignore[return-value]
 
-    def _streams_context(self, n_seq: int, per_seq: int, n_outputs: int):
+    def _streams_context(self, n_seq: int, per_seq: int, n_outputs: int) -> Any:
         """The context for batched generation: n_seq sequences of per_seq cells each, at most n_outputs
         rows of logits per decode, kept for the next call while it is big enough."""
         per_seq = -(-per_seq // 256) * 256
@@ -530,8 +535,9 @@ class LlamaModel:
         self._streams = (ctx, n_seq, per_seq, n_outputs)
         return ctx
 
-    def _generate_stream(self, ctx, tokens, todo, results, max_tokens, stop, n_parallel, ignore_eos,
-                         speculative=None) -> None:
+    def _generate_stream(self, ctx: Any, tokens: list[list[int]], todo: list[int], results: list[Generation | None],
+                         max_tokens: int, stop: list[str], n_parallel: int, ignore_eos: bool,
+                         speculative: str | None = None) -> None:
         memory = L.llama_get_memory(ctx)
         free_seqs = list(range(n_parallel - 1, -1, -1))
         waiting = deque(todo)
@@ -547,6 +553,7 @@ class LlamaModel:
                 self.counters["prompt_tokens"] += len(toks)
                 self.counters["prompt_tokens_decoded"] += len(toks)
             outputs = self._fill_generation_batch(active, max_tokens)
+            assert self.batch is not None, "model closed"
             self._decode_on(ctx, self.batch.raw_for_decode(), self.batch.n)
             for index, slot, draft in outputs:
                 rows = [self._row_of(ctx, index + i) for i in range(len(draft) + 1)]
@@ -567,6 +574,7 @@ class LlamaModel:
         chunks for those still reading their prompt, up to n_batch tokens. Returns (first output row,
         sequence, draft) per sequence with outputs: rows first .. first + len(draft)."""
         batch = self.batch
+        assert batch is not None, "model closed"
         batch.clear()
         outputs = []
         generating = sum(1 for slot in active if slot.fed == len(slot.tokens))
@@ -589,11 +597,13 @@ class LlamaModel:
         return outputs
 
     def close(self) -> None:
-        if getattr(self, "_streams", None) is not None:
-            L.llama_free(self._streams[0])
+        streams = getattr(self, "_streams", None)
+        if streams is not None:
+            L.llama_free(streams[0])
             self._streams = None
-        if getattr(self, "batch", None) is not None:
-            self.batch.free()
+        batch = getattr(self, "batch", None)
+        if batch is not None:
+            batch.free()
             self.batch = None
         if getattr(self, "ctx", None):
             L.llama_free(self.ctx)
@@ -619,7 +629,7 @@ class _Batch:
     def clear(self) -> None:
         self.n = 0
 
-    def add(self, tokens, pos0: int, seqs: list[int]) -> int:
+    def add(self, tokens: list[int], pos0: int, seqs: list[int]) -> int:
         """Tokens at positions pos0, pos0+1, ... in each of `seqs`; no logits. Returns the first index."""
         first, k = self.n, len(tokens)
         self.token[first : first + k] = tokens
@@ -634,7 +644,7 @@ class _Batch:
     def want_logits(self, index: int) -> None:
         self.logits[index] = 1
 
-    def raw_for_decode(self):
+    def raw_for_decode(self) -> Any:
         self.raw.n_tokens = self.n
         return self.raw
 
@@ -821,7 +831,7 @@ class _Slot:
             self.budget = max(1, self.budget // 2)
 
     def generation(self, reused: int) -> Generation:
-        notes: dict = {"prefix_tokens_reused": reused}
+        notes: dict[str, Any] = {"prefix_tokens_reused": reused}
         if self.drafter is not None:
             notes["speculative"] = {"method": self.drafter.name, "drafted": self.drafted, "accepted": self.accepted}
         return Generation(text=self.text, n_prompt_tokens=len(self.tokens), n_output_tokens=self.n_out,

@@ -12,11 +12,18 @@ import time
 from dataclasses import asdict, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
 from edgeeval.engine.memory import check_context_fits
 from edgeeval.errors import ErrorKind, ModelFileError
 from edgeeval.gguf_file import read_gguf_metadata
+
+if TYPE_CHECKING:
+    from edgeeval.engine.fake import FakeModel
+    from edgeeval.engine.llama import LlamaModel
+
+    Model = Union[FakeModel, LlamaModel]
 
 # Test hook: a worker whose prompt (or, while loading, model path) contains this marker crashes the
 # way native code does.
@@ -72,8 +79,9 @@ def _die_with_parent(parent_pid: int) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _worker_main(conn, model_path: str, settings: dict) -> None:
+def _worker_main(conn: Connection[Any, Any], model_path: str, settings: dict[str, Any]) -> None:
     """The child: load the model once, then answer requests until told to stop."""
+    model: Model
     engine_settings = EngineSettings(**settings)
     _maybe_inject_fault(model_path)
     try:
@@ -121,15 +129,15 @@ def _as_engine_error(exc: Exception) -> EngineError:
     return exc if isinstance(exc, EngineError) else EngineError(ErrorKind.ENGINE, str(exc))
 
 
-def _error_reply(error: EngineError) -> dict:
+def _error_reply(error: EngineError) -> dict[str, Any]:
     return {"error": {"kind": error.kind.value, "detail": error.detail}}
 
 
-def _reply_error(reply: dict) -> EngineError:
+def _reply_error(reply: dict[str, Any]) -> EngineError:
     return EngineError(ErrorKind(reply["error"]["kind"]), reply["error"]["detail"])
 
 
-def _op_generate_many(model, request: dict) -> dict:
+def _op_generate_many(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     _maybe_inject_fault("\0".join(request["prompts"]))
     try:
         results = model.generate_many(request["prompts"], request["max_tokens"], request["stop"],
@@ -139,7 +147,7 @@ def _op_generate_many(model, request: dict) -> dict:
         return _error_reply(_as_engine_error(exc))
 
 
-def _op_loglikelihood_many(model, request: dict) -> dict:
+def _op_loglikelihood_many(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     _maybe_inject_fault("\0".join(context + "\0" + "\0".join(options) for context, options in request["items"]))
     try:
         scores = model.loglikelihood_many([(c, list(o)) for c, o in request["items"]])
@@ -148,7 +156,7 @@ def _op_loglikelihood_many(model, request: dict) -> dict:
     return {"scores": [[score.to_wire() for score in item] for item in scores]}
 
 
-def _op_letter_logprobs(model, request: dict) -> dict:
+def _op_letter_logprobs(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     _maybe_inject_fault(request["prompt"])
     try:
         return {"logprobs": model.letter_logprobs(request["prompt"], request["letters"])}
@@ -172,9 +180,9 @@ class WorkerEngine:
         self.settings = settings.resolved()
         self.restarts = 0
         self.crashes: list[str] = []
-        self._proc = None
-        self._conn = None
-        self._info: dict = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection[Any, Any] | None = None
+        self._info: dict[str, Any] = {}
         # A context too large for this machine is refused here, before llama.cpp allocates it.
         check_context_fits(self.model_path, read_gguf_metadata(self.model_path).metadata, self.settings.n_ctx)
         self._start()
@@ -200,7 +208,8 @@ class WorkerEngine:
             raise ModelFileError(f"{self.model_path}: {reply['error']}")
         self._info = reply["info"]
 
-    def _receive(self, timeout: float, what: str) -> dict:
+    def _receive(self, timeout: float, what: str) -> dict[str, Any]:
+        assert self._proc is not None and self._conn is not None, "worker not started"
         deadline = time.monotonic() + timeout
         while not self._conn.poll(0.1):
             if self._proc.poll() is not None:
@@ -209,12 +218,13 @@ class WorkerEngine:
                 self._stop()
                 raise WorkerTimedOut(f"worker timed out after {timeout:.0f} s while {what}")
         try:
-            return self._conn.recv()
+            reply: dict[str, Any] = self._conn.recv()
+            return reply
         except (EOFError, ConnectionError):
             _wait(self._proc, 5)
             raise WorkerCrashed(f"worker {describe_exit(self._proc.returncode)} while {what}") from None
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         return {**self._info, "restarts": self.restarts, "crashes": list(self.crashes)}
 
     def generate(self, prompt: str, max_tokens: int, stop: list[str], speculative: str | None = None) -> Generation:
@@ -258,9 +268,10 @@ class WorkerEngine:
                                          "scoring")
         if "error" in reply:
             raise _reply_error(reply)
-        return reply["logprobs"]
+        logprobs: dict[str, float] = reply["logprobs"]
+        return logprobs
 
-    def _request_with_retry(self, request: dict, what: str) -> dict:
+    def _request_with_retry(self, request: dict[str, Any], what: str) -> dict[str, Any]:
         """One request, retried once on a fresh worker after a native crash (in safe mode if
         repacking was on: the known Intel-AMX crash comes from it), then answered with an error."""
         try:
@@ -278,7 +289,8 @@ class WorkerEngine:
                 kind = ErrorKind.TIMEOUT if isinstance(second, WorkerTimedOut) else ErrorKind.NATIVE_CRASH
                 return _error_reply(EngineError(kind, str(second)))
 
-    def _request_once(self, request: dict, what: str) -> dict:
+    def _request_once(self, request: dict[str, Any], what: str) -> dict[str, Any]:
+        assert self._conn is not None, "worker not started"
         self._conn.send(request)
         reply = self._receive(self.settings.unit_timeout_s, what)
         if "tokens" in reply:
@@ -312,7 +324,7 @@ class WorkerEngine:
         self._stop()
 
 
-def _wait(proc: subprocess.Popen, timeout: float) -> None:
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:

@@ -25,7 +25,7 @@ def records_table(scored: pl.DataFrame) -> pl.DataFrame:
     """One row per (model, task, example), sorted, identifying columns first."""
     if not scored.width:
         return scored
-    first = [c for c in ("model", "task", "example_id", "gold", "parsed") if c in scored.columns]
+    first: list[str] = [c for c in ("model", "task", "example_id", "gold", "parsed") if c in scored.columns]
     rest = [c for c in scored.columns if c not in first]
     return scored.select(first + rest).sort(["model", "task", "example_id"][: len(first)])
 

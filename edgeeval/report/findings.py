@@ -30,7 +30,7 @@ def _missing(value) -> bool:
 
 def significant(row: dict) -> bool:
     p = row.get("p_holm", row.get("p_value"))
-    return not _missing(p) and p < SIGNIFICANCE
+    return p is not None and not _missing(p) and p < SIGNIFICANCE
 
 
 def favours(row: dict) -> str | None:

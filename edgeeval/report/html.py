@@ -121,7 +121,7 @@ def _discordant_cell(row: dict, href: str) -> str:
 
 def _verdict_cell(row: dict, base: str, cand: str) -> str:
     side = favours(row)
-    cls = {"candidate": "favours-candidate", "baseline": "favours-baseline"}.get(side, "no-difference")
+    cls = {"candidate": "favours-candidate", "baseline": "favours-baseline"}.get(side or "", "no-difference")
     return f'<td class="verdict {cls}">{escape(verdict(row, base, cand))}</td>'
 
 
@@ -160,7 +160,7 @@ def _scoreboard(study: Study, pair: Pair, rows: pl.DataFrame) -> str:
         r = task_rows.filter(pl.col("metric") == metric).row(0, named=True)
         if math.isnan(r["delta"]):
             continue
-        cls = {"candidate": "favours-candidate", "baseline": "favours-baseline"}.get(favours(r), "no-difference")
+        cls = {"candidate": "favours-candidate", "baseline": "favours-baseline"}.get(favours(r) or "", "no-difference")
         arrow = "▲" if r["delta"] > 0 else "▼" if r["delta"] < 0 else "="
         tiles.append(f'<li class="{cls}"><a href="#{slug("task", task)}"><span aria-hidden="true">{arrow}</span> '
                      f"{escape(task)}<br><small>{escape(metric)} {escape(_minus(fmt(r['delta'])))}, "
@@ -239,7 +239,7 @@ def _ordered(rows: pl.DataFrame) -> pl.DataFrame:
 
 def _forest_row(r: dict, base: str, cand: str) -> ForestRow:
     side = favours(r)
-    colour = {"candidate": FAVOURS_CANDIDATE, "baseline": FAVOURS_BASELINE}.get(side, NO_DIFFERENCE)
+    colour = {"candidate": FAVOURS_CANDIDATE, "baseline": FAVOURS_BASELINE}.get(side or "", NO_DIFFERENCE)
     note = (f"{fmt(r['delta'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] · {fmt_p(r['p_holm'])}"
             if not math.isnan(r["delta"]) else "no paired examples")
     tooltip = (f"{r['task']}, {r['metric']}: {base} {fmt(r['baseline'])}, {cand} {fmt(r['candidate'])}, "

@@ -36,11 +36,12 @@ def retrieval_rows(study: Study) -> list[RetrievalRow]:
         return []
     rows = []
     frame = scored.filter(pl.col("n_passages").is_not_null())
+    # float(...mean()): polars types a Series' mean as any Python literal, hence the two ignores.
     for (arm, task), part in frame.group_by(["model", "task"], maintain_order=True):
         tokens = part["n_passage_tokens"].drop_nulls()
         rows.append(RetrievalRow(
-            arm=arm, task=task, items=part.height, mean_passages=float(part["n_passages"].mean()),
-            mean_passage_tokens=float(tokens.mean()) if tokens.len() else None,
+            arm=arm, task=task, items=part.height, mean_passages=float(part["n_passages"].mean()),  # type: ignore[arg-type]
+            mean_passage_tokens=float(tokens.mean()) if tokens.len() else None,  # type: ignore[arg-type]
             leaks=int(part["leak"].fill_null(False).sum()), excluded=int(part["leak_excluded"].fill_null(0).sum()),
             top_sources=_top_sources(part)))
     return rows

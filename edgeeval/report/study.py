@@ -106,6 +106,7 @@ def _one_family(study: Study) -> Study:
 def study_from_runs(run_dirs: list[Path], seed: int = 0) -> Study:
     """Several runs of the same models side by side: every arm against the first run's arm of the
     same model, and each run's own pairs; examples are paired on their ids within each task."""
+    tasks: dict[str, dict]
     runs, frames, arms, tasks = [], [], {}, {}
     for name, path in zip(run_labels(run_dirs), run_dirs):
         manifest, scored = score_run(path)

@@ -170,6 +170,7 @@ def bar_chart(svg_id: str, title: str, description: str, groups: list[tuple[str,
     body = sum(len(bars) * (bar + gap) + group_gap for _, bars in groups)
     height = top + body + 50
     parts = _open_svg(svg_id, height, title, description, "bars")
+    y: float
     for index, name in enumerate(series):
         x, y = 8 + (index % 3) * 310, 28 + 20 * (index // 3)
         parts.append(f'<rect x="{x}" y="{y:.1f}" width="12" height="12" fill="{colours[index]}"/>')

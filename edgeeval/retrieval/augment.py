@@ -123,6 +123,7 @@ def _as_text(value) -> str:
 def within_budget(hits: list[Hit], budget: int, chars_per_token: float) -> tuple[list[Hit], int]:
     """The hits, best first, whose estimated tokens fit `budget`: the one that overflows it is cut to what is
     left (when that is worth showing) and the rest are left out. Returns (hits, characters cut)."""
+    used: float
     kept, used = [], 0
     for hit in hits:
         size = len(hit.passage.text) / chars_per_token
