@@ -491,6 +491,7 @@ def assert_agrees_with_gguf_reader(path: Path) -> None:
             assert ours == field.contents(), key
 
 
+@pytest.mark.real_model  # reading the 49k-token vocabulary with GGUFReader takes seconds
 def test_real_smollm2(real_models) -> None:
     info = read_gguf_metadata(real_models["smollm2"])
     assert info.architecture == "llama"
@@ -503,6 +504,7 @@ def test_real_smollm2(real_models) -> None:
     assert_agrees_with_gguf_reader(real_models["smollm2"])
 
 
+@pytest.mark.real_model  # GGUFReader on the 262k-token vocabulary: about 20 s of CPU
 def test_real_gemma3(real_models) -> None:
     info = read_gguf_metadata(real_models["gemma"])
     assert info.architecture == "gemma3"
