@@ -106,7 +106,7 @@ def scale_out(args, project: Project):
 
     shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
     if getattr(args, "ray", None) is None:
-        if args.workers is not None:
+        if getattr(args, "workers", None) is not None:
             raise ConfigError("--workers needs --ray")
         return shard, None
     if shard is not None:
