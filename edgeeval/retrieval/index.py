@@ -13,10 +13,10 @@ from pathlib import Path
 
 from edgeeval.errors import DataError, EdgeevalError
 from edgeeval.retrieval.corpus import Passage, corpus_sha256, load_passages
+from edgeeval.sha256_cache import cache_dir
 from edgeeval.store import DIR_MODE, FILE_MODE, make_private_dir
 
 CACHE_ENV = "EDGEEVAL_CACHE_DIR"
-DEFAULT_CACHE = "~/.cache/edgeeval"
 INDEX_VERSION = 1
 """Bumped when the cached layout or the way passages are indexed changes: old caches are then rebuilt."""
 BM25 = {"method": "lucene", "k1": 1.5, "b": 0.75, "stopwords": "en", "stemmer": None}
@@ -32,7 +32,8 @@ class Hit:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / "retrieval"
+    """Indexes live beside the other caches of edgeeval ($EDGEEVAL_CACHE_DIR, $XDG_CACHE_HOME/edgeeval, ~/.cache)."""
+    return cache_dir() / "retrieval"
 
 
 def index_text(passage: Passage) -> str:
