@@ -16,7 +16,7 @@ from engine_support import write_tiny_f32_llama
 
 pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).resolve().parent.parent / "edgeeval" / "builtin"
-CASES = ROOT / "edgeeval" / "builtin" / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
+CASES = ROOT / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
 SYSTEM = "You are an experienced physician answering a clinical case challenge. Be accurate and concise."
 CHAT = {
     "smollm2": "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n",
