@@ -24,7 +24,7 @@ def run_cli(project: Path, *args: str) -> int:
 
 
 FAKE_ENGINE_HOOKS_SITECUSTOMIZE = '''
-import hashlib, os, time
+import hashlib, os, sys, time
 _log = os.environ.get("EDGEEVAL_TEST_GENERATION_LOG")
 _gate = os.environ.get("EDGEEVAL_TEST_GATE")
 if _log or _gate:
@@ -53,17 +53,46 @@ if _log or _gate:
         return result
 
     _fake.FakeModel.generate = _hooked
+
+_hold = os.environ.get("EDGEEVAL_TEST_REPORT_HOLD")
+if _hold and "edgeeval.cli" in sys.orig_argv:  # the CLI process, not its workers
+    import edgeeval.report as _report
+    _build_report, _replace = _report.build_report, os.replace
+    _renames = [None]  # None until the report starts
+
+    def _report_started(*args, **kwargs):
+        _renames[0] = 0
+        return _build_report(*args, **kwargs)
+
+    def _held_replace(src, dst, *args, **kwargs):
+        if _renames[0] is not None:
+            _renames[0] += 1
+            if _renames[0] == int(_hold):  # its temporary file is written, not yet renamed: hold here
+                fd = os.open(_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                os.write(fd, b"report-held " + os.path.basename(str(dst)).encode() + b"\\n")
+                os.close(fd)
+                time.sleep(600)
+        return _replace(src, dst, *args, **kwargs)
+
+    _report.build_report = _report_started
+    os.replace = _held_replace
 '''
 
 
+compile(FAKE_ENGINE_HOOKS_SITECUSTOMIZE, "sitecustomize.py", "exec")  # Python skips a broken one silently
+
+
 def fake_engine_env(tmp_path: Path, *, delay: float = 0.0, log: Path | None = None, gate: Path | None = None,
-                    gate_after: int = 0) -> dict[str, str]:
+                    gate_after: int = 0, report_hold: int | None = None) -> dict[str, str]:
     """An environment for CLI subprocesses on the fake engine (the CLI and its workers):
     - `delay`: seconds per answer (EDGEEVAL_FAKE_DELAY_S);
     - `log`: every answer a worker starts and finishes is appended to this file ("start <hash>",
       "done <hash>"), so a test can count units begun against records written;
     - `gate`: each worker gives `gate_after` answers, then holds the next one until the file `gate`
-      exists (create it to let the run go on; a held worker gives up after 10 minutes)."""
+      exists (create it to let the run go on; a held worker gives up after 10 minutes);
+    - `report_hold` (needs `log`): the CLI, writing its report, stops before it renames its
+      `report_hold`-th file into place (the file's temporary copy is written), notes "report-held
+      <name>" in the log and waits there (10 minutes), to be killed in the middle of the report."""
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(FAKE_ENGINE_HOOKS_SITECUSTOMIZE)
@@ -74,6 +103,9 @@ def fake_engine_env(tmp_path: Path, *, delay: float = 0.0, log: Path | None = No
     if gate is not None:
         env["EDGEEVAL_TEST_GATE"] = str(gate)
         env["EDGEEVAL_TEST_GATE_AFTER"] = str(gate_after)
+    if report_hold is not None:
+        assert log is not None, "the hold is noted in the log"
+        env["EDGEEVAL_TEST_REPORT_HOLD"] = str(report_hold)
     return env
 
 

@@ -124,7 +124,10 @@ def test_kill_minus_9_at_random_moments_then_resume(project_dir, tmp_path):
         phase = "report" if kills == N_KILLS - 1 else rng.choice(["startup", "answering", "answering", "answering"])
         if phase == "answering" and remaining <= 12:
             phase = "startup"
-        proc = subprocess.Popen(cmd, cwd=project_dir, env=env, start_new_session=True,
+        run_env = env
+        if phase == "report":  # after the last record, in the middle of the report files
+            run_env = fake_engine_env(tmp_path, delay=UNIT_DELAY_S, log=log, report_hold=rng.randint(1, 4))
+        proc = subprocess.Popen(cmd, cwd=project_dir, env=run_env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if phase == "startup":  # loading config, data, models; at the latest when the first answer begins
             deadline = time.monotonic() + rng.uniform(0.0, 0.9)
@@ -134,9 +137,8 @@ def test_kill_minus_9_at_random_moments_then_resume(project_dir, tmp_path):
             target = before_done + rng.randint(1, 10)
             assert wait_for(lambda: count_lines(log, b"done") >= target, proc)
             time.sleep(rng.uniform(0.0, UNIT_DELAY_S))  # somewhere inside the next answer
-        else:
-            assert wait_for(lambda: len(complete_records(out)) == units, proc, timeout=60)
-            time.sleep(rng.uniform(0.0, 0.3))  # scoring, statistics, report files
+        else:  # the report: held just before its k-th file is renamed into place (cli_support)
+            assert wait_for(lambda: count_lines(log, b"report-held") == 1, proc, timeout=120)
         if proc.poll() is not None:
             assert proc.returncode == 0, proc.stderr.read().decode()
             pytest.fail(f"the run finished before kill point {kills + 1}; give it more work")
