@@ -37,6 +37,14 @@ settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+LLAMA_THREADS = 1
+"""llama.cpp threads for the tests on the real models (CLI runs get --threads). One: these tests check
+results, not speed, and on shared cores (a CI runner, two cores with other jobs) llama.cpp's threads
+wait for each other at every step: at a load of about 4 on 2 cores, scoring the case challenges took
+3 to 4 times longer with two threads than with one. With one thread the CPU time of a test is also
+its wall time on a quiet machine, so the suite's time can be read off any run."""
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and of the child processes it has reaped (user + system)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -116,17 +124,25 @@ def project_dir(tmp_path: Path) -> Path:
 
 
 def real_model_paths() -> dict[str, Path]:
-    """The bundled demo models, found the way edgeeval finds them, when their packages are installed."""
+    """The bundled demo models, found the way edgeeval finds them, when their packages are installed.
+
+    Finding Gemma the first time assembles it from its chunk packages into ~/.cache, not atomically:
+    a lock makes parallel test processes (pytest -n) wait for the one that assembles it."""
+    import fcntl
+    import tempfile
+
     from edgeeval.config import load_models_config, resolve_model_path
     from edgeeval.errors import ModelFileError
 
     project = load_models_config(BUILTIN / "models.toml")
     found = {}
-    for key, name in (("gemma", "gemma3-270m"), ("smollm2", "smollm2-135m-instruct")):
-        try:
-            found[key] = resolve_model_path(project, name)
-        except ModelFileError:
-            pass
+    with open(Path(tempfile.gettempdir()) / "edgeeval-tests-models.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for key, name in (("gemma", "gemma3-270m"), ("smollm2", "smollm2-135m-instruct")):
+            try:
+                found[key] = resolve_model_path(project, name)
+            except ModelFileError:
+                pass
     return found
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cli_support import run_cli
+from conftest import LLAMA_THREADS
 from edgeeval.store import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +125,7 @@ def test_real_demo_runs_with_no_network_at_all(real_models, tmp_path):
     assert edgeeval.exists()
     out = tmp_path / "demo"
     result = subprocess.run(["unshare", "-n", str(edgeeval), "demo", "--out", str(out), "--limit", "2",
-                             "--max-tokens", "8", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                             "--max-tokens", "8", "--quiet", "--threads", str(LLAMA_THREADS)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert (out / "report.md").exists()
     for model in ("gemma3-270m", "smollm2-135m-instruct"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import LLAMA_THREADS
 from edgeeval.chat import load_chat_template
 from edgeeval.engine import EngineSettings
 from edgeeval.engine.worker import WorkerEngine
@@ -22,7 +23,8 @@ from edgeeval.store import read_records
 
 pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = EngineSettings(n_ctx=1024)
+SETTINGS = EngineSettings(n_ctx=1024, n_threads=LLAMA_THREADS)
+THREADS = ("--threads", str(LLAMA_THREADS))
 
 
 def test_greedy_output_is_identical_across_two_engines(real_models):
@@ -52,7 +54,7 @@ def test_stop_strings_and_token_limit(real_models):
 
 
 def test_prompt_longer_than_context_is_an_error_record(real_models):
-    engine = WorkerEngine(real_models["smollm2"], EngineSettings(n_ctx=256))
+    engine = WorkerEngine(real_models["smollm2"], EngineSettings(n_ctx=256, n_threads=LLAMA_THREADS))
     try:
         result = engine.generate("fever " * 400, 8, [])
         assert result.text is None and result.error.startswith("prompt_too_long")
@@ -93,10 +95,10 @@ def test_killed_worker_is_restarted_and_the_run_goes_on(real_models):
 
 def demo_cmd(out: Path) -> list[str]:
     return [sys.executable, "-m", "edgeeval.cli", "demo", "--out", str(out), "--limit", "5",
-            "--max-tokens", "24", "--quiet"]
+            "--max-tokens", "24", "--quiet", *THREADS]
 
 
-def test_demo_pipeline_killed_then_resumed(tmp_path):
+def test_demo_pipeline_killed_then_resumed(tmp_path, real_models):
     out = tmp_path / "demo"
     proc = subprocess.Popen(demo_cmd(out), cwd=ROOT)
     path = out / "records" / "gemma3-270m" / "case_challenges.jsonl"
@@ -123,8 +125,8 @@ def test_demo_pipeline_killed_then_resumed(tmp_path):
 
 def test_loglik_run_on_the_case_challenges_equals_a_naive_reference(tmp_path, real_models):
     """`run --mode loglik` through the worker (letter fast path, prefix kept across items) chooses
-    what a naive reference chooses: each prompt decoded alone in a fresh context, logits for every
-    position, the letters' log-probabilities read off the last row."""
+    what a naive reference chooses: each prompt decoded alone in a cleared cache, in one batch, the
+    letters' log-probabilities read off the last row."""
     import numpy as np
 
     from cli_support import run_cli
@@ -133,11 +135,11 @@ def test_loglik_run_on_the_case_challenges_equals_a_naive_reference(tmp_path, re
 
     out = tmp_path / "run"
     assert run_cli(ROOT, "run", "--pair", "demo", "--task", "case_challenges", "--mode", "loglik", "--quiet",
-                   "--out", str(out)) == 0
+                   "--out", str(out), *THREADS) == 0
     for key, name in (("smollm2", "smollm2-135m-instruct"), ("gemma", "gemma3-270m")):
         records = read_records(out / "records" / name / "case_challenges@loglik.jsonl")
         assert len(records) == 36 and all(r.error is None for r in records)
-        model = LlamaModel(str(real_models[key]), EngineSettings(n_ctx=2048).resolved())
+        model = LlamaModel(str(real_models[key]), EngineSettings(n_ctx=2048, n_threads=LLAMA_THREADS).resolved())
         naive = NaiveScorer(model)
         try:
             ours_right = naive_right = same = 0
@@ -159,7 +161,7 @@ def test_loglik_run_on_the_case_challenges_equals_a_naive_reference(tmp_path, re
             model.close()
 
 
-def test_parallel_run_answers_as_one_at_a_time(tmp_path):
+def test_parallel_run_answers_as_one_at_a_time(tmp_path, real_models):
     """`run --parallel 4` (continuous batching in the worker) gives the one-at-a-time answers: the same
     records, and the same text on all but rare near-ties (quantized kernels round differently for other
     batch shapes; the speed benchmark measured 36/36 on both demo models at 128 tokens)."""
@@ -169,7 +171,7 @@ def test_parallel_run_answers_as_one_at_a_time(tmp_path):
     for parallel in ("1", "4"):
         out = tmp_path / f"p{parallel}"
         assert run_cli(ROOT, "run", "--pair", "demo", "--task", "case_challenges", "--limit", "8", "--max-tokens", "32",
-                       "--parallel", parallel, "--quiet", "--out", str(out)) == 0
+                       "--parallel", parallel, "--quiet", "--out", str(out), *THREADS) == 0
         outputs[parallel] = {name: [(r.example_id, r.prompt_hash, r.output, r.error) for r in
                                     read_records(out / "records" / name / "case_challenges.jsonl")]
                              for name in ("gemma3-270m", "smollm2-135m-instruct")}

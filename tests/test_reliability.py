@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cli_support import count_lines, fake_engine_env, run_cli, wait_for
+from conftest import LLAMA_THREADS
 from edgeeval.engine import EngineSettings
 from edgeeval.engine import memory
 from edgeeval.errors import ConfigError
@@ -439,7 +440,8 @@ def test_same_run_twice_gives_identical_records_apart_from_timings(project_dir, 
 
 
 def demo_cmd(out: Path, limit: int, max_tokens: int) -> list[str]:
-    return cli_cmd(["demo", "--out", str(out), "--limit", str(limit), "--max-tokens", str(max_tokens), "--quiet"])
+    return cli_cmd(["demo", "--out", str(out), "--limit", str(limit), "--max-tokens", str(max_tokens), "--quiet",
+                    "--threads", str(LLAMA_THREADS)])
 
 
 @pytest.mark.real_model
