@@ -2,7 +2,7 @@
 # llama-cpp-python is compiled once and cached as a wheel).
 PY := .venv/bin/python
 
-.PHONY: setup setup-dev demo test typecheck wheelhouse models-extra
+.PHONY: setup setup-dev demo test test-fast typecheck wheelhouse models-extra
 setup:
 	scripts/setup.sh
 
@@ -12,9 +12,21 @@ setup-dev:
 demo: setup
 	.venv/bin/edgeeval demo
 
+# Tests run in TEST_JOBS processes (default: one per CPU; TEST_JOBS=1 runs them in this process). The
+# real-model tests give llama.cpp one thread each (tests/conftest.py: LLAMA_THREADS), so on two cores two
+# tests at a time use the machine, where one test with two llama.cpp threads would mostly wait.
+# --dist loadfile keeps the tests of a file, and its module fixtures, in one process, in file order.
 # The packaging tests install edgeeval from the wheelhouse into a fresh venv, offline.
+TEST_JOBS ?= auto
+PYTEST := EDGEEVAL_WHEELHOUSE=dist/wheelhouse $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile
+
 test: setup-dev wheelhouse
-	EDGEEVAL_WHEELHOUSE=dist/wheelhouse $(PY) -m pytest
+	$(PYTEST)
+
+# The tests that need no real model (the deterministic fake engine); the packaging tests among them run
+# when dist/wheelhouse is there (make wheelhouse).
+test-fast: setup-dev
+	$(PYTEST) -m "not real_model"
 
 # mypy over edgeeval/ (strict for engine/ and store.py); the settings are pyproject.toml's [tool.mypy].
 typecheck: setup-dev

@@ -116,6 +116,7 @@ def test_installed_edgeeval_names_the_packaged_config(installed):
     assert first == f"config: {site / 'edgeeval' / 'builtin' / 'models.toml'} (from the packaged default)"
 
 
+@pytest.mark.real_model
 def test_installed_demo_runs_with_no_network(installed):
     """The compiled llama.cpp from the wheelhouse, the packaged demo config and tasks, the demo models'
     packages: two questions each, offline, from the scratch folder."""
