@@ -31,6 +31,7 @@ if _log or _gate:
     from edgeeval.engine import fake as _fake
     _generate = _fake.FakeModel.generate
     _gate_after = int(os.environ.get("EDGEEVAL_TEST_GATE_AFTER", "0"))
+    _closed_delay = float(os.environ.get("EDGEEVAL_TEST_GATE_CLOSED_DELAY_S", "0"))
     _answers = [0]
 
     def _note(event, prompt):
@@ -43,6 +44,8 @@ if _log or _gate:
 
     def _hooked(self, prompt, max_tokens, stop, speculative=None):
         _answers[0] += 1
+        if _gate and _closed_delay and not os.path.exists(_gate):
+            time.sleep(_closed_delay)  # slow answers while the gate is closed, full speed once it opens
         if _gate and _answers[0] > _gate_after:  # hold this answer until the test opens the gate
             deadline = time.monotonic() + 600
             while not os.path.exists(_gate) and time.monotonic() < deadline:
@@ -89,7 +92,8 @@ def fake_engine_env(tmp_path: Path, *, delay: float = 0.0, log: Path | None = No
     - `log`: every answer a worker starts and finishes is appended to this file ("start <hash>",
       "done <hash>"), so a test can count units begun against records written;
     - `gate`: each worker gives `gate_after` answers, then holds the next one until the file `gate`
-      exists (create it to let the run go on; a held worker gives up after 10 minutes);
+      exists (create it to let the run go on; a held worker gives up after 10 minutes). With
+      EDGEEVAL_TEST_GATE_CLOSED_DELAY_S set too, each answer given while the gate is closed takes that long;
     - `report_hold` (needs `log`): the CLI, writing its report, stops before it renames its
       `report_hold`-th file into place (the file's temporary copy is written), notes "report-held
       <name>" in the log and waits there (10 minutes), to be killed in the middle of the report."""
