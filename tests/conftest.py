@@ -175,3 +175,12 @@ def _no_user_config(_empty_config_home, monkeypatch):
     monkeypatch.delenv("EDGEEVAL_CONFIG", raising=False)
     monkeypatch.delenv("EDGEEVAL_TASKS_DIRS", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(_empty_config_home))
+
+
+@pytest.fixture(scope="session")
+def tiny_f32_path(real_models, tmp_path_factory) -> Path:
+    """The engine tests' tiny float32 llama (engine_support.write_tiny_f32_llama, about 4 s of CPU), written
+    once per session; the tests only load it."""
+    from engine_support import write_tiny_f32_llama
+
+    return write_tiny_f32_llama(real_models["smollm2"], tmp_path_factory.mktemp("tiny") / "tiny-f32.gguf")

@@ -12,7 +12,6 @@ from edgeeval.data import load_multiple_choice
 from edgeeval.engine import EngineSettings
 from edgeeval.engine.llama import LlamaModel
 from edgeeval.prompts import TaskPrompt
-from engine_support import write_tiny_f32_llama
 
 pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).resolve().parent.parent / "edgeeval" / "builtin"
@@ -51,9 +50,8 @@ def test_batched_answers_equal_one_at_a_time_on_the_case_challenges(demo):
         assert b.n_prompt_tokens == s.n_prompt_tokens
 
 
-def test_tiny_model_batched_answers_equal_one_at_a_time_exactly(real_models, tmp_path):
-    path = write_tiny_f32_llama(real_models["smollm2"], tmp_path / "tiny.gguf")
-    model = LlamaModel(str(path), EngineSettings(n_ctx=2048, n_batch=64, n_ubatch=64, n_threads=1).resolved())
+def test_tiny_model_batched_answers_equal_one_at_a_time_exactly(tiny_f32_path):
+    model = LlamaModel(str(tiny_f32_path), EngineSettings(n_ctx=2048, n_batch=64, n_ubatch=64, n_threads=1).resolved())
     try:
         prompts = [f"Case {i}: " + "fever and cough " * (i * 7 % 23) for i in range(12)]
         for n_parallel in (1, 3, 16):

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from edgeeval.data import load_multiple_choice
 from edgeeval.engine import EngineError, EngineSettings
 from edgeeval.engine.llama import LlamaModel
-from engine_support import NaiveScorer, assert_score_matches, assert_tokens_close, write_tiny_f32_llama
+from engine_support import NaiveScorer, assert_score_matches, assert_tokens_close
 
 pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +43,8 @@ def mc_items(n: int, shots: int = 0) -> list[tuple[str, list[str]]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_path(real_models, tmp_path_factory) -> Path:
-    return write_tiny_f32_llama(real_models["smollm2"], tmp_path_factory.mktemp("tiny") / "tiny-f32.gguf")
+def tiny_path(tiny_f32_path) -> Path:
+    return tiny_f32_path
 
 
 @pytest.fixture(scope="module")

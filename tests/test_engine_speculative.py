@@ -13,7 +13,6 @@ from edgeeval.engine import EngineSettings
 from edgeeval.engine import drafting
 from edgeeval.engine.drafting import PromptLookup
 from edgeeval.engine.llama import LlamaModel
-from engine_support import write_tiny_f32_llama
 
 
 def test_prompt_lookup_drafts_what_followed_the_latest_match():
@@ -56,8 +55,8 @@ PROMPTS = [f"Case {i}: " + "fever and cough " * (i * 5 % 11) + "diagnosis:" for 
 
 
 @pytest.fixture(scope="module")
-def tiny(real_models, tmp_path_factory):
-    path = write_tiny_f32_llama(real_models["smollm2"], tmp_path_factory.mktemp("tiny") / "tiny.gguf")
+def tiny(tiny_f32_path):
+    path = tiny_f32_path
     model = LlamaModel(str(path), EngineSettings(n_ctx=1024, n_batch=64, n_ubatch=64, n_threads=1).resolved())
     yield path, model
     model.close()

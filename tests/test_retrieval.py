@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cli_support import run_cli
-from conftest import BUILTIN, FAKE_MODELS_TOML, ROOT, make_project
+from conftest import BUILTIN, FAKE_MODELS_TOML, LLAMA_THREADS, ROOT, make_project
 from edgeeval.config import load_models_config
 from edgeeval.planning import plan_units, prepare_model, prepare_task
 from edgeeval.retrieval.corpus import Passage, load_passages
@@ -341,8 +341,8 @@ def test_real_demo_with_retrieval_runs_offline(real_models, tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "EDGEEVAL_CACHE_DIR": str(tmp_path / "cache")}
     result = subprocess.run([*prefix, sys.executable, "-m", "edgeeval.cli", "demo", "--retrieval", "--out", str(out),
-                             "--limit", "3", "--max-tokens", "8", "--quiet"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=900, env=env)
+                             "--limit", "3", "--max-tokens", "8", "--quiet", "--threads", str(LLAMA_THREADS)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr
     for model in ("gemma3-270m", "smollm2-135m-instruct", "smollm2-135m-rag"):
         recs = read_records(out / "records" / model / "case_challenges.jsonl")
