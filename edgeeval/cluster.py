@@ -258,7 +258,9 @@ class RayExecutor:
         events: queue.Queue = queue.Queue()
         queues, slots = {}, []
         for w in work:
-            slim = replace(w.model, chat=None)  # what records need; the chat template stays with the driver
+            # What records need: the chat template and the retrieval index (passages, vectors) stay with the
+            # driver, which put the passages into the prompts already.
+            slim = replace(w.model, chat=None, retrieval=None)
             tasks = {id(t): ray.put(replace(t, examples=[], prompt=None, shots=())) for t, _ in w.pending}
             queues[w.model.name] = ChunkQueue(chunked(w.pending, self.chunk))
 

@@ -35,8 +35,8 @@ class RetrievalSpec(Frozen):
     """A folder of .txt/.md/.jsonl files, or one .jsonl file (`id`, `title`, and `text` or `content` per line, as
     MedRAG's corpora); relative to the folder of models.toml, or absolute, or '~/...'."""
     retriever: Literal["bm25", "embedding"] = "bm25"
-    """'bm25' (bm25s, in the driver process). 'embedding' (a GGUF embedding model run by llama.cpp in a worker) is
-    reserved and refused for now: llama-cpp-python 0.3.36 crashes computing embeddings with the bundled GGUFs."""
+    """'bm25' (bm25s, in the driver process), or 'embedding': cosine similarity of mean-pooled embeddings from
+    the GGUF entry `embedding_model`, run by llama.cpp in a worker process (edgeeval.retrieval.embedding)."""
     k: int = Field(default=5, ge=1, le=50)
     """How many passages each prompt gets at most (fewer when the passage budget or the window is full)."""
     chunk_words: int = Field(default=150, ge=20, le=4000)
@@ -405,9 +405,9 @@ def _check_retrieval(path: Path, name: str, spec: ModelSpec, config: ModelsConfi
     embedder = retrieval.embedding_model
     if embedder is not None and embedder not in config.models:
         raise ConfigError(f"{path}: model '{name}' retrieval.embedding_model '{embedder}' is not a model in this file")
-    if retrieval.retriever == "embedding":
-        raise ConfigError(f"{path}: model '{name}' retrieval.retriever 'embedding' is not available yet (llama-cpp-python "
-                          "0.3.36 crashes computing embeddings with the bundled GGUFs); use 'bm25'")
+    if embedder is not None and config.models[embedder].retrieval is not None:
+        raise ConfigError(f"{path}: model '{name}' retrieval.embedding_model '{embedder}' is itself a retrieval entry; "
+                          "name the plain model")
 
 
 def load_task(path: Path) -> TaskSpec:

@@ -12,6 +12,7 @@ from edgeeval.chat import ChatTemplate, load_chat_template, prompt_hash
 from edgeeval.config import LoglikSpec, Project, TaskSpec, load_task, resolve_model_path, task_hash
 from edgeeval.context import fit_example
 from edgeeval.data import Example
+from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError, DataError, ErrorKind, TemplateError
 from edgeeval.formats import load_examples
 from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
@@ -147,7 +148,9 @@ def few_shot_turns(root: Path, spec: TaskSpec, prompt: TaskPrompt,
     return turns, sha256_file(path)
 
 
-def prepare_model(project: Project, name: str) -> PreparedModel:
+def prepare_model(project: Project, name: str, settings: EngineSettings | None = None) -> PreparedModel:
+    """A model ready to plan for: its file found, read and hashed, its chat template loaded, and its retrieval
+    index (if any) opened; `settings` are the run's engine settings (an embedding retriever runs with them)."""
     spec = project.config.models[name]
     path = resolve_model_path(project, name)
     info = read_gguf_metadata(path)
@@ -162,7 +165,7 @@ def prepare_model(project: Project, name: str) -> PreparedModel:
     except TemplateError as exc:
         raise TemplateError(f"model '{name}' ({path}): {exc}") from None
     n_ctx = min(spec.n_ctx, info.context_length or spec.n_ctx)
-    retrieval = None if spec.retrieval is None else prepare_retrieval(project, name, spec.retrieval, n_ctx)
+    retrieval = None if spec.retrieval is None else prepare_retrieval(project, name, spec.retrieval, n_ctx, settings)
     return PreparedModel(name, path, sha, info, chat, n_ctx, retrieval)
 
 

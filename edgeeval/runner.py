@@ -158,7 +158,7 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
     cluster) instead of in this process."""
     started = time.perf_counter()
     summary = RunSummary(run_dir=out_dir)
-    prepared = [prepare_model(project, name) for name in models]  # fail fast, before any inference
+    prepared = [prepare_model(project, name, settings) for name in models]  # fail fast, before any inference
     with RunStore(out_dir, part=shard.part if shard else None) as store:
         manifest = load_manifest(out_dir) or Manifest()
         manifest.edgeeval = edgeeval.__version__
@@ -175,6 +175,9 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
         # Every model's prompts are rendered before any inference, so a template that fails on
         # the candidate does not wait for hours of baseline work to say so.
         all_plans = [[(task, *plan_units(model, task)) for task in tasks] for model in prepared]
+        for model in prepared:  # the passages are in the prompts: an embedding retriever's worker can go
+            if model.retrieval is not None:
+                model.retrieval.close()
         for model, plans in zip(prepared, all_plans):
             manifest.models[model.name] = model_manifest(model, project, any(f for _, _, f in plans))
         store.write_manifest(manifest)

@@ -353,11 +353,111 @@ def test_real_demo_with_retrieval_runs_offline(real_models, tmp_path):
     assert set(manifest["pairs"]) == {"demo", "demo-rag", "demo-rag-vs-gemma"}
 
 
-def test_the_embedding_retriever_is_refused_clearly_until_it_works(rag_project, tmp_path, capsys):
-    toml = (rag_project / "models.toml").read_text().replace("k = 3\n", 'k = 3\nretriever = "embedding"\n'
-                                                            'embedding_model = "general-small"\n')
+# --- the embedding retriever ---------------------------------------------------------------------------
+
+EMBEDDING = 'k = 3\nretriever = "embedding"\nembedding_model = "general-small"\n'
+
+
+def test_embedding_index_ranks_by_cosine_and_is_cached_like_bm25(tmp_path, private_cache):
+    """On the fake engine (bag-of-words vectors): the passage that shares the query's words comes first; the
+    index is reused when nothing changed and rebuilt when a file, the chunking or the model changed."""
+    import numpy as np
+
+    from conftest import write_tiny_gguf
+    from edgeeval.engine import EngineSettings
+    from edgeeval.retrieval.embedding import open_embedding
+
+    corpus = write_corpus(tmp_path / "c", SMALL)
+    model = write_tiny_gguf(tmp_path / "embedder.gguf", "embedder")
+    fake = EngineSettings(backend="fake", n_threads=1)
+    first = open_embedding(corpus, 150, 30, model, "a" * 64, fake, progress=False)
+    try:
+        assert first.built and first.vectors.shape[0] == len(first.passages) == len(SMALL)
+        assert np.allclose(np.linalg.norm(first.vectors, axis=1), 1.0, atol=1e-6)
+        hits = first.search("negatively birefringent needle crystals of gout", 4)
+        assert hits[0].passage.id == "gout.md" and [h.rank for h in hits] == [1, 2, 3, 4]
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        first.close()  # the worker stops; a search starts it again
+        assert first.search("negatively birefringent needle crystals of gout", 1)[0].passage.id == "gout.md"
+    finally:
+        first.close()
+    again = open_embedding(corpus, 150, 30, model, "a" * 64, fake, progress=False)
+    assert not again.built and again.key == first.key and np.array_equal(again.vectors, first.vectors)
+    assert again.search("inhaled corticosteroid eosinophils", 1)[0].passage.id == "copd.txt"
+    again.close()
+    assert open_embedding(corpus, 150, 30, model, "b" * 64, fake, progress=False).key != first.key
+    (corpus / "gout.md").write_text("# Gout\nUrate crystals, now with colchicine for flares.", encoding="utf-8")
+    changed = open_embedding(corpus, 150, 30, model, "a" * 64, fake, progress=False)
+    assert changed.built and changed.key != first.key
+    changed.close()
+    for path in [private_cache, *private_cache.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_an_embedding_arm_runs_and_records_its_passages(rag_project, tmp_path):
+    toml = (rag_project / "models.toml").read_text().replace("k = 3\n", EMBEDDING)
     (rag_project / "models.toml").write_text(toml)
-    assert "retriever 'embedding' is not available yet" in one_line_error(rag_project, tmp_path / "run", capsys)
+    out = tmp_path / "run"
+    assert rag_run(rag_project, out, "--pair", "rag-vs-general") == 0
+    records = read_records(out / "records" / "general-rag" / "case_challenges.jsonl")
+    assert len(records) == N_SAMPLE and all(r.retrieval["passages"] for r in records)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["general-rag"]["retrieval"]["retriever"] == "embedding"
+    # Same prompts again: the index comes from the cache and nothing is redone.
+    assert rag_run(rag_project, out, "--pair", "rag-vs-general") == 0
+    assert len(read_records(out / "records" / "general-rag" / "case_challenges.jsonl")) == N_SAMPLE
+
+
+@pytest.mark.parametrize("change, expected", [
+    (EMBEDDING.replace('"general-small"', '"nope"'), "retrieval.embedding_model 'nope' is not a model in this file"),
+    (EMBEDDING.replace('"general-small"', '"general-rag"'), "is itself a retrieval entry; name the plain model"),
+    ('k = 3\nembedding_model = "general-small"\n', "'embedding_model' applies to retriever 'embedding' only"),
+])
+def test_bad_embedding_retriever_config_is_one_line(rag_project, tmp_path, capsys, change, expected):
+    toml = (rag_project / "models.toml").read_text().replace("k = 3\n", change)
+    (rag_project / "models.toml").write_text(toml)
+    assert expected in one_line_error(rag_project, tmp_path / "run", capsys)
+
+
+def test_an_embedding_model_that_is_not_a_gguf_is_named(rag_project, tmp_path, capsys):
+    toml = (rag_project / "models.toml").read_text().replace("k = 3\n", EMBEDDING.replace("general-small", "embedder"))
+    (rag_project / "models.toml").write_text(toml + '\n[models.embedder]\npath = "embedder.gguf"\nsource = "test"\nfamily = "general"\n')
+    (tmp_path / "models" / "embedder.gguf").write_bytes(b"not a gguf at all")
+    err = one_line_error(rag_project, tmp_path / "run", capsys)
+    assert "embedder.gguf" in err
+
+
+@pytest.mark.real_model
+def test_the_embedding_retriever_runs_on_a_bundled_model(real_models, tmp_path):
+    """SmolLM2 embeds (mean-pooled, unit length) a part of the bundled corpus in a worker: every passage's own
+    text finds that passage first, and the vectors are the same when the index is built again."""
+    import shutil
+
+    import numpy as np
+
+    from edgeeval.engine import EngineSettings
+    from edgeeval.retrieval.embedding import open_embedding
+
+    corpus = tmp_path / "corpus"
+    for note in sorted(CORPUS.rglob("*.md"))[:6]:
+        target = corpus / note.relative_to(CORPUS)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(note, target)
+    settings = EngineSettings(n_threads=LLAMA_THREADS)
+    index = open_embedding(corpus, 150, 30, real_models["smollm2"], "smollm2", settings, progress=False)
+    try:
+        assert index.built and index.vectors.shape == (len(index.passages), 576)
+        assert np.allclose(np.linalg.norm(index.vectors, axis=1), 1.0, atol=1e-5)
+        for passage in index.passages[::2]:
+            assert index.search(f"{passage.title}\n{passage.text}" if passage.title else passage.text, 1)[0].passage.id \
+                == passage.id
+    finally:
+        index.close()
+    rebuilt = open_embedding(corpus, 150, 30, real_models["smollm2"], "smollm2", settings, progress=False,
+                             cache=tmp_path / "other-cache")
+    rebuilt.close()
+    assert rebuilt.built and np.allclose(rebuilt.vectors, index.vectors, atol=1e-5)
 
 
 def test_a_task_template_may_place_the_passages_itself(rag_project):

@@ -98,6 +98,23 @@ class FakeModel:
         log_total = math.log(sum(math.exp(x) for x in scores))
         return {letter: score - log_total for letter, score in zip(letters, scores)}
 
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Unit-length bag-of-words vectors (each lower-cased word hashed into one of 64 dimensions, with
+        the model's name): texts that share words are near, so retrieval tests can tell a match."""
+        vectors = []
+        for text in texts:
+            vector = [0.0] * 64
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                digest = hashlib.sha256(f"{self._key}\0{word}".encode()).digest()
+                vector[digest[0] % 64] += 1.0 if digest[1] % 2 else -1.0
+            norm = math.sqrt(sum(x * x for x in vector))
+            vectors.append([x / norm for x in vector] if norm else vector)
+        self.counters["prompt_tokens"] += sum(len(text.split()) for text in texts)
+        return vectors
+
+    def embedding_tokens(self) -> int:
+        return self.settings.n_ctx
+
     def _too_long(self, n_tokens: int) -> str:
         return f"{n_tokens} prompt tokens do not fit the {self.settings.n_ctx}-token context window"
 

@@ -596,7 +596,81 @@ class LlamaModel:
                     outputs.append((first + take - 1, slot, []))
         return outputs
 
+    # --- embeddings (retrieval) -------------------------------------------------------------------
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One unit-length vector per text: the mean over its tokens of the model's last hidden state
+        (llama.cpp's MEAN pooling), each text cut to its first `embedding_tokens()` tokens. Texts are
+        decoded several at a time, each as its own sequence, in a context of their own."""
+        ctx, batch, n_tokens = self._embedding_context()
+        n_embd = L.llama_model_n_embd(self.model)
+        vectors: list[list[float]] = []
+        pending = [self.tokenize(text)[:n_tokens] or [L.llama_vocab_bos(self.vocab)] for text in texts]
+        start = 0
+        while start < len(pending):
+            L.llama_memory_clear(L.llama_get_memory(ctx), True)
+            batch.clear()
+            group = 0
+            while start + group < len(pending) and group < batch.n_seq_max:
+                tokens = pending[start + group]
+                if batch.n + len(tokens) > batch.capacity:
+                    break
+                first = batch.add(tokens, 0, [group])
+                for index in range(first, first + len(tokens)):
+                    batch.want_logits(index)
+                group += 1
+            t0 = time.perf_counter()
+            status = L.llama_decode(ctx, batch.raw_for_decode())
+            self.counters["decode_seconds"] += time.perf_counter() - t0
+            self.counters["decode_calls"] += 1
+            if status != 0:
+                raise EngineError(ErrorKind.ENGINE, f"llama_decode returned {status} while embedding")
+            for seq in range(group):
+                row = L.llama_get_embeddings_seq(ctx, seq)
+                if not row:
+                    raise EngineError(ErrorKind.ENGINE, "llama.cpp returned no pooled embedding")
+                vector = np.ctypeslib.as_array(row, shape=(n_embd,)).astype(np.float64)
+                norm = float(np.linalg.norm(vector))
+                vectors.append((vector / norm if norm > 0 else vector).tolist())
+            self.counters["prompt_tokens"] += sum(len(t) for t in pending[start:start + group])
+            start += group
+        return vectors
+
+    def embedding_tokens(self) -> int:
+        """The most tokens of a text that `embed` reads (the rest is cut)."""
+        return min(self.settings.n_ctx, self.settings.n_batch)
+
+    def _embedding_context(self) -> tuple[Any, "_Batch", int]:
+        """A context made for embeddings (MEAN pooling, every token an output), once per model: the
+        sequences of one decode share its cells and each lies whole in one micro-batch."""
+        made: tuple[Any, _Batch, int] | None = getattr(self, "_embedding", None)
+        if made is None:
+            n_tokens = self.embedding_tokens()
+            n_seq = min(16, max(1, self.settings.n_seq_max))
+            params = L.llama_context_default_params()
+            params.n_ctx = params.n_batch = params.n_ubatch = n_tokens
+            params.n_seq_max = n_seq
+            params.n_outputs_max = n_tokens
+            params.n_threads = params.n_threads_batch = self.settings.n_threads
+            params.embeddings = True
+            params.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
+            params.kv_unified = True
+            params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            params.no_perf = True
+            ctx = L.llama_init_from_model(self.model, params)
+            if not ctx:
+                raise EngineError(ErrorKind.ENGINE, f"llama.cpp could not create an embedding context of {n_tokens} tokens")
+            batch = _Batch(n_tokens, n_seq)
+            made = (ctx, batch, n_tokens)
+            self._embedding: tuple[Any, _Batch, int] | None = made
+        return made
+
     def close(self) -> None:
+        embedding = getattr(self, "_embedding", None)
+        if embedding is not None:
+            L.llama_free(embedding[0])
+            embedding[1].free()
+            self._embedding = None
         streams = getattr(self, "_streams", None)
         if streams is not None:
             L.llama_free(streams[0])
@@ -618,6 +692,7 @@ class _Batch:
 
     def __init__(self, capacity: int, n_seq_max: int):
         self.capacity = capacity
+        self.n_seq_max = n_seq_max
         self.raw = L.llama_batch_init(capacity, 0, n_seq_max)
         self.token = np.ctypeslib.as_array(self.raw.token, shape=(capacity,))
         self.pos = np.ctypeslib.as_array(self.raw.pos, shape=(capacity,))

@@ -164,8 +164,17 @@ def _op_letter_logprobs(model: Model, request: dict[str, Any]) -> dict[str, Any]
         return _error_reply(_as_engine_error(exc))
 
 
+def _op_embed(model: Model, request: dict[str, Any]) -> dict[str, Any]:
+    _maybe_inject_fault("\0".join(request["texts"]))
+    try:
+        return {"vectors": model.embed(request["texts"])}
+    except Exception as exc:  # noqa: BLE001
+        return _error_reply(_as_engine_error(exc))
+
+
 # Operations besides `generate`: each takes the request and returns the reply to send.
 _OPS = {
+    "embed": _op_embed,
     "generate_many": _op_generate_many,
     "loglikelihood_many": _op_loglikelihood_many,
     "letter_logprobs": _op_letter_logprobs,
@@ -270,6 +279,14 @@ class WorkerEngine:
             raise _reply_error(reply)
         logprobs: dict[str, float] = reply["logprobs"]
         return logprobs
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Unit-length embeddings of `texts` (retrieval); raises EngineError when the model cannot give them."""
+        reply = self._request_with_retry({"op": "embed", "texts": list(texts)}, "embedding")
+        if "error" in reply:
+            raise _reply_error(reply)
+        vectors: list[list[float]] = reply["vectors"]
+        return vectors
 
     def _request_with_retry(self, request: dict[str, Any], what: str) -> dict[str, Any]:
         """One request, retried once on a fresh worker after a native crash (in safe mode if

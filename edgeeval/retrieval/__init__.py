@@ -1,18 +1,27 @@
 """Retrieval augmentation: a model entry that reads passages from a local corpus in every prompt.
 
-corpus.py reads a corpus into passages, index.py builds and caches its BM25 index, leakage.py finds test items that are in the corpus, augment.py puts passages into prompts
+corpus.py reads a corpus into passages, index.py builds and caches its BM25 index, embedding.py its embedding
+index (a GGUF model in a worker process), leakage.py finds test items that are in the corpus, augment.py puts passages into prompts
 and describes them for the records. Retrieval runs while prompts are planned, so the passages are part of
 each prompt and of its hash."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgeeval.config import Project, RetrievalSpec
+from edgeeval.config import Project, RetrievalSpec, resolve_model_path
+from edgeeval.engine import EngineSettings
+from edgeeval.gguf_file import read_gguf_metadata
+from edgeeval.sha256_cache import cached_sha256
 from edgeeval.errors import ConfigError
 from edgeeval.locations import BUILTIN_ROOT
 from edgeeval.prompts import TaskPrompt
 from edgeeval.retrieval.augment import Retrieval
+
+if TYPE_CHECKING:
+    from edgeeval.retrieval.embedding import EmbeddingIndex
+    from edgeeval.retrieval.index import Bm25Index
 
 __all__ = ["Retrieval", "prepare_retrieval", "corpus_path"]
 
@@ -24,7 +33,7 @@ def corpus_path(project: Project, spec: RetrievalSpec) -> Path:
 
 
 def prepare_retrieval(project: Project, model: str, spec: RetrievalSpec, n_ctx: int,
-                      progress: bool = True) -> Retrieval:
+                      engine: EngineSettings | None = None, progress: bool = True) -> Retrieval:
     """The model's retrieval, its index opened (or built once and cached); errors say what and where."""
     if spec.passage_tokens >= n_ctx:
         raise ConfigError(f"{project.config_path}: model '{model}' retrieval.passage_tokens ({spec.passage_tokens}) "
@@ -33,9 +42,28 @@ def prepare_retrieval(project: Project, model: str, spec: RetrievalSpec, n_ctx: 
     # The template resolves like a chat template: the config's folder first, then the built-in prompts.
     local = (project.root / spec.template).exists()
     template = TaskPrompt(Path(spec.template), root=project.root if local else BUILTIN_ROOT)
-    if spec.retriever != "bm25":  # load_models_config refuses the others already
-        raise ConfigError(f"model '{model}': retriever '{spec.retriever}' is not available")
-    from edgeeval.retrieval.index import open_bm25
+    index: Bm25Index | EmbeddingIndex
+    if spec.retriever == "embedding":
+        from edgeeval.retrieval.embedding import open_embedding
 
-    index = open_bm25(corpus, spec.chunk_words, spec.chunk_overlap, progress=progress)
+        path, sha = embedding_model(project, model, spec)
+        index = open_embedding(corpus, spec.chunk_words, spec.chunk_overlap, path, sha, engine, progress=progress)
+    else:
+        from edgeeval.retrieval.index import open_bm25
+
+        index = open_bm25(corpus, spec.chunk_words, spec.chunk_overlap, progress=progress)
     return Retrieval(spec, corpus, index, template)
+
+
+def embedding_model(project: Project, model: str, spec: RetrievalSpec) -> tuple[Path, str]:
+    """The embedding model's GGUF (its models.toml entry) and sha256, checked against the entry's sha256."""
+    name = spec.embedding_model
+    assert name is not None  # RetrievalSpec requires it for retriever 'embedding'
+    path = resolve_model_path(project, name)
+    read_gguf_metadata(path)  # a file that is not a GGUF is refused here, with its path
+    sha = cached_sha256(path)
+    expected = project.config.models[name].sha256
+    if expected and expected.lower() != sha:
+        raise ConfigError(f"model '{model}': retrieval.embedding_model '{name}' ({path}) has sha256 {sha}, but "
+                          f"models.toml expects {expected}")
+    return path, sha

@@ -48,6 +48,13 @@ class Retrieval:
         self.index = index
         self.template = template
 
+    def close(self) -> None:
+        """Stop what the index runs besides this process (an embedding model's worker); searching again
+        starts it anew."""
+        close = getattr(self.index, "close", None)
+        if close is not None:
+            close()
+
     def manifest(self) -> dict:
         """The model's `retrieval` entry in manifest.json."""
         return {**self.spec.model_dump(), "corpus_path": str(self.corpus), "corpus_sha256": self.index.corpus_sha256,

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from edgeeval.errors import DataError, EdgeevalError
 from edgeeval.retrieval.corpus import Passage, corpus_sha256, load_passages
@@ -101,8 +102,8 @@ def open_bm25(corpus: Path, chunk_words: int, chunk_overlap: int, progress: bool
     passages = load_passages(corpus, chunk_words, chunk_overlap)
     model = bm25s.BM25(method=BM25["method"], k1=BM25["k1"], b=BM25["b"])
     model.index(_tokenize_with_bar(passages, progress), show_progress=False)
-    _save(where, model, passages, {"corpus": str(corpus), "corpus_sha256": corpus_sha,
-                                   **bm25_settings(chunk_words, chunk_overlap)})
+    _save(where, lambda tmp: model.save(str(tmp / "bm25"), show_progress=False), passages,
+          {"corpus": str(corpus), "corpus_sha256": corpus_sha, **bm25_settings(chunk_words, chunk_overlap)})
     return Bm25Index(model, passages, key, corpus_sha, built=True)
 
 
@@ -124,14 +125,15 @@ def _tokenize_with_bar(passages: list[Passage], progress: bool) -> list[list[str
     return tokens
 
 
-def _save(where: Path, model, passages: list[Passage], meta: dict) -> None:
-    """Write the index into a private temporary folder, then rename it into place (a crash leaves no half
-    index; two processes building the same one both succeed)."""
+def _save(where: Path, write: Callable[[Path], None], passages: list[Passage], meta: dict) -> None:
+    """Write the index (`write(folder)` writes the retriever's own files) into a private temporary folder,
+    then rename it into place (a crash leaves no half index; two processes building the same one both
+    succeed)."""
     make_private_dir(where.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{where.name}.", dir=where.parent))
     try:
         os.chmod(tmp, DIR_MODE)
-        model.save(str(tmp / "bm25"), show_progress=False)
+        write(tmp)
         with (tmp / "passages.jsonl").open("w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in passages)
         (tmp / "meta.json").write_text(json.dumps({**meta, "passages": len(passages)}, indent=2, sort_keys=True))
