@@ -270,6 +270,20 @@ def test_a_killed_driver_resumes_without_ray(cluster, project, tmp_path):
     assert_complete(out)
 
 
+def test_a_local_run_is_resumed_on_the_cluster(cluster, project, tmp_path):
+    """The other way round: what a local run did stays, the cluster does only the rest, and the reports equal
+    those of one uninterrupted local run."""
+    out, whole = tmp_path / "run", tmp_path / "whole"
+    assert run_cli(project, *run_args(project, out, "--limit", "10")) == 0
+    assert run_cli(project, *run_args(project, out, "--ray", cluster.address, "--workers", "2")) == 0
+    assert_complete(out)
+    invocation = json.loads((out / "manifest.json").read_text())["invocations"][-1]
+    assert (invocation["skipped_done"], invocation["generated"]) == (2 * 10, 2 * (N_SAMPLE - 10))
+    assert run_cli(project, *run_args(project, whole)) == 0
+    for name in ("results.csv", "comparison.csv"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes()
+
+
 def test_joining_a_cluster_without_token_authentication_is_refused(project, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     assert run_cli(project, *run_args(project, tmp_path / "run", "--ray", "10.0.0.7:6379")) == 2
