@@ -229,9 +229,9 @@ def peer_bin(name: str) -> Path:
 
 
 def ensure_peers() -> None:
-    """Build llama-perplexity, llama-bench and llama-batched-bench from the llama.cpp inside the
+    """Build llama-perplexity, llama-bench, llama-batched-bench and llama-speculative from the llama.cpp inside the
     llama-cpp-python sdist (the same llama.cpp edgeeval runs), once, into PEERS_DIR."""
-    tools = ["llama-perplexity", "llama-bench", "llama-batched-bench"]
+    tools = ["llama-perplexity", "llama-bench", "llama-batched-bench", "llama-speculative"]
     if all(peer_bin(t).exists() for t in tools):
         return
     src = PEERS_DIR / "llama.cpp"
