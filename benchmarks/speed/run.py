@@ -879,12 +879,16 @@ def main(argv: list[str] | None = None) -> int:
     args.threads = args.threads or default_threads()
     args.parts = set(args.parts.split(","))
     if args.realistic_only:
-        results = {"machine": machine(), "threads": args.threads, "quick": args.quick}
+        # Merged into the results of the last full run (kept as they are), not written over them.
+        results = json.loads(args.out.read_text()) if args.out.exists() else {}
         if "equality" in args.parts:
             results["equality_demo_models"] = equality_on_demo_models(args)
+        started = machine()
         fields = measure_realistic(args, results) or {}
-        results["summary"] = fields
-        results["machine"]["load_average_end"] = os.getloadavg()
+        if "realistic" in results:
+            results["realistic"].update({"machine": {**started, "load_average_end": os.getloadavg()},
+                                         "threads": args.threads, "quick": args.quick})
+        results["summary"] = {**results.get("summary", {}), **fields}
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()))
         return 0
