@@ -107,8 +107,9 @@ def test_demo_pipeline_killed_then_resumed(tmp_path, real_models):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    first = len(read_records(path))
-    assert 2 <= first <= 5
+    # Whatever either model had recorded when the run was killed stays, and only the rest is done again.
+    first = sum(len(read_records(p)) for p in (out / "records").glob("*/case_challenges.jsonl"))
+    assert 2 <= first < 10
     result = subprocess.run(demo_cmd(out), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert f"{10 - first} examples generated, {first} already done" in result.stdout
