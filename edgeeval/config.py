@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgeeval import kinds
 from edgeeval.errors import ConfigError, ModelFileError
+from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata
+from edgeeval.sha256_cache import cached_sha256
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -426,6 +428,18 @@ def task_hash(spec: TaskSpec, template_text: str, data_sha256: str) -> str:
     # The retrieval query shapes only retrieval prompts, whose prompt hashes cover the passages it finds.
     payload = spec.model_dump_json(exclude={"loglik", "retrieval"}) + "\0" + template_text + "\0" + data_sha256
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def checked_model_file(project: Project, name: str) -> tuple[Path, GGUFInfo, str]:
+    """Model `name`'s GGUF: found, read with edgeeval's own reader (a file that is not a GGUF is refused,
+    naming it) and hashed (the hash cached), its sha256 checked against the entry's when it has one."""
+    path = resolve_model_path(project, name)
+    info = read_gguf_metadata(path)
+    sha = cached_sha256(path)
+    expected = project.config.models[name].sha256
+    if expected and expected.lower() != sha:
+        raise ConfigError(f"model '{name}': {path} has sha256 {sha}, but models.toml expects {expected}")
+    return path, info, sha
 
 
 def resolve_model_path(project: Project, name: str) -> Path:

@@ -9,18 +9,17 @@ from pathlib import Path
 
 from edgeeval import kinds
 from edgeeval.chat import ChatTemplate, load_chat_template, prompt_hash
-from edgeeval.config import LoglikSpec, Project, TaskSpec, load_task, resolve_model_path, task_hash
+from edgeeval.config import LoglikSpec, Project, TaskSpec, checked_model_file, load_task, task_hash
 from edgeeval.context import fit_example
 from edgeeval.data import Example
 from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError, DataError, ErrorKind, TemplateError
 from edgeeval.formats import load_examples
-from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata, sha256_file
+from edgeeval.gguf_file import GGUFInfo, sha256_file
 from edgeeval.locations import BUILTIN_ROOT, TASKS_SUBDIR, TaskFile, find_tasks, task_folders
 from edgeeval.prompts import AnswerTemplate, TaskPrompt
 from edgeeval.retrieval import Retrieval, prepare_retrieval
 from edgeeval.retrieval.augment import query_text, user_message
-from edgeeval.sha256_cache import cached_sha256
 
 TASKS_DIR = TASKS_SUBDIR
 
@@ -152,11 +151,7 @@ def prepare_model(project: Project, name: str, settings: EngineSettings | None =
     """A model ready to plan for: its file found, read and hashed, its chat template loaded, and its retrieval
     index (if any) opened; `settings` are the run's engine settings (an embedding retriever runs with them)."""
     spec = project.config.models[name]
-    path = resolve_model_path(project, name)
-    info = read_gguf_metadata(path)
-    sha = cached_sha256(path)
-    if spec.sha256 and spec.sha256.lower() != sha:
-        raise ConfigError(f"model '{name}': {path} has sha256 {sha}, but models.toml expects {spec.sha256}")
+    path, info, sha = checked_model_file(project, name)
     # llama.cpp adds the BOS token itself when it tokenizes, so templates get an empty bos_token;
     # the EOS text is real (multi-turn Llama-2/Mistral prompts close earlier turns with it).
     try:

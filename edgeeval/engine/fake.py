@@ -112,9 +112,6 @@ class FakeModel:
         self.counters["prompt_tokens"] += sum(len(text.split()) for text in texts)
         return vectors
 
-    def embedding_tokens(self) -> int:
-        return self.settings.n_ctx
-
     def _too_long(self, n_tokens: int) -> str:
         return f"{n_tokens} prompt tokens do not fit the {self.settings.n_ctx}-token context window"
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeeval.config import Project, RetrievalSpec, resolve_model_path
+from edgeeval.config import Project, RetrievalSpec, checked_model_file
 from edgeeval.engine import EngineSettings
-from edgeeval.gguf_file import read_gguf_metadata
-from edgeeval.sha256_cache import cached_sha256
 from edgeeval.errors import ConfigError
 from edgeeval.locations import BUILTIN_ROOT
 from edgeeval.prompts import TaskPrompt
@@ -46,7 +44,7 @@ def prepare_retrieval(project: Project, model: str, spec: RetrievalSpec, n_ctx: 
     if spec.retriever == "embedding":
         from edgeeval.retrieval.embedding import open_embedding
 
-        path, sha = embedding_model(project, model, spec)
+        path, sha = embedding_model(project, spec)
         index = open_embedding(corpus, spec.chunk_words, spec.chunk_overlap, path, sha, engine, progress=progress)
     else:
         from edgeeval.retrieval.index import open_bm25
@@ -55,15 +53,8 @@ def prepare_retrieval(project: Project, model: str, spec: RetrievalSpec, n_ctx: 
     return Retrieval(spec, corpus, index, template)
 
 
-def embedding_model(project: Project, model: str, spec: RetrievalSpec) -> tuple[Path, str]:
-    """The embedding model's GGUF (its models.toml entry) and sha256, checked against the entry's sha256."""
-    name = spec.embedding_model
-    assert name is not None  # RetrievalSpec requires it for retriever 'embedding'
-    path = resolve_model_path(project, name)
-    read_gguf_metadata(path)  # a file that is not a GGUF is refused here, with its path
-    sha = cached_sha256(path)
-    expected = project.config.models[name].sha256
-    if expected and expected.lower() != sha:
-        raise ConfigError(f"model '{model}': retrieval.embedding_model '{name}' ({path}) has sha256 {sha}, but "
-                          f"models.toml expects {expected}")
+def embedding_model(project: Project, spec: RetrievalSpec) -> tuple[Path, str]:
+    """The embedding model's GGUF (its models.toml entry), read and checked like any model's, and its sha256."""
+    assert spec.embedding_model is not None  # RetrievalSpec requires it for retriever 'embedding'
+    path, _, sha = checked_model_file(project, spec.embedding_model)
     return path, sha
