@@ -89,6 +89,33 @@ def start_cluster(nodes: int, cpus: int):
     return ray, cluster
 
 
+class _Bare:
+    """An actor that does nothing: how long Ray itself takes to start actors on this cluster."""
+
+    def ready(self) -> int:
+        return os.getpid()
+
+
+def bare_actor_startup(cluster, n: int) -> float:
+    """Seconds to start n bare actors of one CPU slot each and hear from all of them (the floor under
+    edgeeval's start-up: Ray's worker processes, without edgeeval, its engine process or a model)."""
+    import ray
+
+    ray.init(address=cluster.address)
+    try:
+        remote = ray.remote(_Bare)
+        began = time.perf_counter()
+        actors = [remote.options(num_cpus=1, scheduling_strategy="SPREAD").remote() for _ in range(n)]
+        ray.get([a.ready.remote() for a in actors])
+        seconds = time.perf_counter() - began
+        for actor in actors:
+            ray.kill(actor)
+    finally:
+        ray.shutdown()
+    time.sleep(2)  # the killed workers' processes exit before the next measurement
+    return round(seconds, 2)
+
+
 def scheduling(project, cluster, data: Path, n: int, delay: float, workers: list[int], work_dir: Path) -> list[dict]:
     task = prepare_task(project, "case_challenges", data, None)
     settings = EngineSettings(n_threads=1, backend="fake", fake_delay_s=delay)
@@ -235,6 +262,8 @@ def main() -> int:
     ray, cluster = start_cluster(nodes=4, cpus=max(4, -(-max(workers) // 4)))
     try:
         data = synthetic_cases(work_dir / "cases.csv", args.examples)
+        result["bare_actor_startup_s"] = {"actors": max(workers), "seconds": bare_actor_startup(cluster, max(workers))}
+        print(json.dumps(result["bare_actor_startup_s"]), flush=True)
         result["scheduling"] = scheduling(project, cluster, data, args.examples, args.delay, workers, work_dir)
     finally:
         cluster.shutdown()
@@ -251,6 +280,8 @@ def main() -> int:
     speedup = round(wall["1x2"] / wall["2x1"], 3) if wall["2x1"] else None
     result["summary"] = {"efficiency_at_max_workers": top["efficiency"], "max_workers": top["workers"],
                          "steady_efficiency_at_max_workers": top["steady_efficiency"],
+                         "startup_s_at_max_workers": top["startup_s"],
+                         "bare_actor_startup_s": result["bare_actor_startup_s"]["seconds"],
                          "driver_overhead_ms": top["driver_dispatch_cpu_ms_per_example"],
                          "driver_cpu_ms_per_example_with_planning": top["driver_cpu_ms_per_example"],
                          "real_speedup_2x1_vs_1x2": speedup, "load_at_end": os.getloadavg()}
@@ -259,7 +290,9 @@ def main() -> int:
     shutil.rmtree(PRIVATE, ignore_errors=True)
     s = result["summary"]
     print(f"efficiency_at_max_workers={s['efficiency_at_max_workers']} max_workers={s['max_workers']} "
-          f"driver_overhead_ms={s['driver_overhead_ms']} real_speedup_2x1_vs_1x2={s['real_speedup_2x1_vs_1x2']}")
+          f"driver_overhead_ms={s['driver_overhead_ms']} real_speedup_2x1_vs_1x2={s['real_speedup_2x1_vs_1x2']} "
+          f"steady_efficiency_at_max_workers={s['steady_efficiency_at_max_workers']} "
+          f"startup_s_at_max_workers={s['startup_s_at_max_workers']} bare_actor_startup_s={s['bare_actor_startup_s']}")
     return 0
 
 
