@@ -97,7 +97,7 @@ def child_loglik(model, spec: dict) -> dict:
             "decode_seconds": after["decode_seconds"] - before["decode_seconds"],
             "prompt_tokens": after["prompt_tokens"] - before["prompt_tokens"],
             "prompt_tokens_decoded": after["prompt_tokens_decoded"] - before["prompt_tokens_decoded"],
-            "scores": [[{k: s[k] for k in ("logprob", "n_tokens", "token_logprobs", "error")} for s in item]
+            "scores": [[s.model_dump(mode="json", include={"logprob", "n_tokens", "token_logprobs", "error"}) for s in item]
                        for item in scores],
             "option_tokens": [[model.split_tokens(c, o)[0] for o in opts] for c, opts in items]}
 
@@ -149,12 +149,17 @@ def child_batched(model, spec: dict) -> dict:
     for pl in spec["sizes"]:
         batch = prompts[:pl]
         model.generate("x", 1, [])
+        before = dict(model.counters)
         t0 = time.perf_counter()
         gens = model.generate_many(batch, spec["tg"], [], n_parallel=pl, ignore_eos=True)
         seconds = time.perf_counter() - t0
         out["sizes"][str(pl)] = {"seconds": seconds, "generated": sum(g.n_output_tokens for g in gens),
                                  "prompt_tokens": sum(n_prompt[:pl]),
+                                 "decode_seconds": model.counters["decode_seconds"] - before["decode_seconds"],
+                                 "decode_calls": model.counters["decode_calls"] - before["decode_calls"],
                                  "texts": [g.text for g in gens]}
+    if not spec.get("one_at_a_time", True):
+        return out
     singles = []
     t0 = time.perf_counter()
     n_single = max(spec["sizes"])
@@ -207,8 +212,55 @@ def child_speculative(model, spec: dict) -> dict:
     return {"examples": out}
 
 
+def child_divergence(model, spec: dict) -> dict:
+    """Per prompt: plain greedy's tokens, each decoded alone with its row of logits kept; then the same tokens
+    decoded `chunk` at a time with every row's logits (the shape of a verification that keeps the whole draft).
+    Per position: whether the two rows' greedy tokens differ, plain's margin between its top two logits, and how
+    far the multi-token decode moved the logits. With chunk 1 both paths are the same computation (a control)."""
+    import numpy as np
+
+    from edgeeval.engine.llama import _PREFIX_SEQ
+
+    out = []
+    for prompt in spec["prompts"]:
+        tokens = model.tokenize(prompt)
+        model.generate("x", 1, [])
+        model._feed_prompt(tokens)
+        plain, chosen = [], []
+        for _ in range(spec["max_tokens"]):
+            row = model._row(-1).copy()
+            plain.append(row)
+            chosen.append(int(np.argmax(row)))
+            if model.is_end(chosen[-1]):
+                break
+            model._decode_one_sequence([chosen[-1]])
+        model.generate("x", 1, [])
+        model._feed_prompt(tokens)
+        batched = [model._row(-1).copy()]
+        forced = chosen[:-1]
+        for begin in range(0, len(forced), spec["chunk"]):
+            part = forced[begin : begin + spec["chunk"]]
+            model.batch.clear()
+            model.batch.add(part, len(model._cached), [_PREFIX_SEQ])
+            for index in range(len(part)):
+                model.batch.want_logits(index)
+            model._llama_decode(model.batch.raw_for_decode(), len(part))
+            model._cached.extend(part)
+            batched += [model._row(index).copy() for index in range(len(part))]
+        positions = []
+        for i, (a_row, b_row) in enumerate(zip(plain, batched)):
+            top2 = np.partition(a_row, -2)[-2:]
+            a, b = chosen[i], int(np.argmax(b_row))
+            positions.append({"flip": a != b, "margin": float(top2[1] - top2[0]),
+                              "max_abs_delta": float(np.max(np.abs(a_row - b_row))),
+                              # how much the batch moved the gap between plain's token and the batch's choice
+                              "gap_moved": float((a_row[a] - a_row[b]) - (b_row[a] - b_row[b])) if a != b else 0.0})
+        out.append({"n_tokens": len(positions), "positions": positions})
+    return {"prompts": out}
+
+
 CHILD_KINDS = {"loglik": child_loglik, "letters": child_letters, "tg": child_tg, "batched": child_batched,
-               "match": child_match, "speculative": child_speculative}
+               "match": child_match, "speculative": child_speculative, "divergence": child_divergence}
 
 
 def run_child(spec: dict) -> dict:
@@ -796,6 +848,138 @@ def summary_line(results: dict) -> str:
     return " ".join(f"{k}={v:.2f}" for k, v in fields.items())
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": _median(values), "min": min(values), "max": max(values), "rounds": values}
+
+
+def prompt_bench(model: str, threads: int, lengths: list[int], repeats: int = 3) -> dict:
+    """llama-bench prompt processing (tok/s) at each length, flash attention on (its default) and off."""
+    out, _, _ = run_timed([str(peer_bin("llama-bench")), "-m", model, "-t", str(threads), "-n", "0",
+                           "-p", ",".join(map(str, lengths)), "-fa", "1,0", "-r", str(repeats), "-o", "json"])
+    rows = json.loads(out[out.index("[") : out.rindex("]") + 1])
+    return {f"pp{r['n_prompt']}_fa_{'on' if r['flash_attn'] else 'off'}": r["avg_ts"] for r in rows}
+
+
+# The peer's variants for batched generation: as its users run it, then step by step closer to what edgeeval's
+# batched context does (no flash attention; the full cache for sliding-window layers, kept so that batched and
+# one-at-a-time answers agree).
+BATCHED_VARIANTS = {"as_run": (), "fa_off": ("-fa", "off"), "fa_off_swa_full": ("-fa", "off", "--swa-full")}
+
+
+def profile_misses(args) -> dict:
+    """The profile behind the demo models' three misses of the full run (gemma's letter path at 0.86 of pp512 and
+    batched generation at 0.77 of llama-batched-bench at 8 sequences; SmolLM2's zero-shot loglik at 0.97x
+    llama-perplexity): each measured `--rounds` times, edgeeval and its peer interleaved, with edgeeval's time
+    inside llama_decode and the peer's variant that runs the kernels edgeeval runs."""
+    ensure_peers()
+    started = machine()
+    items, _ = load_items()
+    gemma, smollm2 = default_models()
+    threads = args.threads
+    log = lambda msg: print(f"[misses] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    letters, batched, loglik = [], [], []
+    texts = [item["question"] for item in items]
+    with tempfile.TemporaryDirectory(prefix="edgeeval-misses-") as tmp:
+        for r in range(args.rounds):
+            log(f"round {r + 1}/{args.rounds}: gemma letter path, then llama-bench at pp512 and at its prompt length")
+            ours = run_child({"model": gemma, "threads": threads, "kind": "letters", "items": items, "n_ctx": 2048})
+            length = round(ours["tokens_decoded"] / ours["n_items"])
+            bench = prompt_bench(gemma, threads, [512, length])
+            letters.append({"tokens_per_s": ours["tokens_decoded"] / ours["seconds"],
+                            "tokens_per_s_in_decode": ours["tokens_decoded"] / ours["decode_seconds"],
+                            "mean_prompt_tokens": length, **bench})
+            log(f"round {r + 1}: gemma batched generation at 8 sequences, then llama-batched-bench variants")
+            run = run_child({"model": gemma, "threads": threads, "kind": "batched", "texts": texts, "pp": 256,
+                             "tg": 64, "sizes": [8], "one_at_a_time": False, "n_ctx": 8 * (256 + 64) + 256})
+            eight = run["sizes"]["8"]
+            tokens = eight["prompt_tokens"] + eight["generated"]
+            row = {"tokens_per_s": tokens / eight["seconds"], "tokens_per_s_in_decode": tokens / eight["decode_seconds"],
+                   "decode_calls": eight["decode_calls"]}
+            for name, extra in BATCHED_VARIANTS.items():
+                row[f"batched_bench_{name}"] = batched_bench(gemma, threads, 256, 64, (8,), extra)["8"]["speed"]
+            batched.append(row)
+            log(f"round {r + 1}: SmolLM2 zero-shot loglik, llama-perplexity then edgeeval")
+            ppl = perplexity_mc(smollm2, items, "", threads, Path(tmp))
+            ours = run_child({"model": smollm2, "threads": threads, "n_ctx": LOGLIK_CTX, "kind": "loglik",
+                              "items": items, "prefix": ""})
+            off = perplexity_mc(smollm2, items, "", threads, Path(tmp), ("-fa", "off"))
+            loglik.append({"edgeeval_items_per_s": len(items) / ours["seconds"],
+                           "edgeeval_items_per_s_in_decode": len(items) / ours["decode_seconds"],
+                           "perplexity_items_per_s": ppl["n_items"] / ppl["seconds"],
+                           "perplexity_fa_off_items_per_s": off["n_items"] / off["seconds"]})
+    n = letters[0]["mean_prompt_tokens"]
+    return {
+        "machine": started, "threads": threads, "rounds": args.rounds,
+        "letter_path_gemma": {
+            "mean_prompt_tokens": n,
+            "fraction_vs_pp512": _spread([r["tokens_per_s"] / r["pp512_fa_on"] for r in letters]),
+            "fraction_vs_pp512_fa_off": _spread([r["tokens_per_s"] / r["pp512_fa_off"] for r in letters]),
+            f"fraction_vs_pp{n}_fa_off": _spread([r["tokens_per_s"] / r[f"pp{r['mean_prompt_tokens']}_fa_off"]
+                                                   for r in letters]),
+            "python_overhead": _spread([1 - r["tokens_per_s"] / r["tokens_per_s_in_decode"] for r in letters]),
+            "runs": letters},
+        "batched_8_gemma": {
+            **{f"fraction_vs_{name}": _spread([r["tokens_per_s"] / r[f"batched_bench_{name}"] for r in batched])
+               for name in BATCHED_VARIANTS},
+            "python_overhead": _spread([1 - r["tokens_per_s"] / r["tokens_per_s_in_decode"] for r in batched]),
+            "runs": batched},
+        "loglik_smollm2": {
+            "ratio_vs_perplexity": _spread([r["edgeeval_items_per_s"] / r["perplexity_items_per_s"] for r in loglik]),
+            "ratio_vs_perplexity_fa_off": _spread([r["edgeeval_items_per_s"] / r["perplexity_fa_off_items_per_s"]
+                                                   for r in loglik]),
+            "python_overhead": _spread([1 - r["edgeeval_items_per_s"] / r["edgeeval_items_per_s_in_decode"]
+                                        for r in loglik]),
+            "runs": loglik},
+        "load_average_end": os.getloadavg()}
+
+
+def divergence_profile(args) -> list[dict]:
+    """Why speculative answers can part from plain greedy ones, measured without any drafting: on both demo models
+    and every bundled generation task (`--spec-limit` examples each), plain greedy's tokens decoded one at a time
+    against the same tokens decoded 1 (control) and n_draft + 1 at a time. Every position where the greedy token
+    differs is listed with plain's top-two margin there and how far the wider decode moved that gap."""
+    out = []
+    for model in default_models():
+        prompts = []
+        for task in SUMMARY_TASKS + OTHER_GENERATION_TASKS:
+            texts, ids, _ = runner_prompts(model, task, args.spec_limit)
+            max_tokens = min(task_spec(task).max_tokens, args.spec_max_tokens)
+            prompts += [(task, i, t, max_tokens) for i, t in zip(ids, texts)]
+        for chunk in (1, args.n_draft + 1):
+            print(f"[divergence] {Path(model).name}: {len(prompts)} answers decoded {chunk} token(s) at a time",
+                  file=sys.stderr, flush=True)
+            runs = [run_child({"model": model, "threads": args.threads, "n_ctx": 4096, "kind": "divergence",
+                               "chunk": chunk, "prompts": [text], "max_tokens": max_tokens,
+                               "flash_attn": args.flash_attn})["prompts"][0]
+                    for _, _, text, max_tokens in prompts]
+            flips = [{"task": task, "id": i, "position": n, **p} for (task, i, _, _), run in zip(prompts, runs)
+                     for n, p in enumerate(run["positions"]) if p["flip"]]
+            deltas = [p["max_abs_delta"] for run in runs for p in run["positions"]]
+            margins = [p["margin"] for run in runs for p in run["positions"]]
+            out.append({"model": Path(model).name, "chunk": chunk, "flash_attn": args.flash_attn, "answers": len(runs), "positions": len(deltas),
+                        "positions_with_another_token": len(flips),
+                        "answers_with_another_token": len({(f["task"], f["id"]) for f in flips}),
+                        "max_abs_logit_delta": {"median": _median(deltas), "max": max(deltas)},
+                        "share_of_positions_with_margin_below_median_delta":
+                            sum(m < _median(deltas) for m in margins) / len(margins),
+                        "flips": flips})
+    return out
+
+
+def print_misses(misses: dict) -> None:
+    for part in ("letter_path_gemma", "batched_8_gemma", "loglik_smollm2"):
+        for key, value in misses[part].items():
+            if isinstance(value, dict) and "median" in value:
+                print(f"{part:20s} {key:32s} median {value['median']:.3f}  "
+                      f"[{value['min']:.3f}, {value['max']:.3f}] over {len(value['rounds'])} rounds")
+
+
 def measure_realistic(args, results: dict) -> dict | None:
     """The Qwen 1.5B section: prompt lookup and 0.5B drafting vs plain greedy (and vs llama-speculative),
     and the batched curve with the --parallel auto choice. Returns the summary fields it measured."""
@@ -933,6 +1117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec-limit", type=int, default=8, help="examples per task for the speculative runs")
     parser.add_argument("--spec-max-tokens", type=int, default=128, help="cap on the tasks' max_tokens there")
     parser.add_argument("--n-draft", type=int, default=8, help="tokens drafted per step (edgeeval and llama-speculative)")
+    parser.add_argument("--misses", action="store_true",
+                        help="only the profile behind the demo models' misses (merged into results.json as 'misses')")
+    parser.add_argument("--divergence", action="store_true",
+                        help="with --misses: only the profile of where multi-token decodes pick another greedy token")
+    parser.add_argument("--flash-attn", action="store_true",
+                        help="with --divergence: both paths with flash attention on (edgeeval leaves it off)")
+    parser.add_argument("--rounds", type=int, default=5, help="with --misses: interleaved rounds")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -942,6 +1133,21 @@ def main(argv: list[str] | None = None) -> int:
 
     args.threads = args.threads or default_threads()
     args.parts = set(args.parts.split(","))
+    if args.misses:
+        results = json.loads(args.out.read_text()) if args.out.exists() else {}
+        if args.divergence:
+            results["divergence_flash_attn" if args.flash_attn else "divergence"] = divergence_profile(args)
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+            for row in results["divergence_flash_attn" if args.flash_attn else "divergence"]:
+                print(json.dumps({k: v for k, v in row.items() if k != "flips"}))
+                for flip in row["flips"][:12]:
+                    print(f"   {flip['task']} {flip['id']} @{flip['position']}: margin {flip['margin']:.3f}, "
+                          f"gap moved {flip['gap_moved']:.3f}, max |delta| {flip['max_abs_delta']:.3f}")
+            return 0
+        results["misses"] = profile_misses(args)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print_misses(results["misses"])
+        return 0
     if args.realistic_only:
         # Merged into the results of the last full run (kept as they are), not written over them.
         results = json.loads(args.out.read_text()) if args.out.exists() else {}
