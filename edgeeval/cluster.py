@@ -53,8 +53,18 @@ own, quick ones together, as each message costs the driver about a millisecond."
 
 
 def require_token_auth() -> None:
+    """Token authentication is on, and the token file Ray will read (when the token is not in the environment)
+    is not readable by other users of this machine, who could otherwise run code on the cluster with it."""
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         raise ConfigError(AUTH_HINT)
+    if os.environ.get("RAY_AUTH_TOKEN") or os.name == "nt":
+        return
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    with contextlib.suppress(FileNotFoundError):
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(f"{path} (the Ray cluster's token) can be read by other users of this machine "
+                              f"(mode {mode & 0o777:o}), who could run code on the cluster with it: chmod 600 {path}")
 
 
 @contextlib.contextmanager

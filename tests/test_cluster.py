@@ -292,6 +292,34 @@ def test_joining_a_cluster_without_token_authentication_is_refused(project, tmp_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+def test_a_token_file_other_users_can_read_is_refused(project, tmp_path, monkeypatch, capsys):
+    """`ray get-auth-token --generate` writes ~/.ray/auth_token with the umask's mode (0644 here): anyone on
+    the driver's machine could then run code on the cluster. Refused in one line that says how to fix it."""
+    token = tmp_path / "home" / ".ray" / "auth_token"
+    token.parent.mkdir(parents=True)
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o644)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    assert run_cli(project, *run_args(project, tmp_path / "run", "--ray", "10.0.0.7:6379")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"chmod 600 {token}" in err[0] and "mode 644" in err[0], err
+    assert not (tmp_path / "run").exists()
+    # At 0600 it passes; a RAY_AUTH_TOKEN_PATH file is held to the same rule.
+    token.chmod(0o600)
+    from edgeeval.cluster import require_token_auth
+
+    require_token_auth()
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token.with_name("other")))
+    token.with_name("other").write_text("x")
+    token.with_name("other").chmod(0o640)
+    with pytest.raises(Exception, match="chmod 600"):
+        require_token_auth()
+
+
 @pytest.mark.real_model
 def test_demo_pair_on_two_single_thread_actors_answers_as_the_local_run(tmp_path, real_models):
     """The demo models through `--ray` (a private local instance, one single-thread actor per model) give
@@ -309,3 +337,10 @@ def test_demo_pair_on_two_single_thread_actors_answers_as_the_local_run(tmp_path
                                 for r in load_records(tmp_path / run, model, "case_challenges"))
                          for run in ("local", "ray"))
         assert local == spread, model
+    # The manifest lists the nodes with what answered there: llama.cpp, its system info, the threads.
+    import llama_cpp
+
+    here = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+    nodes = json.loads((tmp_path / "ray" / "manifest.json").read_text())["nodes"]
+    assert nodes and all(n["backend"] == "llama" and n["system_info"] == here and n["n_threads"] == 1
+                         for n in nodes.values()), nodes

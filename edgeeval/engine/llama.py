@@ -120,6 +120,7 @@ class LlamaModel:
 
     def info(self) -> dict[str, Any]:
         return {
+            "backend": "llama",
             "llama_cpp_python": L.__version__,
             "llama_cpp": _library_build(),
             "system_info": L.llama_print_system_info().decode(errors="replace").strip(),
