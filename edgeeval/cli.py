@@ -360,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeevalError as exc:
         print(f"edgeeval: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`edgeeval tasks | head`): nothing to report, and what a run finished is saved.
+        # Later writes, and the interpreter's last flush, go nowhere instead of raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE.value if hasattr(signal, "SIGPIPE") else 1
     except OSError as exc:  # a full or read-only disk where no closer message was given
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"edgeeval: error: {where}{exc.strerror or exc}", file=sys.stderr)

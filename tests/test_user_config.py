@@ -230,3 +230,24 @@ def test_init_never_replaces_a_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(target / "prompts" / "our_cases.j2") in err and "already exists" in err
     assert (target / "prompts" / "our_cases.j2").read_text() == "mine" and not (target / "models.toml").exists()
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGPIPE"), reason="POSIX pipes")
+def test_a_listing_whose_reader_has_gone_ends_quietly():
+    """`edgeeval tasks | head -1` and the like: the reader has closed the pipe; edgeeval stops without a
+    traceback or an error line, with the status a shell gives a command ended by SIGPIPE (128 + 13)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    # The child lists the tasks only once its stdin closes, which the test does after closing the pipe's
+    # reading end: its first write then certainly finds no reader.
+    proc = subprocess.Popen([sys.executable, "-c", "import sys\nfrom edgeeval.cli import main\nsys.stdin.read()\n"
+                             "sys.exit(main(['tasks']))"], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    proc.stdin.close()
+    err = proc.stderr.read().decode()
+    assert (proc.wait(timeout=60), err) == (141, "")
