@@ -74,7 +74,7 @@ def cmd_run(args, pairs: list[str] | None = None, tasks: list[str] | None = None
     prepared = [prepare_task(project, t, overrides.get(t), args.limit, args.max_tokens, args.mode) for t in tasks]
     out = Path(args.out) if args.out else Path("runs") / "+".join(pairs)
     settings = EngineSettings(n_threads=args.threads, seed=args.seed, backend=args.engine,
-                              speculative=args.speculative, draft_model=draft,
+                              speculative=args.speculative, draft_model=draft, use_extra_bufts=REPACK[args.repack],
                               fake_delay_s=float(os.environ.get("EDGEEVAL_FAKE_DELAY_S", "0")))
     shard, executor = scale_out(args, project)
     warn_if_busy(args.engine)
@@ -271,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     running.add_argument("--threads", type=int, default=0,
                          help="CPU threads (default: one per physical core within this process's CPU affinity "
                               "and cgroup quota)")
+    running.add_argument("--repack", choices=["auto", "on", "off"], default="auto",
+                         help="llama.cpp's weight repacking for this CPU's matrix kernels. auto: off on Intel AMX "
+                              "(where it crashes llama_decode), on elsewhere. It is a trade that depends on the CPU "
+                              "and the quantization: on one AMD EPYC it cost Qwen2.5 1.5B Q4_K_M 31%% of its "
+                              "prompt speed and gained 24%% in generation, and cost a Q4_1 model both (README, "
+                              "Performance); compare with llama-bench --repack 0,1 on your machine")
     running.add_argument("--seed", type=int, default=0, help="seed for the bootstrap (decoding is greedy)")
     running.add_argument("--mode", choices=["generate", "loglik"], default="generate",
                          help="generate: answers are generated and parsed (default); loglik: multiple-choice and "
@@ -349,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _interrupt(signum, frame):
     # SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C, so the worker is shut down too.
     raise KeyboardInterrupt
+
+
+REPACK = {"auto": None, "on": True, "off": False}
+"""--repack as EngineSettings.use_extra_bufts (None: decided per CPU)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,13 @@ def test_run_writes_records_manifest_and_reports(project_dir, tmp_path, capsys):
     assert f"report: {(out / 'report.md').resolve()}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("flag", "expected"), [("off", False), ("on", True)])
+def test_repack_is_the_users_choice_and_recorded(project_dir, tmp_path, flag, expected):
+    out = tmp_path / "run"
+    assert fake_run(project_dir, out, "--repack", flag, "--limit", "2") == 0
+    assert json.loads((out / "manifest.json").read_text())["settings"]["use_extra_bufts"] is expected
+
+
 def test_rerun_does_no_new_work(project_dir, tmp_path, capsys):
     out = tmp_path / "run"
     fake_run(project_dir, out)

@@ -202,13 +202,22 @@ def child_speculative(model, spec: dict) -> dict:
         t0 = time.perf_counter()
         model.generate(prompt, 1, spec["stop"])
         prompt_s = time.perf_counter() - t0
+        draft_prompt_s = 0.0
+        if model.draft is not None:
+            # The draft model reads the prompt too, once: timed here beside the target's, so the answers'
+            # times below are generation only for both models (as llama-speculative's "decoded" figure).
+            model.draft.generate("x", 1, [])
+            t0 = time.perf_counter()
+            model.draft._feed_prompt(model.tokenize(prompt))
+            draft_prompt_s = time.perf_counter() - t0
         runs = {}
         for method in (("none", spec["method"]) if i % 2 == 0 else (spec["method"], "none")):
             t0 = time.perf_counter()
             g = model.generate(prompt, spec["max_tokens"], spec["stop"], speculative=method)
             runs[method] = {"seconds": time.perf_counter() - t0, "tokens": g.n_output_tokens, "text": g.text,
                             **(g.notes.get("speculative") or {})}
-        out.append({"prompt_seconds": prompt_s, "plain": runs["none"], "speculative": runs[spec["method"]]})
+        out.append({"prompt_seconds": prompt_s, "draft_prompt_seconds": draft_prompt_s, "plain": runs["none"],
+                    "speculative": runs[spec["method"]]})
     return {"examples": out}
 
 
@@ -275,6 +284,15 @@ def run_child(spec: dict) -> dict:
 
 
 # --- peers -------------------------------------------------------------------------------------
+
+def edgeeval_repacks() -> bool:
+    """Whether edgeeval's engine repacks weights on this CPU (EngineSettings' per-CPU default: off on Intel AMX).
+    The Qwen section's peers run the same way, so that both sides use the same matrix kernels: on one AMD EPYC
+    repacking cost Qwen 1.5B Q4_K_M 31% of llama-bench's pp512 and gained 24% in tg."""
+    from edgeeval.engine import EngineSettings
+
+    return bool(EngineSettings(n_threads=1).resolved().use_extra_bufts)
+
 
 def peer_bin(name: str) -> Path:
     return PEERS_DIR / "llama.cpp" / "build" / "bin" / name
@@ -724,6 +742,10 @@ def speculative_run(model: str, args, tasks: tuple[str, ...], method: str, limit
             "speedup": plain_s / spec_s, "drafted": drafted, "accepted": accepted,
             "speculative_tokens": sum(e["speculative"]["tokens"] for e in examples), "speculative_seconds": spec_s,
             "prompt_seconds": sum(e["prompt_seconds"] for e in examples),
+            "draft_prompt_seconds": sum(e["draft_prompt_seconds"] for e in examples),
+            # An evaluation pays for the prompts too: the target's in both paths, the draft model's as well.
+            "speedup_with_prompts": (plain_s + sum(e["prompt_seconds"] for e in examples))
+            / (spec_s + sum(e["prompt_seconds"] + e["draft_prompt_seconds"] for e in examples)),
             "acceptance": accepted / drafted if drafted else None,
             "same": sum(e["plain"]["text"] == e["speculative"]["text"] for e in examples),
             "differing": [{"id": i, "first_difference": first_difference(e["plain"]["text"], e["speculative"]["text"]),
@@ -764,7 +786,8 @@ def llama_speculative(target: str, draft: str, args, tasks: tuple[str, ...], lim
                 out, _, _ = run_timed([str(peer_bin("llama-speculative")), "-m", target, "-md", draft, "-f", str(path),
                                        "-n", str(n), "--temp", "0", "--spec-draft-n-max", str(args.n_draft),
                                        "--spec-draft-p-min", str(DRAFT_P_MIN), "-t",
-                                       str(args.threads), "-td", str(args.threads), "-c", "4096", "-nr", "-fa", "off"])
+                                       str(args.threads), "-td", str(args.threads), "-c", "4096", "-fa", "off",
+                                       *(() if edgeeval_repacks() else ("-nr",))])
                 m = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds", out)
                 decoded += int(m.group(1))
                 seconds += float(m.group(2))
@@ -989,7 +1012,7 @@ def measure_realistic(args, results: dict) -> dict | None:
     target, draft = pair
     # The parts measured now replace their own entries; the others (from an earlier run) stay.
     section: dict = results.setdefault("realistic", {})
-    section.update({"model": Path(target).name, "draft_model": Path(draft).name})
+    section.update({"model": Path(target).name, "draft_model": Path(draft).name, "repack": edgeeval_repacks()})
     fields: dict = {}
     if "lookup" in args.parts:
         section["lookup"] = speculative_run(target, args, SUMMARY_TASKS, "lookup", args.spec_limit)
@@ -1010,14 +1033,14 @@ def measure_realistic(args, results: dict) -> dict | None:
                 fields["ratio_vs_llama_speculative"] = ours / peer["tokens_per_s"]
     if "single" in args.parts:
         # One sequence: prompt processing (the letter path over the case challenges) and generation (128
-        # tokens), against llama-bench pp512 / tg128 (--repack 0: no weight repacking, as edgeeval on Intel AMX).
+        # tokens), against llama-bench pp512 / tg128, repacking weights as edgeeval does on this CPU.
         letters = run_child({"model": target, "threads": args.threads, "n_ctx": 2048, "kind": "letters",
                              "items": load_items()[0]})
         tg = run_child({"model": target, "threads": args.threads, "n_ctx": 2048, "kind": "tg", "n_gen": 128,
                         "repeats": 2})
         single = {"pp_tokens_per_s": letters["tokens_decoded"] / letters["seconds"], "tg_tokens_per_s": tg["tokens_per_s"]}
         if peer_bin("llama-bench").exists():
-            bench = llama_bench(target, args.threads, 2, ("--repack", "0"))
+            bench = llama_bench(target, args.threads, 2, ("--repack", "1" if edgeeval_repacks() else "0"))
             single.update({"llama_bench_pp512": bench["pp512"], "llama_bench_tg128": bench["tg128"],
                            "pp_fraction": single["pp_tokens_per_s"] / bench["pp512"],
                            "tg_fraction": single["tg_tokens_per_s"] / bench["tg128"]})
@@ -1042,7 +1065,7 @@ def measure_realistic(args, results: dict) -> dict | None:
         section["batched"] = {"pp": pp, "tg": tg, "edgeeval_tokens_per_s": curve, "edgeeval_total_tokens_per_s": total,
                               "auto": auto, "load_average": os.getloadavg()[0]}
         if peer_bin("llama-batched-bench").exists():
-            peer = batched_bench(target, args.threads, pp, tg, sizes, ("-nr",))
+            peer = batched_bench(target, args.threads, pp, tg, sizes, () if edgeeval_repacks() else ("-nr",))
             section["batched"]["batched_bench_tokens_per_s"] = {n: peer[n]["speed"] for n in peer}
             section["batched"]["batched_bench_tg_tokens_per_s"] = {n: peer[n]["speed_tg"] for n in peer}
             section["batched"]["fraction_of_batched_bench"] = {n: total[n] / peer[n]["speed"] for n in peer if n in total}
