@@ -11,12 +11,14 @@ one machine-readable line. See README.md beside this file for how the peers are 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -97,8 +99,8 @@ def child_loglik(model, spec: dict) -> dict:
             "decode_seconds": after["decode_seconds"] - before["decode_seconds"],
             "prompt_tokens": after["prompt_tokens"] - before["prompt_tokens"],
             "prompt_tokens_decoded": after["prompt_tokens_decoded"] - before["prompt_tokens_decoded"],
-            "scores": [[s.model_dump(mode="json", include={"logprob", "n_tokens", "token_logprobs", "error"}) for s in item]
-                       for item in scores],
+            "scores": [[s.model_dump(mode="json", include={"logprob", "n_tokens", "token_logprobs", "error"})
+                        for s in item] for item in scores],
             "option_tokens": [[model.split_tokens(c, o)[0] for o in opts] for c, opts in items]}
 
 
@@ -228,8 +230,6 @@ def child_divergence(model, spec: dict) -> dict:
     far the multi-token decode moved the logits. With chunk 1 both paths are the same computation (a control)."""
     import numpy as np
 
-    from edgeeval.engine.llama import _PREFIX_SEQ
-
     out = []
     for prompt in spec["prompts"]:
         tokens = model.tokenize(prompt)
@@ -249,12 +249,7 @@ def child_divergence(model, spec: dict) -> dict:
         forced = chosen[:-1]
         for begin in range(0, len(forced), spec["chunk"]):
             part = forced[begin : begin + spec["chunk"]]
-            model.batch.clear()
-            model.batch.add(part, len(model._cached), [_PREFIX_SEQ])
-            for index in range(len(part)):
-                model.batch.want_logits(index)
-            model._llama_decode(model.batch.raw_for_decode(), len(part))
-            model._cached.extend(part)
+            model._decode_every_row(part)  # the engine's verification decode
             batched += [model._row(index).copy() for index in range(len(part))]
         positions = []
         for i, (a_row, b_row) in enumerate(zip(plain, batched)):
@@ -285,6 +280,7 @@ def run_child(spec: dict) -> dict:
 
 # --- peers -------------------------------------------------------------------------------------
 
+@functools.cache
 def edgeeval_repacks() -> bool:
     """Whether edgeeval's engine repacks weights on this CPU (EngineSettings' per-CPU default: off on Intel AMX).
     The Qwen section's peers run the same way, so that both sides use the same matrix kernels: on one AMD EPYC
@@ -871,14 +867,8 @@ def summary_line(results: dict) -> str:
     return " ".join(f"{k}={v:.2f}" for k, v in fields.items())
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def _spread(values: list[float]) -> dict:
-    return {"median": _median(values), "min": min(values), "max": max(values), "rounds": values}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": values}
 
 
 def prompt_bench(model: str, threads: int, lengths: list[int], repeats: int = 3) -> dict:
@@ -985,12 +975,14 @@ def divergence_profile(args) -> list[dict]:
                      for n, p in enumerate(run["positions"]) if p["flip"]]
             deltas = [p["max_abs_delta"] for run in runs for p in run["positions"]]
             margins = [p["margin"] for run in runs for p in run["positions"]]
-            out.append({"model": Path(model).name, "chunk": chunk, "flash_attn": args.flash_attn, "answers": len(runs), "positions": len(deltas),
+            median = statistics.median(deltas)
+            out.append({"model": Path(model).name, "chunk": chunk, "flash_attn": args.flash_attn,
+                        "answers": len(runs), "positions": len(deltas),
                         "positions_with_another_token": len(flips),
                         "answers_with_another_token": len({(f["task"], f["id"]) for f in flips}),
-                        "max_abs_logit_delta": {"median": _median(deltas), "max": max(deltas)},
+                        "max_abs_logit_delta": {"median": median, "max": max(deltas)},
                         "share_of_positions_with_margin_below_median_delta":
-                            sum(m < _median(deltas) for m in margins) / len(margins),
+                            sum(m < median for m in margins) / len(margins),
                         "flips": flips})
     return out
 
@@ -1159,9 +1151,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.misses:
         results = json.loads(args.out.read_text()) if args.out.exists() else {}
         if args.divergence:
-            results["divergence_flash_attn" if args.flash_attn else "divergence"] = divergence_profile(args)
+            key = "divergence_flash_attn" if args.flash_attn else "divergence"
+            results[key] = divergence_profile(args)
             args.out.write_text(json.dumps(results, indent=2) + "\n")
-            for row in results["divergence_flash_attn" if args.flash_attn else "divergence"]:
+            for row in results[key]:
                 print(json.dumps({k: v for k, v in row.items() if k != "flips"}))
                 for flip in row["flips"][:12]:
                     print(f"   {flip['task']} {flip['id']} @{flip['position']}: margin {flip['margin']:.3f}, "

@@ -226,14 +226,7 @@ class LlamaModel:
         while not done:
             draft = slot.propose(self.settings.n_draft, max_tokens)
             base = len(self._cached)
-            batch = self.batch
-            assert batch is not None, "model closed"
-            batch.clear()
-            batch.add([slot.last, *draft], base, [_PREFIX_SEQ])
-            for index in range(len(draft) + 1):
-                batch.want_logits(index)
-            self._llama_decode(batch.raw_for_decode(), batch.n)
-            self._cached.extend([slot.last, *draft])
+            self._decode_every_row([slot.last, *draft])
             taken, done = slot.verify(draft, [self._row(i) for i in range(len(draft) + 1)], self, max_tokens, stop)
             keep = base + 1 + taken
             if keep < len(self._cached):
@@ -300,6 +293,18 @@ class LlamaModel:
         arr = (L.llama_token * len(chunk))(*chunk)
         self._llama_decode(L.llama_batch_get_one(arr, len(chunk)), len(chunk))
         self._cached.extend(chunk)
+
+    def _decode_every_row(self, tokens: list[int]) -> None:
+        """Append tokens to the prefix sequence in one decode, keeping the logits of every one (`_row(i)`):
+        how a draft is verified."""
+        batch = self.batch
+        assert batch is not None, "model closed"
+        batch.clear()
+        batch.add(tokens, len(self._cached), [_PREFIX_SEQ])
+        for index in range(len(tokens)):
+            batch.want_logits(index)
+        self._llama_decode(batch.raw_for_decode(), batch.n)
+        self._cached.extend(tokens)
 
     def _llama_decode(self, batch: Any, n_tokens: int) -> None:
         try:
