@@ -1,5 +1,5 @@
-"""Where edgeeval finds its files: the user's models.toml, the built-in tasks shipped inside the package,
-and the user's own task folders."""
+"""Where edgeeval finds its files: the user's models.toml, the built-in tasks (the repository's root, or inside
+an installed wheel), and the user's own task folders."""
 
 from __future__ import annotations
 
@@ -12,27 +12,44 @@ from typing import Sequence
 from edgeeval.errors import ConfigError
 
 
-def _builtin_root() -> Path:
+TASKS_SUBDIR = Path("benchmarks/clinical")
+"""Where a folder laid out like the repository (the repository itself, a project made by `edgeeval init`)
+keeps its task TOMLs; their relative paths resolve against the folder above benchmarks/."""
+CONFIG_NAME = "models.toml"
+
+
+def _package_dir() -> Path:
     # A wheel installed by pip (and a checkout) is a folder on disk; prompts and data files are read as
-    # paths (kept inside their root, see chat.inside_root), so a zipped install is not supported.
-    root = files("edgeeval") / "builtin"
-    if not isinstance(root, Path):  # pragma: no cover - zipimport
-        raise ImportError(f"edgeeval's built-in files must be on disk, not in {root}; install edgeeval with pip")
-    return root
+    # paths (kept inside their root, see prompting's inside_root), so a zipped install is not supported.
+    package = files("edgeeval")
+    if not isinstance(package, Path):  # pragma: no cover - zipimport
+        raise ImportError(f"edgeeval's built-in files must be on disk, not in {package}; install edgeeval with pip")
+    return package
+
+
+PACKAGE_DIR = _package_dir()
+
+
+def _builtin_root() -> Path:
+    """The folder holding the study's models.toml, prompts/ and benchmarks/clinical/: inside the package
+    (edgeeval/builtin/) in an installed wheel, which carries them there (pyproject.toml, force-include);
+    the repository's root in a checkout or an editable install, where they are kept."""
+    shipped, checkout = PACKAGE_DIR / "builtin", PACKAGE_DIR.parent
+    for root in (shipped, checkout):
+        if (root / CONFIG_NAME).is_file() and (root / TASKS_SUBDIR).is_dir():
+            return root
+    raise ImportError(f"edgeeval's built-in tasks are missing: neither {shipped} nor {checkout} holds "
+                      f"{CONFIG_NAME} and {TASKS_SUBDIR}/; reinstall edgeeval")
 
 
 BUILTIN_ROOT = _builtin_root()
-"""The built-in tasks (benchmarks/clinical/), their prompts and samples, the chat templates
-(prompts/chat/) and the study's models.toml: edgeeval/builtin/ in a checkout and in a wheel alike."""
-BUILTIN_CONFIG = BUILTIN_ROOT / "models.toml"
-STARTER_ROOT = BUILTIN_ROOT / "starter"
+"""The built-in tasks (benchmarks/clinical/), their prompts and samples, the chat templates (prompts/chat/)
+and the study's models.toml: the repository's root in a checkout, edgeeval/builtin/ in an installed wheel."""
+BUILTIN_CONFIG = BUILTIN_ROOT / CONFIG_NAME
+STARTER_ROOT = PACKAGE_DIR / "starter"
 """What `edgeeval init DIR` copies: a models.toml and one example task, laid out like BUILTIN_ROOT."""
-TASKS_SUBDIR = Path("benchmarks/clinical")
-"""Where a folder laid out like the repository (the built-in root, a project made by `edgeeval init`)
-keeps its task TOMLs; their relative paths resolve against the folder above benchmarks/."""
 CONFIG_ENV = "EDGEEVAL_CONFIG"
 TASKS_DIRS_ENV = "EDGEEVAL_TASKS_DIRS"
-CONFIG_NAME = "models.toml"
 
 
 # --- models.toml ----------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wheels", type=Path, default=Path.home() / ".cache" / "edgeeval" / "wheels" / "extra")
     parser.add_argument("--only", choices=sorted(CHUNKS), action="append")
     args = parser.parse_args(argv)
-    entries = tomllib.loads((ROOT / "edgeeval" / "builtin" / "models.toml").read_text())["models"]
+    entries = tomllib.loads((ROOT / "models.toml").read_text())["models"]
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
     for name in args.only or CHUNKS:
         entry = entries[name]

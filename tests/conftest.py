@@ -14,7 +14,6 @@ import pytest
 from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILTIN = ROOT / "edgeeval" / "builtin"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -107,8 +106,8 @@ def make_project(root: Path, models_toml: str = FAKE_MODELS_TOML) -> Path:
     """root/project with the repository's prompts and tasks and `models_toml`; root/models with two tiny GGUFs."""
     project = root / "project"
     project.mkdir(parents=True)
-    for name in ("prompts", "benchmarks"):
-        shutil.copytree(BUILTIN / name, project / name, ignore=shutil.ignore_patterns("speed", "__pycache__"))
+    for name in ("prompts", "benchmarks/clinical"):
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     models = root / "models"
     models.mkdir()
     write_tiny_gguf(models / "general.gguf", "general")
@@ -134,7 +133,7 @@ def real_model_paths() -> dict[str, Path]:
     from edgeeval.config import load_models_config, resolve_model_path
     from edgeeval.errors import ModelFileError
 
-    project = load_models_config(BUILTIN / "models.toml")
+    project = load_models_config(ROOT / "models.toml")
     found = {}
     with open(Path(tempfile.gettempdir()) / "edgeeval-tests-models.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

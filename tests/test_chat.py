@@ -19,7 +19,7 @@ from edgeeval.chat import MAX_RENDER_CHARS, ChatTemplate, load_chat_template, pr
 from edgeeval.errors import TemplateError
 from edgeeval.gguf_file import read_gguf_metadata
 
-REPO = Path(__file__).resolve().parents[1] / "edgeeval" / "builtin"
+REPO = Path(__file__).resolve().parents[1]
 SYSTEM_USER = [
     {"role": "system", "content": "You are a careful clinician."},
     {"role": "user", "content": "Which drug treats hypertension? A) insulin B) lisinopril"},

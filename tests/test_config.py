@@ -8,7 +8,6 @@ from edgeeval.config import load_models_config, load_task, resolve_model_path
 from edgeeval.errors import ConfigError, ModelFileError
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILTIN = ROOT / "edgeeval" / "builtin"
 
 
 def write(tmp_path: Path, text: str, name: str = "models.toml") -> Path:
@@ -18,7 +17,7 @@ def write(tmp_path: Path, text: str, name: str = "models.toml") -> Path:
 
 
 def test_repository_models_toml_has_the_study_pairs():
-    project = load_models_config(BUILTIN / "models.toml", models_dir="/nonexistent")
+    project = load_models_config(ROOT / "models.toml", models_dir="/nonexistent")
     pairs = project.config.pairs
     assert {"demo", "llama3-8b", "llama3-70b", "mistral-7b", "llama2-7b"} <= set(pairs)
     for name in ("llama3-8b", "llama3-70b", "mistral-7b", "llama2-7b"):
@@ -76,8 +75,8 @@ def test_models_dir_from_environment(tmp_path, monkeypatch):
 
 
 def test_task_toml_unknown_key_and_bad_metric(tmp_path):
-    good = (BUILTIN / "benchmarks/clinical/case_challenges.toml").read_text()
-    assert load_task(BUILTIN / "benchmarks/clinical/case_challenges.toml").name == "case_challenges"
+    good = (ROOT / "benchmarks/clinical/case_challenges.toml").read_text()
+    assert load_task(ROOT / "benchmarks/clinical/case_challenges.toml").name == "case_challenges"
     with pytest.raises(ConfigError, match="unknown key 'max_token'"):
         load_task(write(tmp_path, good.replace("max_tokens", "max_token"), "t.toml"))
     with pytest.raises(ConfigError, match="metrics"):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from edgeeval.data import Example, load_multiple_choice
 from edgeeval.errors import DataError
 
-DATA = Path(__file__).resolve().parent.parent / "edgeeval" / "builtin" / "benchmarks" / "clinical" / "data"
+DATA = Path(__file__).resolve().parent.parent / "benchmarks" / "clinical" / "data"
 CASE_FILES = ("case_challenges_sample.csv", "case_challenges_sample.json", "case_challenges_sample_records.json")
 HEADER = ["id", "question", "opa", "opb", "opc", "opd", "ope", "answer_idx", "answer", "explanation"]
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -14,7 +14,7 @@ from edgeeval.engine.llama import LlamaModel
 from edgeeval.prompts import TaskPrompt
 
 pytestmark = pytest.mark.real_model
-ROOT = Path(__file__).resolve().parent.parent / "edgeeval" / "builtin"
+ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
 SYSTEM = "You are an experienced physician answering a clinical case challenge. Be accurate and concise."
 CHAT = {

@@ -24,7 +24,7 @@ from engine_support import NaiveScorer, assert_score_matches, assert_tokens_clos
 
 pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ROOT / "edgeeval" / "builtin" / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
+CASES = ROOT / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
 # One thread: these tests check numbers, not speed, and on a busy machine a second llama.cpp
 # thread mostly waits for the first.
 SETTINGS = EngineSettings(n_ctx=2048, n_threads=1)

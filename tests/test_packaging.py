@@ -14,14 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUILTIN, ROOT
+from conftest import ROOT
 from edgeeval.planning import TASKS_DIR
 from edgeeval.store import read_records
 
 pytestmark = pytest.mark.packaging
 
+SOURCES = ("pyproject.toml", "README.md", "edgeeval", "models.toml", "prompts", "benchmarks/clinical")
+"""What the wheel is built from (as scripts/wheelhouse.sh copies it): the package and the project files at the
+repository's root that the wheel carries as edgeeval/builtin/."""
+SHIPPED = ("models.toml", "prompts", "benchmarks/clinical")
 PINS = dict(re.findall(r'^(\w+)="([^"]*)"', (ROOT / "scripts" / "pins.sh").read_text(), re.M))
-BUILTIN_TASKS = sorted(p.stem for p in (BUILTIN / TASKS_DIR).glob("*.toml"))
+BUILTIN_TASKS = sorted(p.stem for p in (ROOT / TASKS_DIR).glob("*.toml"))
 
 
 def no_network() -> list[str]:
@@ -49,7 +53,7 @@ def run(args: list, cwd: Path, env: dict, timeout: int = 300) -> subprocess.Comp
 @pytest.fixture(scope="module")
 def wheelhouse() -> Path:
     path = Path(os.environ.get("EDGEEVAL_WHEELHOUSE") or ROOT / "dist" / "wheelhouse")
-    if not list(path.glob("llama_cpp_python-*.whl")) or not list(path.glob("setuptools-*.whl")):
+    if not list(path.glob("llama_cpp_python-*.whl")) or not list(path.glob("hatchling-*.whl")):
         message = f"no wheelhouse at {path}: run `make wheelhouse` (make test does)"
         if os.environ.get("CI"):
             pytest.fail(message)  # CI builds it: a skip there would hide a broken packaging
@@ -65,16 +69,19 @@ def installed(wheelhouse, tmp_path_factory) -> dict:
     env = clean_env(tmp)
     src = tmp / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "edgeeval", src / "edgeeval", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / name, src / name)
     house = tmp / "wheelhouse"
     house.mkdir()
     for wheel in wheelhouse.glob("*.whl"):
         if not wheel.name.startswith("edgeeval-"):
             (house / wheel.name).symlink_to(wheel.resolve())
     offline = no_network()
-    # Building needs setuptools, which pip takes from the wheelhouse: no index, no network.
+    # Building needs hatchling, which pip takes from the wheelhouse: no index, no network.
     run([*offline, sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index", "--find-links", house,
          "-w", house, src], tmp, env)
     venv = tmp / "venv"
@@ -93,11 +100,19 @@ def edgeeval(installed: dict, *args, offline: bool = False, timeout: int = 300) 
     return run([*prefix, installed["venv"] / "bin" / "edgeeval", *args], installed["scratch"], installed["env"], timeout)
 
 
+def tree_files(path: Path) -> list[Path]:
+    return [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+
+
 def test_the_wheel_holds_every_built_in_file(installed):
+    """The root's models.toml, prompts/ and benchmarks/clinical/ as edgeeval/builtin/, the starter project as
+    package data; nothing else of the repository (tests, the speed benchmarks)."""
     shipped = set(zipfile.ZipFile(installed["wheel"]).namelist())
-    in_tree = {str(p.relative_to(ROOT)) for p in BUILTIN.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    assert in_tree and in_tree <= shipped
-    assert not any(name.startswith(("tests/", "benchmarks/", "prompts/")) for name in shipped)
+    in_tree = {f"edgeeval/builtin/{p.relative_to(ROOT)}" for name in SHIPPED for p in tree_files(ROOT / name)}
+    starter = {str(p.relative_to(ROOT)) for p in tree_files(ROOT / "edgeeval" / "starter")}
+    assert len(in_tree) > 100 and starter and in_tree | starter <= shipped
+    assert not any(name.startswith(("tests/", "benchmarks/", "prompts/", "edgeeval/builtin/benchmarks/speed"))
+                   for name in shipped)
 
 
 def test_installed_edgeeval_lists_every_built_in_task_from_any_folder(installed):

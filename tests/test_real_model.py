@@ -72,7 +72,7 @@ def test_chat_templates_of_the_demo_models(real_models):
     assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
     gemma = read_gguf_metadata(real_models["gemma"])
     assert gemma.chat_template is None and gemma.quantization == "Q4_K_M"
-    chat = load_chat_template("prompts/chat/gemma.j2", None, "", "", ROOT / "edgeeval" / "builtin")
+    chat = load_chat_template("prompts/chat/gemma.j2", None, "", "", ROOT)
     assert chat.render([{"role": "user", "content": "U"}]).endswith("<start_of_turn>model\n")
 
 

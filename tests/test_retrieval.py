@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cli_support import run_cli
-from conftest import BUILTIN, FAKE_MODELS_TOML, LLAMA_THREADS, ROOT, make_project
+from conftest import FAKE_MODELS_TOML, LLAMA_THREADS, ROOT, make_project
 from edgeeval.config import load_models_config
 from edgeeval.planning import plan_units, prepare_model, prepare_task
 from edgeeval.retrieval.corpus import Passage, load_passages
@@ -23,7 +23,7 @@ from edgeeval.retrieval.leakage import is_near_duplicate
 from edgeeval.store import read_records
 
 N_SAMPLE = 36
-CORPUS = BUILTIN / "benchmarks" / "clinical" / "corpus"
+CORPUS = ROOT / "benchmarks" / "clinical" / "corpus"
 
 RAG_TOML = FAKE_MODELS_TOML + """
 [models.general-rag]
@@ -165,7 +165,7 @@ def test_the_prompt_never_loses_the_question_to_passages(tmp_path):
     long_note = " ".join(["Right ventricular infarction needs fluids and careful preload management."] * 60)
     write_corpus(project / "corpus", {f"note{i}.md": f"# Note {i}\n{long_note} {i}" for i in range(6)})
     units = plan(project, "general-rag")
-    with open(BUILTIN / "benchmarks/clinical/data/case_challenges_sample.csv", encoding="utf-8") as handle:
+    with open(ROOT / "benchmarks/clinical/data/case_challenges_sample.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     for unit, row in zip(units, rows):
         assert row["question"] in unit.prompt
@@ -190,7 +190,7 @@ def test_loglik_mode_reads_the_passages_too(rag_project, tmp_path):
 
 
 def test_leakage_guard_finds_planted_duplicates_and_excludes_them_on_request(rag_project, tmp_path):
-    with open(BUILTIN / "benchmarks/clinical/data/case_challenges_sample.csv", encoding="utf-8") as handle:
+    with open(ROOT / "benchmarks/clinical/data/case_challenges_sample.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     planted = {"cc-004", "cc-017", "cc-030"}
     leaked = [{"id": f"copy-{r['id']}", "title": "Case", "text": f"Seen before: {r['question']} Answer: {r['answer']}"}

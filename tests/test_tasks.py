@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUILTIN, FAKE_MODELS_TOML, make_project
+from conftest import ROOT, FAKE_MODELS_TOML, make_project
 from edgeeval.config import ContextSpec, load_models_config, load_task
 from edgeeval.context import fit_example
 from edgeeval.data import Example
@@ -23,7 +23,7 @@ from edgeeval.planning import TASKS_DIR, prepare_task, task_messages
 from edgeeval.store import read_records
 from cli_support import run_cli
 
-TASKS = sorted(p.stem for p in (BUILTIN / TASKS_DIR).glob("*.toml"))
+TASKS = sorted(p.stem for p in (ROOT / TASKS_DIR).glob("*.toml"))
 GOLDEN = Path(__file__).resolve().parent / "golden"
 EXPECTED_TASKS = {
     "case_challenges", "jama_challenges", "medqa", "medmcqa", "pubmedqa", "mednli", "meqsum", "problem_summary",
@@ -44,7 +44,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def repo_project():
-    return load_models_config(BUILTIN / "models.toml")
+    return load_models_config(ROOT / "models.toml")
 
 
 # --- the task files --------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def test_few_shot_example_that_is_a_test_item_is_refused(tmp_path: Path) -> None
 def test_task_toml_mistakes_are_config_errors(tmp_path: Path, change: dict, message: str) -> None:
     import tomllib
 
-    raw = tomllib.loads((BUILTIN / TASKS_DIR / "case_challenges.toml").read_text())
+    raw = tomllib.loads((ROOT / TASKS_DIR / "case_challenges.toml").read_text())
     raw.update(change)
     path = tmp_path / "bad.toml"
     path.write_text(_toml(raw))
@@ -170,7 +170,7 @@ def test_fake_run_records_every_example(full_run, name: str) -> None:
 @pytest.mark.parametrize("name", TASKS)
 def test_fake_run_reports_every_declared_metric(full_run, name: str) -> None:
     _, out = full_run
-    spec = load_task(BUILTIN / TASKS_DIR / f"{name}.toml")
+    spec = load_task(ROOT / TASKS_DIR / f"{name}.toml")
     results = [r for r in read_csv(out / "results.csv") if r["task"] == name]
     for model in MODELS:
         metrics = {r["metric"] for r in results if r["model"] == model}

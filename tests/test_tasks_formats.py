@@ -19,8 +19,8 @@ from edgeeval.errors import DataError
 from edgeeval.formats import LOADERS, load_examples
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "edgeeval" / "builtin" / "benchmarks" / "clinical" / "data"
-TASKS = ROOT / "edgeeval" / "builtin" / "benchmarks" / "clinical"
+DATA = ROOT / "benchmarks" / "clinical" / "data"
+TASKS = ROOT / "benchmarks" / "clinical"
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # Nested JSON is slow to generate; 30 structures per format still reach every loader's error paths.
 FUZZ_STRUCTURES = settings(FUZZ, max_examples=30)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from cli_support import run_cli
-from conftest import BUILTIN, FAKE_MODELS_TOML, real_model_paths, write_tiny_gguf
+from conftest import ROOT, FAKE_MODELS_TOML, real_model_paths, write_tiny_gguf
 from edgeeval.planning import TASKS_DIR
 from edgeeval.store import read_records
 
-BUILTIN_TASKS = sorted(p.stem for p in (BUILTIN / TASKS_DIR).glob("*.toml"))
+BUILTIN_TASKS = sorted(p.stem for p in (ROOT / TASKS_DIR).glob("*.toml"))
 THREE_CASES = """id,question,opa,opb,opc,opd,answer_idx
 w-1,"A ward question, first?",Alpha,Bravo,Charlie,Delta,A
 w-2,"A ward question, second?",Alpha,Bravo,Charlie,Delta,B
@@ -70,7 +70,7 @@ def test_models_toml_is_found_in_the_documented_order(tmp_path, monkeypatch, cap
         assert run_cli(scratch, "models") == 0
         return capsys.readouterr().out.splitlines()[0]
 
-    assert chosen() == f"config: {BUILTIN / 'models.toml'} (from the packaged default)"
+    assert chosen() == f"config: {ROOT / 'models.toml'} (from the packaged default)"
     user = models_toml(tmp_path, "xdg/edgeeval")
     assert chosen() == f"config: {user} (from the user config folder)"
     local = models_toml(tmp_path, "scratch")

@@ -124,7 +124,7 @@ def measure_demo_share(work: Path, threads: int) -> dict:
     from edgeeval.retrieval import corpus_path, prepare_retrieval
     from edgeeval.runner import run_models
 
-    project = load_models_config(ROOT / "edgeeval" / "builtin" / "models.toml")
+    project = load_models_config(ROOT / "models.toml")
     task = prepare_task(project, "case_challenges", None, None, mode="loglik")
     spec = project.config.models["smollm2-135m-rag"].retrieval
     prepare_retrieval(project, "smollm2-135m-rag", spec, 4096, progress=False)  # build once, outside the timing

@@ -64,7 +64,7 @@ def cpu_seconds() -> float:
 
 def synthetic_cases(path: Path, n: int) -> Path:
     """n five-option case challenges in the bundled CSV format (ids cc-00000...)."""
-    source = ROOT / "edgeeval" / "builtin" / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
+    source = ROOT / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
     with source.open() as handle:
         rows = list(csv.DictReader(handle))
     with path.open("w", newline="") as handle:
@@ -216,7 +216,7 @@ PAPER = {
 
 def on_paper(efficiency: dict[int, float]) -> list[dict]:
     max_tokens = {}
-    for path in (ROOT / "edgeeval" / "builtin" / "benchmarks" / "clinical").glob("*.toml"):
+    for path in (ROOT / "benchmarks" / "clinical").glob("*.toml"):
         max_tokens[path.stem] = tomllib.loads(path.read_text()).get("max_tokens", 128)
     rows = []
     for size, speed in PAPER["throughput"].items():
@@ -255,7 +255,7 @@ def main() -> int:
         print(json.dumps(result["paper"]["estimates"]))
         return 0
     workers = [int(w) for w in args.workers.split(",")]
-    project = load_models_config(ROOT / "edgeeval" / "builtin" / "models.toml")
+    project = load_models_config(ROOT / "models.toml")
     work_dir = Path(tempfile.mkdtemp(prefix="ee-scale-runs-"))
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_at_start": os.getloadavg()},
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-CASES = ROOT / "edgeeval" / "builtin" / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
+CASES = ROOT / "benchmarks" / "clinical" / "data" / "case_challenges_sample.csv"
 RESULTS = Path(__file__).resolve().parent / "results.json"
 PEERS_DIR = Path(os.environ.get("EDGEEVAL_PEERS_DIR", Path.home() / ".cache" / "edgeeval" / "peers"))
 LMEVAL_VENV = Path(os.environ.get("EDGEEVAL_LMEVAL_VENV", "/tmp/peers/lmeval-venv"))
@@ -665,7 +665,7 @@ def runner_prompts(model: str, task: str = "case_challenges", limit: int | None 
     from edgeeval.errors import EdgeevalError
     from edgeeval.planning import plan_units, prepare_model, prepare_task
 
-    project = load_models_config(ROOT / "edgeeval" / "builtin" / "models.toml")
+    project = load_models_config(ROOT / "models.toml")
     name = None
     for candidate in project.config.models:
         try:
@@ -696,7 +696,7 @@ def extra_models() -> tuple[str, str] | None:
     from edgeeval.config import load_models_config, resolve_model_path
     from edgeeval.errors import EdgeevalError
 
-    project = load_models_config(ROOT / "edgeeval" / "builtin" / "models.toml")
+    project = load_models_config(ROOT / "models.toml")
     try:
         target, draft = (str(resolve_model_path(project, name)) for name in EXTRA_MODELS)
     except EdgeevalError:
@@ -709,7 +709,7 @@ def task_spec(task: str):
     from edgeeval.config import load_models_config
     from edgeeval.planning import prepare_task
 
-    return prepare_task(load_models_config(ROOT / "edgeeval" / "builtin" / "models.toml"), task, None, 1).spec
+    return prepare_task(load_models_config(ROOT / "models.toml"), task, None, 1).spec
 
 
 def speculative_run(model: str, args, tasks: tuple[str, ...], method: str, limit: int,
@@ -1214,7 +1214,7 @@ def default_models() -> list[str]:
     """The bundled demo models, found the way `edgeeval demo` finds them."""
     from edgeeval.config import load_models_config, resolve_model_path
 
-    project = load_models_config(ROOT / "edgeeval" / "builtin" / "models.toml")
+    project = load_models_config(ROOT / "models.toml")
     return [str(resolve_model_path(project, name)) for name in ("gemma3-270m", "smollm2-135m-instruct")]
 
 
