@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeeval.sha256_cache import cached_sha256  # noqa: E402
+from edgeeval.config.sha256_cache import cached_sha256  # noqa: E402
 
 
 def drop_from_page_cache(path: Path) -> None:

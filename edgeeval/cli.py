@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import edgeeval
-from edgeeval.config import Project, load_models_config, load_task, resolve_model_path
+from edgeeval.config.locations import BUILTIN_CONFIG, STARTER_ROOT, ConfigChoice, env_tasks_dirs, find_config
+from edgeeval.config.models import Project, load_models_config, load_task, resolve_model_path
 from edgeeval.engine import EngineSettings
+from edgeeval.engine.machine import usable_cpus
 from edgeeval.errors import ConfigError, EdgeevalError
-from edgeeval.locations import BUILTIN_CONFIG, STARTER_ROOT, ConfigChoice, env_tasks_dirs, find_config
-from edgeeval.machine import usable_cpus
 
 DEMO_PAIR = "demo"
 DEMO_RETRIEVAL_PAIRS = ["demo-rag", "demo-rag-vs-gemma"]
@@ -55,8 +55,8 @@ def parse_data_overrides(items: list[str]) -> dict[str, Path]:
 
 def cmd_run(args, pairs: list[str] | None = None, tasks: list[str] | None = None) -> int:
     from edgeeval.report import build_report
-    from edgeeval.planning import prepare_task
-    from edgeeval.runner import run_models
+    from edgeeval.run.planning import prepare_task
+    from edgeeval.run.runner import run_models
 
     project = load_project(args)
     pairs = list(dict.fromkeys(pairs or args.pair))
@@ -102,7 +102,7 @@ def cmd_run(args, pairs: list[str] | None = None, tasks: list[str] | None = None
 def scale_out(args, project: Project):
     """(shard, executor) from --shard and --ray: this process's share of the examples, and where they are
     answered (None: here)."""
-    from edgeeval.shard import Shard
+    from edgeeval.run.shard import Shard
 
     shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
     if getattr(args, "ray", None) is None:
@@ -116,7 +116,7 @@ def scale_out(args, project: Project):
         raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
     if args.chunk < 1:
         raise ConfigError(f"--chunk must be at least 1 (got {args.chunk})")
-    from edgeeval.cluster import RayExecutor
+    from edgeeval.run.cluster import RayExecutor
 
     return None, RayExecutor(project, address=None if args.ray == "local" else args.ray, workers=args.workers,
                              chunk=args.chunk, worker_cpus=args.worker_cpus, quiet=args.quiet)
@@ -137,7 +137,7 @@ def parse_parallel(value: str) -> int | str:
 
 def resolve_draft(project: Project, name: str) -> str:
     """--draft: a models.toml name or a GGUF path; read with edgeeval's own GGUF reader before any use."""
-    from edgeeval.gguf_file import read_gguf_metadata
+    from edgeeval.config.gguf import read_gguf_metadata
 
     path = resolve_model_path(project, name) if name in project.config.models else Path(name).expanduser()
     if not path.is_file():
@@ -173,7 +173,7 @@ def cmd_report(args) -> int:
     out = Path(args.out) if args.out else None
     report = build_report(run_dir, seed=args.seed, no_text=args.no_text, out_dir=out)
     print(f"report: {report.resolve()}\nhtml: {report.with_name('report.html').resolve()}")
-    from edgeeval.shard import shard_gaps
+    from edgeeval.run.shard import shard_gaps
 
     for note in shard_gaps(run_dir):
         print(f"edgeeval: warning: {note}", file=sys.stderr)
@@ -190,8 +190,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from edgeeval.gguf_file import read_gguf_metadata
-    from edgeeval.sha256_cache import cached_sha256
+    from edgeeval.config.gguf import read_gguf_metadata
+    from edgeeval.config.sha256_cache import cached_sha256
 
     choice = find_config(args.config)
     project = load_project(args, choice)
@@ -221,7 +221,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    from edgeeval.planning import prepare_task, project_tasks
+    from edgeeval.run.planning import prepare_task, project_tasks
 
     project = load_project(args)
     for name, found in project_tasks(project).items():

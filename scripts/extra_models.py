@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgeeval.gguf_file import read_gguf_metadata  # noqa: E402
+from edgeeval.config.gguf import read_gguf_metadata  # noqa: E402
 
 MODELS_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeeval" / "models"
 CHUNKS = {

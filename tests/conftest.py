@@ -130,7 +130,7 @@ def real_model_paths() -> dict[str, Path]:
     import fcntl
     import tempfile
 
-    from edgeeval.config import load_models_config, resolve_model_path
+    from edgeeval.config.models import load_models_config, resolve_model_path
     from edgeeval.errors import ModelFileError
 
     project = load_models_config(ROOT / "models.toml")

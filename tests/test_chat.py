@@ -14,10 +14,11 @@ import jinja2.sandbox
 import numpy as np
 import pytest
 
-from conftest import takes_at_most
-from edgeeval.chat import MAX_RENDER_CHARS, ChatTemplate, load_chat_template, prompt_hash
+from edgeeval.config.gguf import read_gguf_metadata
 from edgeeval.errors import TemplateError
-from edgeeval.gguf_file import read_gguf_metadata
+from edgeeval.prompting.chat import MAX_RENDER_CHARS, ChatTemplate, load_chat_template, prompt_hash
+
+from conftest import takes_at_most
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_USER = [

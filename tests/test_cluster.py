@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 import edgeeval
+from edgeeval.run.cluster import SEND_EVERY_S
+from edgeeval.run.store import load_records
+
 from cli_support import FAKE_ENGINE_HOOKS_SITECUSTOMIZE, ROOT, run_cli
 from conftest import make_project
-from edgeeval.cluster import SEND_EVERY_S
-from edgeeval.store import load_records
 
 N_SAMPLE = 36
 MODELS = ("general-small", "bio-small")
@@ -218,10 +219,10 @@ def test_a_node_removed_mid_run(cluster, project, tmp_path):
 def test_a_node_without_the_model_is_named_and_the_rest_finish(cluster, project, tmp_path, monkeypatch, capsys):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from edgeeval.cluster import ModelWorker, NodeUnusable, ray_session
-    from edgeeval.config import load_models_config
+    from edgeeval.config.models import load_models_config
     from edgeeval.engine import EngineSettings
-    from edgeeval.planning import prepare_model
+    from edgeeval.run.cluster import ModelWorker, NodeUnusable, ray_session
+    from edgeeval.run.planning import prepare_model
 
     out = tmp_path / "run"
     empty = tmp_path / "no-models"
@@ -310,7 +311,7 @@ def test_a_token_file_other_users_can_read_is_refused(project, tmp_path, monkeyp
     assert not (tmp_path / "run").exists()
     # At 0600 it passes; a RAY_AUTH_TOKEN_PATH file is held to the same rule.
     token.chmod(0o600)
-    from edgeeval.cluster import require_token_auth
+    from edgeeval.run.cluster import require_token_auth
 
     require_token_auth()
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token.with_name("other")))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeeval.config import load_models_config, load_task, resolve_model_path
+from edgeeval.config.models import load_models_config, load_task, resolve_model_path
 from edgeeval.errors import ConfigError, ModelFileError
 
 ROOT = Path(__file__).resolve().parent.parent

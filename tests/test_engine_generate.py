@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeeval.data import load_multiple_choice
+from edgeeval.data.example import load_multiple_choice
 from edgeeval.engine import EngineSettings
 from edgeeval.engine.llama import LlamaModel
-from edgeeval.prompts import TaskPrompt
+from edgeeval.prompting.prompts import TaskPrompt
 
 pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeeval.data import load_multiple_choice
+from edgeeval.data.example import load_multiple_choice
 from edgeeval.engine import EngineError, EngineSettings
 from edgeeval.engine.llama import LlamaModel
+
 from engine_support import NaiveScorer, assert_score_matches, assert_tokens_close
 
 pytestmark = pytest.mark.real_model

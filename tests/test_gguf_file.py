@@ -14,14 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgeeval.config.gguf import MAX_STRING_BYTES, GGUFInfo, quantization_name, read_gguf_metadata, sha256_file
 from edgeeval.errors import ModelFileError
-from edgeeval.gguf_file import (
-    MAX_STRING_BYTES,
-    GGUFInfo,
-    quantization_name,
-    read_gguf_metadata,
-    sha256_file,
-)
 
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
 

@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from edgeeval.errors import TemplateError
-from edgeeval.prompts import TaskPrompt
-from edgeeval.store import read_records
+from edgeeval.prompting.prompts import TaskPrompt
+from edgeeval.run.store import read_records
+
 from cli_support import run_cli
 from conftest import takes_at_most
 

@@ -11,11 +11,11 @@ import polars as pl
 import pytest
 
 from edgeeval import kinds
-from edgeeval.config import TaskSpec
+from edgeeval.config.models import TaskSpec
 from edgeeval.kinds.base import ACCURACY, COMMON, Kind, Metric, Ratio, answered, number
-from edgeeval.metrics import compare_pair, score_records, summarize
 from edgeeval.report.findings import lower_is_better
-from edgeeval.scoring import parse_answer
+from edgeeval.scoring.metrics import compare_pair, score_records, summarize
+from edgeeval.scoring.records import parse_answer
 
 
 def test_every_kind_declares_complete_metrics() -> None:
@@ -43,7 +43,7 @@ def test_the_paired_test_follows_the_kind() -> None:
 
 
 def test_loglik_continuations_come_from_the_kind() -> None:
-    from edgeeval.data import Example
+    from edgeeval.data.example import Example
 
     example = Example(id="1", fields={"question": "q", "options": {"A": "one", "B": "two"}}, gold="A", source="x:1")
     spec = TaskSpec.model_validate({"name": "t", "kind": "multiple_choice", "prompt": "p.j2",
@@ -109,7 +109,7 @@ def test_a_metric_name_means_one_direction_in_every_kind(monkeypatch) -> None:
 def test_scoring_needs_neither_the_runner_nor_the_engine() -> None:
     # The engine package's own types (finish reasons) are shared; its worker and llama.cpp are not.
     code = ("import sys, edgeeval.scoring, edgeeval.report; "
-            "bad = [m for m in ('edgeeval.runner', 'edgeeval.planning', 'edgeeval.engine.worker', "
+            "bad = [m for m in ('edgeeval.run.runner', 'edgeeval.run.planning', 'edgeeval.engine.worker', "
             "'edgeeval.engine.llama', 'llama_cpp') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

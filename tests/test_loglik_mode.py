@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from cli_support import run_cli
-from edgeeval.config import load_task
-from edgeeval.data import Example
+from edgeeval.config.models import load_task
+from edgeeval.data.example import Example
 from edgeeval.engine import EngineError, EngineSettings, OptionScore
 from edgeeval.engine.fake import FakeModel
 from edgeeval.errors import ConfigError, ErrorKind
-from edgeeval.planning import Unit
-from edgeeval.runner import LOGLIK_CHUNK, _letter_scores
-from edgeeval.scoring import load_current_records, parse_answer
-from edgeeval.store import read_records
+from edgeeval.run.planning import Unit
+from edgeeval.run.runner import LOGLIK_CHUNK, _letter_scores
+from edgeeval.run.store import read_records
+from edgeeval.scoring.records import load_current_records, parse_answer
+
+from cli_support import run_cli
 
 MODELS = ("general-small", "bio-small")
 

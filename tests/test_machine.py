@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeeval import machine
-from edgeeval.machine import (
+from edgeeval.engine import machine
+from edgeeval.engine.machine import (
     available_memory_bytes,
     cgroup_cpu_limit,
     cgroup_memory_room,

@@ -11,16 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeeval.kinds.icd_coding import icd_counts
+from edgeeval.kinds.rouge import rouge_f
 from edgeeval.kinds.summary import problem_f1
-from edgeeval.metrics import (
-    compare_pair,
-    metric_statistic,
-    score_multiple_choice,
-    score_records,
-    summarize,
-)
-from edgeeval.rouge import rouge_f
-from edgeeval.stats import holm, mcnemar_exact, paired_permutation
+from edgeeval.scoring.metrics import compare_pair, metric_statistic, score_multiple_choice, score_records, summarize
+from edgeeval.scoring.stats import holm, mcnemar_exact, paired_permutation
 
 
 def _records(rows: list[tuple[str, str, str, str, str | None, str | None]]) -> pl.DataFrame:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from edgeeval.run.store import read_records
+
 from cli_support import run_cli
 from conftest import LLAMA_THREADS
-from edgeeval.store import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 PATIENT = "Mrs. Quilliam-Oyelaran, 71, MRN 4471-0093"

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from edgeeval.run.planning import TASKS_DIR
+from edgeeval.run.store import read_records
+
 from conftest import ROOT
-from edgeeval.planning import TASKS_DIR
-from edgeeval.store import read_records
 
 pytestmark = pytest.mark.packaging
 

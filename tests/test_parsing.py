@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import takes_at_most
-from edgeeval.parsing import (
+from edgeeval.kinds.parsing import (
     normalize_problem,
     parse_abstention,
     parse_choice,
@@ -17,6 +15,8 @@ from edgeeval.parsing import (
     parse_problem_list,
     parse_unoffered_choice,
 )
+
+from conftest import takes_at_most
 
 LETTERS = ("A", "B", "C", "D", "E")
 OPTIONS = {

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LLAMA_THREADS
-from edgeeval.chat import load_chat_template
+from edgeeval.config.gguf import read_gguf_metadata
 from edgeeval.engine import EngineSettings
 from edgeeval.engine.worker import WorkerEngine
-from edgeeval.gguf_file import read_gguf_metadata
-from edgeeval.store import read_records
+from edgeeval.prompting.chat import load_chat_template
+from edgeeval.run.store import read_records
+
+from conftest import LLAMA_THREADS
 
 pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,8 +131,9 @@ def test_loglik_run_on_the_case_challenges_equals_a_naive_reference(tmp_path, re
     letters' log-probabilities read off the last row."""
     import numpy as np
 
-    from cli_support import run_cli
     from edgeeval.engine.llama import LlamaModel
+
+    from cli_support import run_cli
     from engine_support import NaiveScorer
 
     out = tmp_path / "run"

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from edgeeval.engine import EngineSettings, memory
+from edgeeval.errors import ConfigError
+from edgeeval.run.store import read_records
+from edgeeval.scoring.metrics import score_multiple_choice
+from edgeeval.scoring.records import load_current_records
+
 from cli_support import count_lines, fake_engine_env, run_cli, wait_for
 from conftest import LLAMA_THREADS
-from edgeeval.engine import EngineSettings
-from edgeeval.engine import memory
-from edgeeval.errors import ConfigError
-from edgeeval.metrics import score_multiple_choice
-from edgeeval.scoring import load_current_records
-from edgeeval.store import read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("general-small", "bio-small")
@@ -498,7 +498,7 @@ def test_real_llama_cpp_allocation_failure_names_n_ctx(real_models, tmp_path):
 @pytest.mark.real_model
 @pytest.mark.parametrize("name", ["gemma", "smollm2"])
 def test_real_kv_cache_estimate_agrees_with_llama_cpp(real_models, name):
-    from edgeeval.gguf_file import read_gguf_metadata
+    from edgeeval.config.gguf import read_gguf_metadata
 
     probe = textwrap.dedent("""
         import sys

@@ -19,17 +19,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from edgeeval.chat import prompt_hash
 from edgeeval.cli import main
 from edgeeval.engine import EngineSettings
 from edgeeval.engine.fake import FakeModel
+from edgeeval.prompting.chat import prompt_hash
 from edgeeval.report import build_report
 from edgeeval.report.exports import records_table, write_parquet
 from edgeeval.report.findings import headline, tally_pair, verdict
 from edgeeval.report.html import render_html
 from edgeeval.report.study import Arm, Pair, Run, Study, study_from_run
 from edgeeval.report.views import backend_summary
-from edgeeval.store import Record, RunStore
+from edgeeval.run.store import Record, RunStore
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("EDGEEVAL_UPDATE_GOLDEN") == "1"

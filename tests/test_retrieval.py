@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from cli_support import run_cli
-from conftest import FAKE_MODELS_TOML, LLAMA_THREADS, ROOT, make_project
-from edgeeval.config import load_models_config
-from edgeeval.planning import plan_units, prepare_model, prepare_task
+from edgeeval.config.models import load_models_config
 from edgeeval.retrieval.corpus import Passage, load_passages
 from edgeeval.retrieval.index import open_bm25, tokenize
 from edgeeval.retrieval.leakage import is_near_duplicate
-from edgeeval.store import read_records
+from edgeeval.run.planning import plan_units, prepare_model, prepare_task
+from edgeeval.run.store import read_records
+
+from cli_support import run_cli
+from conftest import FAKE_MODELS_TOML, LLAMA_THREADS, ROOT, make_project
 
 N_SAMPLE = 36
 CORPUS = ROOT / "benchmarks" / "clinical" / "corpus"
@@ -242,7 +243,7 @@ def test_three_arms_give_both_pairs_with_holm_across_them(rag_project, tmp_path,
     with open(out / "comparison.csv", encoding="utf-8") as handle:
         rows = [r for r in csv.DictReader(handle) if r["metric"] == "accuracy"]
     assert {r["pair"] for r in rows} == {"rag-vs-general", "rag-vs-bio"}
-    from edgeeval.stats import holm
+    from edgeeval.scoring.stats import holm
 
     expected = holm([float(r["p_value"]) for r in rows])
     assert [float(r["p_holm"]) for r in rows] == pytest.approx(expected)
@@ -256,7 +257,7 @@ def test_three_arms_give_both_pairs_with_holm_across_them(rag_project, tmp_path,
 
 
 def test_old_records_without_retrieval_stay_valid(tmp_path):
-    from edgeeval.store import Record
+    from edgeeval.run.store import Record
 
     line = {"model": "m", "model_sha256": "s", "task": "t", "task_hash": "h", "example_id": "e", "prompt_hash": "p",
             "prompt": "q", "gold": "A", "output": "A"}
@@ -363,9 +364,10 @@ def test_embedding_index_ranks_by_cosine_and_is_cached_like_bm25(tmp_path, priva
     index is reused when nothing changed and rebuilt when a file, the chunking or the model changed."""
     import numpy as np
 
-    from conftest import write_tiny_gguf
     from edgeeval.engine import EngineSettings
     from edgeeval.retrieval.embedding import open_embedding
+
+    from conftest import write_tiny_gguf
 
     corpus = write_corpus(tmp_path / "c", SMALL)
     model = write_tiny_gguf(tmp_path / "embedder.gguf", "embedder")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from edgeeval.errors import ErrorKind
-from edgeeval.store import read_records
+from edgeeval.run.store import read_records
+
 from cli_support import count_lines, fake_engine_env, run_cli, wait_for
 
 N_SAMPLE = 36
@@ -250,7 +251,7 @@ def test_retry_errors_redoes_only_the_failed_examples(project_dir, tmp_path, mon
     lines = [line for line in capsys.readouterr().out.splitlines() if "examples generated" in line]
     assert lines[1].startswith("0 examples generated, 72 already done")
     assert lines[2].startswith("2 examples generated, 70 already done, 0 errors")
-    from edgeeval.scoring import load_current_records
+    from edgeeval.scoring.records import load_current_records
 
     _, frame = load_current_records(out)
     assert frame.height == 72 and frame["error"].null_count() == 72  # the new answers replaced the errors

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_support import run_cli
 
-from edgeeval import sha256_cache
+from edgeeval.config import sha256_cache
+from edgeeval.config.sha256_cache import CACHE_DIR_ENV, cache_dir, cached_sha256
 from edgeeval.errors import ModelFileError
-from edgeeval.sha256_cache import CACHE_DIR_ENV, cache_dir, cached_sha256
+
+from cli_support import run_cli
 
 
 @pytest.fixture
@@ -216,8 +217,8 @@ def test_where_the_cache_lives(monkeypatch, tmp_path):
 
 
 def test_run_and_models_verify_hash_each_model_once(project_dir, tmp_path, monkeypatch, hashes, capsys):
-    from edgeeval.config import load_models_config
-    from edgeeval.runner import prepare_model
+    from edgeeval.config.models import load_models_config
+    from edgeeval.run.runner import prepare_model
 
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     models = project_dir.parent / "models"

@@ -10,12 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeeval.errors import EdgeevalError
+from edgeeval.run.shard import Shard
+from edgeeval.run.store import RunStore, read_records
 
 from cli_support import run_cli
-from edgeeval.errors import EdgeevalError
-from edgeeval.shard import Shard
-from edgeeval.store import RunStore, read_records
 
 N_SAMPLE = 36
 MODELS = ("general-small", "bio-small")
@@ -101,7 +103,7 @@ names = st.text(alphabet="abcxyz", min_size=1, max_size=3)
 @given(st.dictionaries(names, names, max_size=4), st.dictionaries(names, names, max_size=4),
        st.lists(st.integers(0, 5), max_size=4), st.lists(st.integers(0, 5), max_size=4))
 def test_merged_manifest_keeps_what_every_shard_wrote(theirs, mine, their_runs, my_runs):
-    from edgeeval.store import Manifest, PairEntry, merge_manifests
+    from edgeeval.run.store import Manifest, PairEntry, merge_manifests
 
     def manifest(pairs, runs):
         return Manifest(pairs={k: PairEntry(baseline=v, candidate=v) for k, v in pairs.items()},

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeeval.store import read_records
+from edgeeval.run.store import read_records
+
 from cli_support import run_cli
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeeval.stats import bootstrap_ci, holm, mcnemar_exact, paired_bootstrap
+from edgeeval.scoring.stats import bootstrap_ci, holm, mcnemar_exact, paired_bootstrap
 
 
 @pytest.mark.parametrize(
@@ -114,7 +114,7 @@ def test_paired_bootstrap_removes_shared_item_variation() -> None:
 
 
 def test_paired_bootstrap_chunking_matches_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeeval.stats as stats_module
+    import edgeeval.scoring.stats as stats_module
 
     rng = np.random.default_rng(5)
     base, cand = rng.random(50), rng.random(50)

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from edgeeval.errors import EdgeevalError, ErrorKind
-from edgeeval.scoring import parse_answer
-from edgeeval.store import Record, RunStore, read_records
+from edgeeval.run.store import Record, RunStore, read_records
+from edgeeval.scoring.records import parse_answer
 
 
 def record(example_id: str = "e1", output: str | None = "The answer is A", **kw) -> Record:
@@ -95,7 +95,7 @@ def test_arbitrary_unicode_round_trips(tmp_path_factory, ids, outputs):
 
 def test_a_broken_manifest_is_one_error_naming_the_file(tmp_path):
     from edgeeval.errors import DataError
-    from edgeeval.store import load_manifest
+    from edgeeval.run.store import load_manifest
 
     assert load_manifest(tmp_path) is None
     (tmp_path / "manifest.json").write_text("{not json")
@@ -107,7 +107,7 @@ def test_a_broken_manifest_is_one_error_naming_the_file(tmp_path):
 
 
 def test_a_manifest_keeps_keys_it_does_not_know(tmp_path):
-    from edgeeval.store import load_manifest
+    from edgeeval.run.store import load_manifest
 
     with RunStore(tmp_path) as store:
         store.write_manifest({"future": {"x": 1}, "tasks": {"t": {"hash": "h", "extra": True}}})

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, FAKE_MODELS_TOML, make_project
-from edgeeval.config import ContextSpec, load_models_config, load_task
-from edgeeval.context import fit_example
-from edgeeval.data import Example
+from edgeeval.config.models import ContextSpec, load_models_config, load_task
+from edgeeval.data.example import Example
 from edgeeval.errors import ConfigError, ErrorKind
-from edgeeval.planning import TASKS_DIR, prepare_task, task_messages
-from edgeeval.store import read_records
+from edgeeval.prompting.context import fit_example
+from edgeeval.run.planning import TASKS_DIR, prepare_task, task_messages
+from edgeeval.run.store import read_records
+
 from cli_support import run_cli
+from conftest import FAKE_MODELS_TOML, ROOT, make_project
 
 TASKS = sorted(p.stem for p in (ROOT / TASKS_DIR).glob("*.toml"))
 GOLDEN = Path(__file__).resolve().parent / "golden"

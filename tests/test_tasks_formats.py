@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeeval.config import DataSpec, TaskSpec, load_task
+from edgeeval.config.models import DataSpec, TaskSpec, load_task
+from edgeeval.data.formats import LOADERS, load_examples
 from edgeeval.errors import DataError
-from edgeeval.formats import LOADERS, load_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "benchmarks" / "clinical" / "data"
@@ -114,7 +114,7 @@ def test_medisumqa_ids_count_questions_per_note() -> None:
 
 
 def test_medisumcode_sample_codes_are_normalised_and_valid() -> None:
-    from edgeeval.icd import is_valid
+    from edgeeval.kinds.icd import is_valid
 
     examples = load("medisumcode", DATA / "medisumcode_sample.jsonl")
     assert len(examples) == 8

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from edgeeval.run.planning import TASKS_DIR
+from edgeeval.run.store import read_records
+
 from cli_support import run_cli
-from conftest import ROOT, FAKE_MODELS_TOML, real_model_paths, write_tiny_gguf
-from edgeeval.planning import TASKS_DIR
-from edgeeval.store import read_records
+from conftest import FAKE_MODELS_TOML, ROOT, real_model_paths, write_tiny_gguf
 
 BUILTIN_TASKS = sorted(p.stem for p in (ROOT / TASKS_DIR).glob("*.toml"))
 THREE_CASES = """id,question,opa,opb,opc,opd,answer_idx

@@ -118,11 +118,11 @@ def measure_demo_share(work: Path, threads: int) -> dict:
     the time retrieval takes (opening the cached index, choosing and fitting passages for every item) as a
     share of the run's wall time."""
     from edgeeval.cli import engine_factory
-    from edgeeval.config import load_models_config
+    from edgeeval.config.models import load_models_config
     from edgeeval.engine import EngineSettings
-    from edgeeval.planning import plan_units, prepare_model, prepare_task
     from edgeeval.retrieval import corpus_path, prepare_retrieval
-    from edgeeval.runner import run_models
+    from edgeeval.run.planning import plan_units, prepare_model, prepare_task
+    from edgeeval.run.runner import run_models
 
     project = load_models_config(ROOT / "models.toml")
     task = prepare_task(project, "case_challenges", None, None, mode="loglik")

@@ -46,12 +46,12 @@ os.environ.update({"RAY_TMPDIR": PRIVATE, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "
                    "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"})
 
 from edgeeval.cli import engine_factory  # noqa: E402
-from edgeeval.cluster import RayExecutor  # noqa: E402
-from edgeeval.config import load_models_config  # noqa: E402
+from edgeeval.config.models import load_models_config  # noqa: E402
 from edgeeval.engine import EngineSettings  # noqa: E402
-from edgeeval.planning import prepare_task  # noqa: E402
-from edgeeval.runner import run_models  # noqa: E402
-from edgeeval.store import RunStore, load_records  # noqa: E402
+from edgeeval.run.cluster import RayExecutor  # noqa: E402
+from edgeeval.run.planning import prepare_task  # noqa: E402
+from edgeeval.run.runner import run_models  # noqa: E402
+from edgeeval.run.store import RunStore, load_records  # noqa: E402
 
 FAKE_MODEL = "smollm2-135m-instruct"  # any model file: the fake engine only reads its name
 DEMO = ("gemma3-270m", "smollm2-135m-instruct")

@@ -49,7 +49,7 @@ LOGLIK_CTX = 4096
 
 def load_items() -> tuple[list[dict], list[dict]]:
     """30 items to score and the 3 solved examples that make the few-shot prefix (other items)."""
-    from edgeeval.data import load_multiple_choice
+    from edgeeval.data.example import load_multiple_choice
 
     examples = load_multiple_choice(CASES)
     rows = [{"id": e.id, "question": e.fields["question"], "options": list(e.fields["options"].values()),
@@ -315,7 +315,7 @@ def ensure_peers() -> None:
     print(f"building {', '.join(tools)} in {src} (once; a few minutes)", file=sys.stderr)
     subprocess.run(["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"], cwd=src, check=True,
                    stdout=subprocess.DEVNULL)
-    from edgeeval.machine import usable_cpus
+    from edgeeval.engine.machine import usable_cpus
 
     subprocess.run(["cmake", "--build", "build", "--target", *tools, f"-j{usable_cpus()}"], cwd=src,
                    check=True, stdout=subprocess.DEVNULL)
@@ -661,9 +661,9 @@ def match_rate(model: str, args, items: list[dict]) -> dict:
 def runner_prompts(model: str, task: str = "case_challenges", limit: int | None = None) -> tuple[list[str], list[str], str]:
     """The prompts the runner builds for this GGUF and task: with its models.toml entry's chat
     template when the file is one of the configured models, else with the GGUF's own template."""
-    from edgeeval.config import ModelSpec, load_models_config, resolve_model_path
+    from edgeeval.config.models import ModelSpec, load_models_config, resolve_model_path
     from edgeeval.errors import EdgeevalError
-    from edgeeval.planning import plan_units, prepare_model, prepare_task
+    from edgeeval.run.planning import plan_units, prepare_model, prepare_task
 
     project = load_models_config(ROOT / "models.toml")
     name = None
@@ -693,7 +693,7 @@ EXTRA_HINT = "the Qwen 1.5B/0.5B pair is not installed: make models-extra (or sc
 
 def extra_models() -> tuple[str, str] | None:
     """(target, draft) paths of the opt-in Qwen pair, or None with one line saying how to get them."""
-    from edgeeval.config import load_models_config, resolve_model_path
+    from edgeeval.config.models import load_models_config, resolve_model_path
     from edgeeval.errors import EdgeevalError
 
     project = load_models_config(ROOT / "models.toml")
@@ -706,8 +706,8 @@ def extra_models() -> tuple[str, str] | None:
 
 
 def task_spec(task: str):
-    from edgeeval.config import load_models_config
-    from edgeeval.planning import prepare_task
+    from edgeeval.config.models import load_models_config
+    from edgeeval.run.planning import prepare_task
 
     return prepare_task(load_models_config(ROOT / "models.toml"), task, None, 1).spec
 
@@ -1038,9 +1038,9 @@ def measure_realistic(args, results: dict) -> dict | None:
                            "tg_fraction": single["tg_tokens_per_s"] / bench["tg128"]})
         section["single"] = single
     if "batched" in args.parts:
+        from edgeeval.config.gguf import read_gguf_metadata
         from edgeeval.engine.batching import auto_parallel
         from edgeeval.engine.memory import kv_cache_bytes
-        from edgeeval.gguf_file import read_gguf_metadata
 
         sizes = (1, 2, 4, 8, 16)
         pp, tg = 128, 32 if args.quick else 64
@@ -1079,8 +1079,8 @@ def projection_8b(section: dict) -> dict:
     of benchmarks/scale (results.json, `paper`), half of each task's max_tokens generated; with --parallel 1,
     and with --parallel auto, whose gain on generation is the 1.5B's measured one at its auto choice.
     Prompt lookup and drafting are left out: they did not pay here (see the lookup and draft entries)."""
-    from edgeeval.config import load_task
-    from edgeeval.locations import BUILTIN_ROOT
+    from edgeeval.config.locations import BUILTIN_ROOT
+    from edgeeval.config.models import load_task
 
     paper = json.loads((Path(__file__).resolve().parent.parent / "scale" / "results.json").read_text())["paper"]
     scale = LLAMA3_8B["params"] / QWEN_15B_PARAMS
@@ -1144,7 +1144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child_main(json.loads(Path(args.child).read_text()))))
         return 0
-    from edgeeval.machine import default_threads
+    from edgeeval.engine.machine import default_threads
 
     args.threads = args.threads or default_threads()
     args.parts = set(args.parts.split(","))
@@ -1212,7 +1212,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def default_models() -> list[str]:
     """The bundled demo models, found the way `edgeeval demo` finds them."""
-    from edgeeval.config import load_models_config, resolve_model_path
+    from edgeeval.config.models import load_models_config, resolve_model_path
 
     project = load_models_config(ROOT / "models.toml")
     return [str(resolve_model_path(project, name)) for name in ("gemma3-270m", "smollm2-135m-instruct")]
@@ -1221,7 +1221,7 @@ def default_models() -> list[str]:
 def machine() -> dict:
     import llama_cpp
 
-    from edgeeval.machine import cpu_model, usable_cpus
+    from edgeeval.engine.machine import cpu_model, usable_cpus
 
     return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable_cpus(),
             "python": platform.python_version(),

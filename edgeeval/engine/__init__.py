@@ -8,9 +8,8 @@ from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict
 
+from edgeeval.engine.machine import cpu_has_amx, default_threads
 from edgeeval.errors import ErrorKind
-
-from edgeeval.machine import cpu_has_amx, default_threads
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeeval.engine.machine import available_memory_bytes
 from edgeeval.errors import ConfigError
-from edgeeval.machine import available_memory_bytes
 
 KV_BYTES_PER_VALUE = 2
 """llama.cpp's default cache type is f16 (and swa_full keeps every layer's window at n_ctx)."""

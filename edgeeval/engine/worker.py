@@ -14,10 +14,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from edgeeval.config.gguf import read_gguf_metadata
 from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
 from edgeeval.engine.memory import check_context_fits
 from edgeeval.errors import ErrorKind, ModelFileError
-from edgeeval.gguf_file import read_gguf_metadata
 
 if TYPE_CHECKING:
     from edgeeval.engine.fake import FakeModel

@@ -9,7 +9,7 @@ import polars as pl
 
 from edgeeval.kinds.base import COMMON, Kind, Metric, Ratio, correct_expr, errored_expr, invalid_expr, number
 from edgeeval.kinds.multiple_choice import option_continuations
-from edgeeval.parsing import parse_abstention
+from edgeeval.kinds.parsing import parse_abstention
 
 
 def parse(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:

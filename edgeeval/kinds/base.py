@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Literal
 import polars as pl
 
 if TYPE_CHECKING:
-    from edgeeval.config import TaskSpec
-    from edgeeval.data import Example
+    from edgeeval.config.models import TaskSpec
+    from edgeeval.data.example import Example
 
 PairedTest = Literal["mcnemar_exact", "paired_permutation"]
 

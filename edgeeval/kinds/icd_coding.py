@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 
 import polars as pl
 
-from edgeeval.icd import category, is_valid
 from edgeeval.kinds.base import COMMON, Kind, Metric, Ratio, errored_expr, f1, invalid_expr, number, safe_ratio
-from edgeeval.parsing import parse_icd_codes
+from edgeeval.kinds.icd import category, is_valid
+from edgeeval.kinds.parsing import parse_icd_codes
 
 
 def parse(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:

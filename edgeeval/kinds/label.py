@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from edgeeval.kinds.base import ACCURACY, COMMON, CONFUSION, Kind, Metric, answered
-from edgeeval.parsing import parse_label
+from edgeeval.kinds.parsing import parse_label
 
 if TYPE_CHECKING:
-    from edgeeval.config import TaskSpec
-    from edgeeval.data import Example
+    from edgeeval.config.models import TaskSpec
+    from edgeeval.data.example import Example
 
 
 def parse(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:

@@ -9,11 +9,11 @@ import polars as pl
 
 from edgeeval.errors import DataError
 from edgeeval.kinds.base import ACCURACY, COMMON, CONFUSION, FLAG_HALLUCINATION, Kind, answered, errored_expr
-from edgeeval.parsing import parse_choice, parse_unoffered_choice
+from edgeeval.kinds.parsing import parse_choice, parse_unoffered_choice
 
 if TYPE_CHECKING:
-    from edgeeval.config import TaskSpec
-    from edgeeval.data import Example
+    from edgeeval.config.models import TaskSpec
+    from edgeeval.data.example import Example
 
 
 def parse(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 import polars as pl
 
 from edgeeval.kinds.base import COMMON, Kind, Metric, Ratio, errored_expr, f1, number
-from edgeeval.parsing import normalize_problem, parse_problem_list
-from edgeeval.rouge import ROUGE_TYPES, rouge_f
+from edgeeval.kinds.parsing import normalize_problem, parse_problem_list
+from edgeeval.kinds.rouge import ROUGE_TYPES, rouge_f
 
 SCORE_COLUMNS = (*ROUGE_TYPES, "problem_f1")
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeeval.config import Project, RetrievalSpec, checked_model_file
+from edgeeval.config.locations import BUILTIN_ROOT
+from edgeeval.config.models import Project, RetrievalSpec, checked_model_file
 from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError
-from edgeeval.locations import BUILTIN_ROOT
-from edgeeval.prompts import TaskPrompt
+from edgeeval.prompting.prompts import TaskPrompt
 from edgeeval.retrieval.augment import Retrieval
 
 if TYPE_CHECKING:

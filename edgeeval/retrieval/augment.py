@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import jinja2
 from jinja2 import meta
 
-from edgeeval.config import ContextSpec, RetrievalSpec
-from edgeeval.context import estimate_tokens
-from edgeeval.data import Example
+from edgeeval.config.models import ContextSpec, RetrievalSpec
+from edgeeval.data.example import Example
 from edgeeval.errors import ConfigError
-from edgeeval.prompts import TaskPrompt
+from edgeeval.prompting.context import estimate_tokens
+from edgeeval.prompting.prompts import TaskPrompt
 from edgeeval.retrieval import leakage
 from edgeeval.retrieval.index import Hit
 

@@ -6,8 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeeval.data.readers import jsonl_rows, optional_text, read_text, required_text, row_id
 from edgeeval.errors import DataError
-from edgeeval.readers import jsonl_rows, optional_text, read_text, required_text, row_id
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIX = ".jsonl"

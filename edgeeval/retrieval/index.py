@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from edgeeval.config.sha256_cache import cache_dir
 from edgeeval.errors import DataError, EdgeevalError
 from edgeeval.retrieval.corpus import Passage, corpus_sha256, load_passages
-from edgeeval.sha256_cache import cache_dir
-from edgeeval.store import DIR_MODE, FILE_MODE, make_private_dir
+from edgeeval.run.store import DIR_MODE, FILE_MODE, make_private_dir
 
 CACHE_ENV = "EDGEEVAL_CACHE_DIR"
 INDEX_VERSION = 1

@@ -7,8 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from edgeeval.errors import DataError
-from edgeeval.readers import (
+from edgeeval.data.readers import (
     Row,
     brief,
     column_rows,
@@ -22,6 +21,7 @@ from edgeeval.readers import (
     show,
     text_cell,
 )
+from edgeeval.errors import DataError
 
 
 class Example(BaseModel):

@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 import edgeeval
-from edgeeval.config import MODELS_DIR_ENV, Project, resolve_model_path
+from edgeeval.config.models import MODELS_DIR_ENV, Project, resolve_model_path
+from edgeeval.config.sha256_cache import cached_sha256
 from edgeeval.engine import EngineSettings
+from edgeeval.engine.machine import default_threads
 from edgeeval.errors import ConfigError, EdgeevalError
-from edgeeval.machine import default_threads
-from edgeeval.sha256_cache import cached_sha256
-from edgeeval.planning import PreparedModel, PreparedTask, Unit
-from edgeeval.store import Record, RunStore
+from edgeeval.run.planning import PreparedModel, PreparedTask, Unit
+from edgeeval.run.store import Record, RunStore
 
 if TYPE_CHECKING:
     from edgeeval.engine.worker import WorkerEngine
@@ -142,8 +142,8 @@ class ModelWorker:
         self.node = node_name()
 
     def start(self) -> dict:
+        from edgeeval.engine.machine import machine_info
         from edgeeval.engine.worker import WorkerEngine
-        from edgeeval.machine import machine_info
 
         try:
             if edgeeval.__version__ != self.version:
@@ -163,7 +163,7 @@ class ModelWorker:
     def work(self, task: PreparedTask, units: list[Unit]):
         """The records of a chunk of one task's units as they are done, in lists: each answer sent once
         SEND_EVERY_S has passed since the last sending, and whatever is left at the end."""
-        from edgeeval.runner import _chunks, _work, speculative_for
+        from edgeeval.run.runner import _chunks, _work, speculative_for
 
         assert self.engine is not None, "start() first"
         done, sent = [], time.perf_counter()
@@ -258,7 +258,7 @@ class RayExecutor:
             return self._run(ray, store, work, settings, summary, progress, parallel)
 
     def _run(self, ray, store, work, settings, summary, progress, parallel) -> dict[str, dict]:
-        from edgeeval.runner import parallel_for
+        from edgeeval.run.runner import parallel_for
 
         threads = settings.n_threads or default_threads()
         settings = replace(settings, n_threads=threads)

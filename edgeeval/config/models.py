@@ -13,9 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgeeval import kinds
+from edgeeval.config.gguf import GGUFInfo, read_gguf_metadata
+from edgeeval.config.sha256_cache import cached_sha256
 from edgeeval.errors import ConfigError, ModelFileError
-from edgeeval.gguf_file import GGUFInfo, read_gguf_metadata
-from edgeeval.sha256_cache import cached_sha256
 
 if sys.version_info >= (3, 11):
     import tomllib

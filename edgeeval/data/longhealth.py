@@ -6,10 +6,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from edgeeval.config import DataSpec
-from edgeeval.data import Example, check_unique_ids
+from edgeeval.config.models import DataSpec
+from edgeeval.data.example import Example, check_unique_ids
+from edgeeval.data.readers import brief, kind_name, read_json, required_text, show, text_cell
 from edgeeval.errors import DataError
-from edgeeval.readers import brief, kind_name, read_json, required_text, show, text_cell
 
 LONGHEALTH = (
     "LongHealth benchmark_v5.json: {patient: {texts: {text_0: ..., ...}, questions: [{No, question, "

@@ -19,7 +19,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from edgeeval.gguf_file import sha256_file
+from edgeeval.config.gguf import sha256_file
 
 CACHE_DIR_ENV = "EDGEEVAL_CACHE_DIR"
 _HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeeval.errors import ConfigError
-from edgeeval.store import load_manifest, load_records, now_iso, write_private_text
+from edgeeval.run.store import load_manifest, load_records, now_iso, write_private_text
 
 STATUS_DIR = "shards"
 _SPEC = re.compile(r"(\d+)/(\d+)")

@@ -10,7 +10,6 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator

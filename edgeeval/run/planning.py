@@ -8,16 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeeval import kinds
-from edgeeval.chat import ChatTemplate, load_chat_template, prompt_hash
-from edgeeval.config import LoglikSpec, Project, TaskSpec, checked_model_file, load_task, task_hash
-from edgeeval.context import fit_example
-from edgeeval.data import Example
+from edgeeval.config.gguf import GGUFInfo, sha256_file
+from edgeeval.config.locations import BUILTIN_ROOT, TASKS_SUBDIR, TaskFile, find_tasks, task_folders
+from edgeeval.config.models import LoglikSpec, Project, TaskSpec, checked_model_file, load_task, task_hash
+from edgeeval.data.example import Example
+from edgeeval.data.formats import load_examples
 from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError, DataError, ErrorKind, TemplateError
-from edgeeval.formats import load_examples
-from edgeeval.gguf_file import GGUFInfo, sha256_file
-from edgeeval.locations import BUILTIN_ROOT, TASKS_SUBDIR, TaskFile, find_tasks, task_folders
-from edgeeval.prompts import AnswerTemplate, TaskPrompt
+from edgeeval.prompting.chat import ChatTemplate, load_chat_template, prompt_hash
+from edgeeval.prompting.context import fit_example
+from edgeeval.prompting.prompts import AnswerTemplate, TaskPrompt
 from edgeeval.retrieval import Retrieval, prepare_retrieval
 from edgeeval.retrieval.augment import query_text, user_message
 

@@ -43,7 +43,7 @@ from jinja2.runtime import LoopContext, Namespace, Undefined, markup_join, str_j
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import _PassArg
 
-from .errors import TemplateError
+from edgeeval.errors import TemplateError
 
 MAX_RENDER_CHARS = 1_000_000
 """Longest rendered prompt, and largest string/list/dict (counted deeply) a template may build."""

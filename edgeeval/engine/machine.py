@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 PROC = Path("/proc")
 SYSFS = Path("/sys")
@@ -75,7 +76,7 @@ def cpu_model(proc: Path = PROC) -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info(proc: Path = PROC, sysfs: Path = SYSFS) -> dict:
+def machine_info(proc: Path = PROC, sysfs: Path = SYSFS) -> dict[str, Any]:
     """The machine's entry in a run's manifest."""
     return {"platform": platform.platform(), "python": sys.version.split()[0], "cpu": cpu_model(proc),
             "machine": platform.machine(), "usable_cpus": usable_cpus(proc=proc, sysfs=sysfs),
@@ -188,7 +189,7 @@ def _cpuinfo_cores(proc: Path) -> dict[int, tuple[str, ...]]:
     return cores
 
 
-def _core_of(cpu: int, sysfs: Path, from_cpuinfo: dict[int, tuple[str, ...]]) -> tuple:
+def _core_of(cpu: int, sysfs: Path, from_cpuinfo: dict[int, tuple[str, ...]]) -> tuple[object, ...]:
     """The physical core a logical CPU belongs to: sysfs topology first (package, die, core),
     then /proc/cpuinfo, else the CPU itself."""
     topology = sysfs / "devices" / "system" / "cpu" / f"cpu{cpu}" / "topology"

@@ -8,9 +8,10 @@ import polars as pl
 
 from edgeeval import kinds
 from edgeeval.errors import DataError
-from edgeeval.parsing import best_option
-from edgeeval.retrieval.audit import COLUMNS as RETRIEVAL_COLUMNS, audit_columns
-from edgeeval.store import Manifest, TaskEntry, load_manifest, load_records
+from edgeeval.kinds.parsing import best_option
+from edgeeval.retrieval.audit import COLUMNS as RETRIEVAL_COLUMNS
+from edgeeval.retrieval.audit import audit_columns
+from edgeeval.run.store import Manifest, TaskEntry, load_manifest, load_records
 
 RECORD_COLUMNS = ["model", "task", "example_id", "gold", "output", "error", "error_kind", "prompt", "options",
                   "mode", "finish_reason", "n_prompt_tokens", "n_output_tokens", "seconds"]

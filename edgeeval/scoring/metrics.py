@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from edgeeval import kinds, stats
+from edgeeval import kinds
 from edgeeval.kinds import Metric
 from edgeeval.kinds.base import correct_expr, errored_expr, invalid_expr
+from edgeeval.scoring import stats
 
 # Every metric but macro-F1 and the confusion table is a ratio of sums over examples, sum(numerator) /
 # sum(denominator): a mean when the denominator is 1 (accuracy, ROUGE), a micro-average otherwise

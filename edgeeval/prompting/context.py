@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgeeval.config import ContextSpec
-from edgeeval.data import Example
+from edgeeval.config.models import ContextSpec
+from edgeeval.data.example import Example
 from edgeeval.errors import ErrorKind, TemplateError
 
 Render = Callable[[Example], str]

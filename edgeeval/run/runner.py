@@ -14,17 +14,18 @@ from typing import Callable, Literal, Protocol, cast
 from tqdm import tqdm
 
 import edgeeval
-from edgeeval import icd, kinds
-from edgeeval.config import Project
+from edgeeval import kinds
+from edgeeval.config.models import Project
 from edgeeval.engine import Engine, EngineError, EngineSettings, Generation, OptionScore
 from edgeeval.engine.batching import auto_parallel
+from edgeeval.engine.machine import machine_info
 from edgeeval.engine.memory import kv_cache_bytes
 from edgeeval.errors import ErrorKind
-from edgeeval.machine import machine_info
-from edgeeval.parsing import best_option
-from edgeeval.planning import PreparedModel, PreparedTask, Unit, plan_units, prepare_model
-from edgeeval.shard import Shard, write_status
-from edgeeval.store import Manifest, ModelEntry, PairEntry, Record, RunStore, TaskEntry, load_manifest, now_iso
+from edgeeval.kinds import icd
+from edgeeval.kinds.parsing import best_option
+from edgeeval.run.planning import PreparedModel, PreparedTask, Unit, plan_units, prepare_model
+from edgeeval.run.shard import Shard, write_status
+from edgeeval.run.store import Manifest, ModelEntry, PairEntry, Record, RunStore, TaskEntry, load_manifest, now_iso
 
 EngineFactory = Callable[[Path, EngineSettings], Engine]
 NODE = socket.gethostname()

@@ -7,12 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from edgeeval.config import DataSpec, TaskSpec
-from edgeeval.data import Example, check_unique_ids, load_multiple_choice
-from edgeeval.errors import DataError
-from edgeeval.icd import normalize_code
-from edgeeval.longhealth import load_longhealth
-from edgeeval.readers import (
+from edgeeval.config.models import DataSpec, TaskSpec
+from edgeeval.data.example import Example, check_unique_ids, load_multiple_choice
+from edgeeval.data.longhealth import load_longhealth
+from edgeeval.data.readers import (
     TABLE_EXTENSIONS,
     brief,
     kind_name,
@@ -24,6 +22,8 @@ from edgeeval.readers import (
     table_rows,
     text_cell,
 )
+from edgeeval.errors import DataError
+from edgeeval.kinds.icd import normalize_code
 
 Loader = Callable[[Path, DataSpec], list[Example]]
 

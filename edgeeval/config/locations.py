@@ -11,7 +11,6 @@ from typing import Sequence
 
 from edgeeval.errors import ConfigError
 
-
 TASKS_SUBDIR = Path("benchmarks/clinical")
 """Where a folder laid out like the repository (the repository itself, a project made by `edgeeval init`)
 keeps its task TOMLs; their relative paths resolve against the folder above benchmarks/."""
