@@ -47,7 +47,7 @@ def assert_tokens_close(actual: list[float], reference: list[float]) -> None:
 def assert_score_matches(score: OptionScore, reference: list[float]) -> None:
     """An engine score against the reference's per-token log-probabilities of the same continuation:
     the same number of tokens, each token close, and the total their sum."""
-    assert score.error is None, score
+    assert score.failure is None, score
     assert score.n_tokens == len(reference) == len(score.token_logprobs)
     assert_tokens_close(score.token_logprobs, reference)
     assert score.logprob == pytest.approx(sum(score.token_logprobs), rel=1e-12, abs=1e-12)

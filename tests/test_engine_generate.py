@@ -41,7 +41,7 @@ def test_batched_answers_equal_one_at_a_time_on_the_case_challenges(demo):
     prompts = case_prompts(name, 10)
     batched = model.generate_many(prompts, 32, [], n_parallel=4)  # 10 prompts through 4 slots
     single = [model.generate(prompt, 32, []) for prompt in prompts]
-    assert all(g.error is None and g.n_output_tokens for g in batched)
+    assert all(g.failure is None and g.n_output_tokens for g in batched)
     differ = [i for i, (b, s) in enumerate(zip(batched, single)) if b.text != s.text]
     # The kernels round differently for other batch layouts, so an answer may rarely drift
     # (the speed benchmark reports the rate on all 36 cases).
@@ -70,7 +70,7 @@ def test_each_answer_ends_like_a_single_one(real_models):
         results = model.generate_many(prompts, 40, [stop])
         assert results[0].finish_reason == "stop" and stop not in results[0].text
         assert full.startswith(results[0].text) and results[2].text == results[0].text
-        assert results[1].error.startswith("prompt_too_long") and results[1].text is None
+        assert results[1].failure.message.startswith("prompt_too_long") and results[1].text is None
         limited = model.generate_many(["The heart has four", "The liver is"], 5, [])
         assert [g.finish_reason for g in limited] == ["length", "length"]
         assert [g.n_output_tokens for g in limited] == [5, 5]

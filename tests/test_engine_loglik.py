@@ -70,7 +70,7 @@ def demo(request, real_models):
 
 
 def logprobs(scores) -> list[float]:
-    assert all(s.error is None for s in scores), scores
+    assert all(s.failure is None for s in scores), scores
     return [s.logprob for s in scores]
 
 
@@ -157,7 +157,7 @@ def test_random_items_and_packings_equal_the_naive_reference(tiny_path, tiny_nai
             for option, score in zip(options, scores):
                 whole, start = model.split_tokens(context, option)
                 if start == len(whole):  # the option merged into the context: nothing to score
-                    assert score.error.startswith("empty_continuation")
+                    assert score.failure.message.startswith("empty_continuation")
                     continue
                 assert_score_matches(score, tiny_naive.token_logprobs(whole, start))
     finally:
@@ -189,11 +189,11 @@ def test_continuation_is_split_where_the_context_ends(tiny):
 def test_bad_items_get_error_scores_and_the_rest_are_scored(tiny):
     too_long = ("fever " * 3000, [" yes", " no"])
     results = tiny.loglikelihood_many([too_long, ("Q:", [" a", ""]), ("Q:", [" a", " b"])])
-    assert all(s.error.startswith("prompt_too_long") for s in results[0])
-    assert all(s.error.startswith("empty_continuation") for s in results[1])
-    assert all(s.error is None for s in results[2])
+    assert all(s.failure.message.startswith("prompt_too_long") for s in results[0])
+    assert all(s.failure.message.startswith("empty_continuation") for s in results[1])
+    assert all(s.failure is None for s in results[2])
     many_options = tiny.loglikelihood("Q:", [f" {i}" for i in range(40)])
-    assert many_options[0].error.startswith("too_many_options")
+    assert many_options[0].failure.message.startswith("too_many_options")
 
 
 # --- the quantized demo models -----------------------------------------------------------------

@@ -9,8 +9,9 @@ from pydantic import ValidationError
 
 from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
 from edgeeval.engine.fake import FakeModel
-from edgeeval.errors import ErrorKind
 from edgeeval.engine.worker import FAULT_ENV, WorkerEngine
+from edgeeval.types import ErrorKind, Failure
+
 from conftest import write_tiny_gguf
 
 FAKE = EngineSettings(backend="fake")
@@ -25,13 +26,13 @@ def test_fake_scores_are_deterministic_and_shaped_like_real_ones(tmp_path):
     assert scores[0] == model.loglikelihood(*ITEMS[0])  # packing does not change a score
     assert scores != FakeModel("general.gguf", FAKE).loglikelihood_many(ITEMS)  # models differ
     for score, option in zip(scores[0], ITEMS[0][1]):
-        assert score.error is None and score.n_tokens == len(option.split())
+        assert score.failure is None and score.n_tokens == len(option.split())
         assert score.logprob < 0 and score.mean_logprob == pytest.approx(score.logprob / score.n_tokens)
         assert len(score.token_logprobs) == len(score.greedy) == score.n_tokens
     letters = model.letter_logprobs("Which? A or B. Answer:", [" A", " B"])
     assert list(letters) == [" A", " B"] and all(v < 0 for v in letters.values())
     assert letters == model.letter_logprobs("Which? A or B. Answer:", [" A", " B"])
-    assert model.loglikelihood("Q:", [" a", " "])[1].error.startswith("empty_continuation")
+    assert model.loglikelihood("Q:", [" a", " "])[1].failure.message.startswith("empty_continuation")
     with pytest.raises(EngineError, match="not_single_token"):
         model.letter_logprobs("Q:", [" A", " two words"])
 
@@ -64,14 +65,14 @@ def test_a_crash_while_scoring_is_retried_once_then_recorded(tmp_path, monkeypat
     engine = WorkerEngine(write_tiny_gguf(tmp_path / "bio.gguf", "bio"), FAKE)
     try:
         scores = engine.loglikelihood_many([("POISON case", [" a", " b"]), ITEMS[1]])
-        assert all(s.error.startswith("native crash") and s.logprob is None for item in scores for s in item)
+        assert all(s.failure.message.startswith("native crash") and s.logprob is None for item in scores for s in item)
         assert engine.restarts == 2 and len(engine.crashes) == 2
         with pytest.raises(EngineError, match="native crash"):
             engine.letter_logprobs("POISON", [" A"])
         gens = engine.generate_many(["fine", "POISON"], 8, [])
-        assert all(g.error.startswith("native crash") and g.text is None for g in gens)
+        assert all(g.failure.message.startswith("native crash") and g.text is None for g in gens)
         # The worker is usable afterwards.
-        assert engine.loglikelihood(*ITEMS[0])[0].error is None
+        assert engine.loglikelihood(*ITEMS[0])[0].failure is None
     finally:
         engine.close()
 
@@ -101,16 +102,16 @@ def test_typed_scores_and_error_kinds_cross_the_worker(tmp_path, monkeypatch):
     engine = WorkerEngine(write_tiny_gguf(tmp_path / "bio.gguf", "bio"), FAKE)
     try:
         scored, empty = engine.loglikelihood("Q:", [" a b", " "])
-        assert isinstance(scored, OptionScore) and scored.token_logprobs and scored.error_kind is None
+        assert isinstance(scored, OptionScore) and scored.token_logprobs and scored.failure is None
         assert scored == FakeModel(str(tmp_path / "bio.gguf"), FAKE).loglikelihood("Q:", [" a b"])[0]
-        assert empty.error_kind is ErrorKind.EMPTY_CONTINUATION and empty.error.startswith("empty_continuation: ")
+        assert empty.failure.kind is ErrorKind.EMPTY_CONTINUATION and empty.failure.message.startswith("empty_continuation: ")
         with pytest.raises(EngineError) as refused:
             engine.letter_logprobs("Q:", [" A", " two words"])
         assert refused.value.kind is ErrorKind.NOT_SINGLE_TOKEN and str(refused.value).startswith("not_single_token: ")
-        assert engine.generate("word " * 5000, 8, []).error_kind is ErrorKind.PROMPT_TOO_LONG
+        assert engine.generate("word " * 5000, 8, []).failure.kind is ErrorKind.PROMPT_TOO_LONG
         crashed = engine.loglikelihood("POISON", [" a"])[0]
-        assert crashed.error_kind is ErrorKind.NATIVE_CRASH and crashed.error.startswith("native crash: worker ")
-        assert engine.generate("POISON", 8, []).error_kind is ErrorKind.NATIVE_CRASH
+        assert crashed.failure.kind is ErrorKind.NATIVE_CRASH and crashed.failure.message.startswith("native crash: worker ")
+        assert engine.generate("POISON", 8, []).failure.kind is ErrorKind.NATIVE_CRASH
     finally:
         engine.close()
 
@@ -124,18 +125,24 @@ def test_option_score_constructors_and_the_record_entry():
     assert letter.record_entry() == {"logprob": -0.25, "mean_logprob": -0.25, "n_tokens": 1,
                                      "token_logprobs": [-0.25], "is_greedy": None}
     failed = OptionScore.failed(ErrorKind.TOO_MANY_OPTIONS, "40 options")
-    assert failed.error == "too_many_options: 40 options" and failed.logprob is None
+    assert failed.failure.message == "too_many_options: 40 options" and failed.logprob is None
     for score in (scored, letter, failed, OptionScore.scored([float("-inf")], [False], 1)):
         assert OptionScore.from_wire(score.to_wire()) == score
     with pytest.raises(ValidationError):
         OptionScore(logprob=-1.0, surprise=1)
 
 
-def test_generation_refuses_an_error_without_a_kind():
-    with pytest.raises(ValueError, match="error_kind"):
-        Generation(text=None, finish_reason="error", error="engine: boom")
+def test_a_failure_always_has_a_kind_and_crosses_the_worker_whole():
+    with pytest.raises(TypeError):
+        Failure("engine: boom")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="is not a valid ErrorKind"):
+        Failure("boom", "x")  # type: ignore[arg-type]
     failed = Generation.failed(ErrorKind.ENGINE, "boom", n_prompt_tokens=3)
-    assert (failed.text, failed.finish_reason, failed.error, failed.n_prompt_tokens) == (None, "error", "engine: boom", 3)
+    assert (failed.text, failed.finish_reason, failed.failure.message, failed.n_prompt_tokens) == \
+        (None, "error", "engine: boom", 3)
+    assert Generation.from_wire(failed.to_wire()) == failed and failed.failure.kind is ErrorKind.ENGINE
+    answered = Generation("B", 5, 1, "stop", notes={"prefix_tokens_reused": 4})
+    assert Generation.from_wire(answered.to_wire()) == answered
 
 
 def test_a_unit_that_times_out_twice_is_recorded_as_a_timeout(tmp_path):
@@ -143,7 +150,7 @@ def test_a_unit_that_times_out_twice_is_recorded_as_a_timeout(tmp_path):
                           EngineSettings(backend="fake", fake_delay_s=5.0, unit_timeout_s=0.5))
     try:
         gen = engine.generate("a slow case", 8, [])
-        assert gen.error_kind is ErrorKind.TIMEOUT and gen.error.startswith("timeout: worker timed out after")
+        assert gen.failure.kind is ErrorKind.TIMEOUT and gen.failure.message.startswith("timeout: worker timed out after")
         assert engine.restarts == 2
     finally:
         engine.close()

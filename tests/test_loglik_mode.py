@@ -14,11 +14,12 @@ from edgeeval.config.models import load_task
 from edgeeval.data.example import Example
 from edgeeval.engine import EngineError, EngineSettings, OptionScore
 from edgeeval.engine.fake import FakeModel
-from edgeeval.errors import ConfigError, ErrorKind
+from edgeeval.errors import ConfigError
 from edgeeval.run.planning import Unit
-from edgeeval.run.runner import LOGLIK_CHUNK, _letter_scores
+from edgeeval.run.answering import LOGLIK_CHUNK, letter_scores
 from edgeeval.run.store import read_records
 from edgeeval.scoring.records import load_current_records, parse_answer
+from edgeeval.types import ErrorKind
 
 from cli_support import run_cli
 
@@ -231,13 +232,13 @@ def test_a_letter_that_is_not_one_token_falls_back_to_full_text_scoring():
     with pytest.raises(EngineError) as refused:
         fake.letter_logprobs(unit.prompt, [" A", " B or C"])
     assert refused.value.kind is ErrorKind.NOT_SINGLE_TOKEN
-    scores = _letter_scores(fake, unit)
-    assert scores == fake.loglikelihood(unit.prompt, [" A", " B or C"]) and all(s.error is None for s in scores)
+    scores = letter_scores(fake, unit)
+    assert scores == fake.loglikelihood(unit.prompt, [" A", " B or C"]) and all(s.failure is None for s in scores)
     assert scores[1].n_tokens == 3
 
 
 def test_a_letter_prompt_the_engine_refuses_gives_failed_scores_of_its_kind():
     fake = FakeModel("bio.gguf", EngineSettings(backend="fake", n_ctx=4))
-    scores = _letter_scores(fake, _letter_unit([" A", " B"]))
-    assert [s.error_kind for s in scores] == [ErrorKind.PROMPT_TOO_LONG] * 2
-    assert all(s.error.startswith("prompt_too_long: ") and s.logprob is None for s in scores)
+    scores = letter_scores(fake, _letter_unit([" A", " B"]))
+    assert [s.failure.kind for s in scores] == [ErrorKind.PROMPT_TOO_LONG] * 2
+    assert all(s.failure.message.startswith("prompt_too_long: ") and s.logprob is None for s in scores)

@@ -58,9 +58,9 @@ def test_prompt_longer_than_context_is_an_error_record(real_models):
     engine = WorkerEngine(real_models["smollm2"], EngineSettings(n_ctx=256, n_threads=LLAMA_THREADS))
     try:
         result = engine.generate("fever " * 400, 8, [])
-        assert result.text is None and result.error.startswith("prompt_too_long")
+        assert result.text is None and result.failure.message.startswith("prompt_too_long")
         assert result.n_prompt_tokens > 256
-        assert engine.generate("fever", 2, []).error is None  # the engine is still usable
+        assert engine.generate("fever", 2, []).failure is None  # the engine is still usable
     finally:
         engine.close()
 
@@ -86,7 +86,7 @@ def test_killed_worker_is_restarted_and_the_run_goes_on(real_models):
         result = engine.generate("Describe the anatomy of the heart in detail.", 200, [])
         killer.join()
         # The unit is retried once on a fresh worker, so the answer still arrives.
-        assert result.error is None and result.text
+        assert result.failure is None and result.text
         assert engine.restarts == 1 and "SIGKILL" in engine.crashes[0]
         assert engine._proc.pid != pid
         assert engine.settings.use_extra_bufts is False  # restarted in the safe mode

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeeval.errors import ErrorKind
 from edgeeval.run.store import read_records
+from edgeeval.types import ErrorKind
 
 from cli_support import count_lines, fake_engine_env, run_cli, wait_for
 

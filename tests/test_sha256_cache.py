@@ -218,7 +218,7 @@ def test_where_the_cache_lives(monkeypatch, tmp_path):
 
 def test_run_and_models_verify_hash_each_model_once(project_dir, tmp_path, monkeypatch, hashes, capsys):
     from edgeeval.config.models import load_models_config
-    from edgeeval.run.runner import prepare_model
+    from edgeeval.run.planning import prepare_model
 
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     models = project_dir.parent / "models"

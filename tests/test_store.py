@@ -9,9 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edgeeval.errors import EdgeevalError, ErrorKind
+from edgeeval.errors import EdgeevalError
 from edgeeval.run.store import Record, RunStore, read_records
 from edgeeval.scoring.records import parse_answer
+from edgeeval.types import ErrorKind
 
 
 def record(example_id: str = "e1", output: str | None = "The answer is A", **kw) -> Record:

@@ -16,10 +16,11 @@ import pytest
 
 from edgeeval.config.models import ContextSpec, load_models_config, load_task
 from edgeeval.data.example import Example
-from edgeeval.errors import ConfigError, ErrorKind
+from edgeeval.errors import ConfigError
 from edgeeval.prompting.context import fit_example
 from edgeeval.run.planning import TASKS_DIR, prepare_task, task_messages
 from edgeeval.run.store import read_records
+from edgeeval.types import ErrorKind
 
 from cli_support import run_cli
 from conftest import FAKE_MODELS_TOML, ROOT, make_project
@@ -281,12 +282,12 @@ def test_drop_middle_keeps_head_and_tail() -> None:
     assert text.startswith("HEAD ") and text.endswith(" TAIL") and "characters left out" in text
     head, tail = text.split("\n[")[0], text.split("]\n")[-1]
     assert len(text) + 3 <= 600 and fitted.truncation["chars_dropped"] == len(note) - len(head) - len(tail)
-    assert fitted.example.fields["question"] == "Q?" and fitted.error is None
+    assert fitted.example.fields["question"] == "Q?" and fitted.failure is None
 
 
 def test_skip_policy_leaves_the_prompt_to_the_engine() -> None:
     fitted = fit_example(_example(note="x" * 10_000), ContextSpec(), 10, lambda e: e.fields["note"])
-    assert fitted.example.fields["note"] == "x" * 10_000 and fitted.truncation is None and fitted.error is None
+    assert fitted.example.fields["note"] == "x" * 10_000 and fitted.truncation is None and fitted.failure is None
 
 
 def test_drop_documents_keeps_the_best_ranked_and_cuts_its_tail_last() -> None:
@@ -303,4 +304,4 @@ def test_drop_documents_keeps_the_best_ranked_and_cuts_its_tail_last() -> None:
     (kept,) = one.example.fields["docs"]
     assert kept["rank"] == 0 and kept["text"].startswith("a" * 50) and "characters left out" in kept["text"]
     assert one.truncation["documents_dropped"] == 2 and one.truncation["chars_dropped"] > 0
-    assert fit_example(_example(docs=docs), policy, 10, render).error.startswith("prompt_too_long")
+    assert fit_example(_example(docs=docs), policy, 10, render).failure.message.startswith("prompt_too_long")

@@ -679,7 +679,7 @@ def runner_prompts(model: str, task: str = "case_challenges", limit: int | None 
         models = {**project.config.models, name: ModelSpec(path=str(Path(model).resolve()), family="general")}
         project = project.model_copy(update={"config": project.config.model_copy(update={"models": models})})
     units, _ = plan_units(prepare_model(project, name), prepare_task(project, task, None, limit))
-    units = [u for u in units if u.error is None]
+    units = [u for u in units if u.failure is None]
     return [u.prompt for u in units], [u.example.id for u in units], f"runner prompts of model '{name}'"
 
 

@@ -9,7 +9,14 @@ from typing import Any, Literal, Protocol, get_args
 from pydantic import BaseModel, ConfigDict
 
 from edgeeval.engine.machine import cpu_has_amx, default_threads
-from edgeeval.errors import ErrorKind
+from edgeeval.types import ErrorKind, Failure, FinishReason
+
+Speculative = Literal["none", "auto", "lookup"]
+"""How generation drafts tokens, as a run asks (--speculative): not at all, for summary tasks, for every task."""
+DraftMethod = Literal["lookup", "draft"]
+"""How one generate call drafts: prompt lookup or the draft model (None: no drafting)."""
+Backend = Literal["llama", "fake"]
+"""llama.cpp, or the deterministic stand-in the tests use."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,7 @@ class EngineSettings:
     """Weight repacking; None decides per CPU (off on Intel AMX, where it crashes llama_decode)."""
     unit_timeout_s: float = 3600.0
     """A single generation taking longer than this is stopped and recorded as an error."""
-    speculative: str = "none"
+    speculative: Speculative = "none"
     """Prompt-lookup drafting in generation (greedy output either way, up to near-ties): 'none' (default:
     on the shared 2-core machine it did not pay and changed a third of the demo answers, see
     benchmarks/speed/README.md), 'auto' (summary tasks), 'lookup' (every generation task). A draft model,
@@ -45,7 +52,7 @@ class EngineSettings:
     n_draft: int = 8
     """Most tokens drafted per step: verifying 8 costs little more than generating one where decoding is
     bound by memory bandwidth (models of a billion parameters and more on a CPU)."""
-    backend: str = "llama"
+    backend: Backend = "llama"
     """'llama' (llama.cpp) or 'fake' (the deterministic stand-in used by tests; no model is read)."""
     fake_delay_s: float = 0.0
     """With the fake backend: seconds per answer, so tests can interrupt a run mid-way."""
@@ -59,37 +66,35 @@ class EngineSettings:
         return EngineSettings(**values)
 
 
-FinishReason = Literal["stop", "length", "context", "error"]
-"""Why an answer ended: 'stop' (end of turn or a stop string), 'length' (max_tokens), 'context' (window
-full), or 'error' (there is no answer)."""
-
-
 @dataclass(frozen=True)
 class Generation:
-    """One answer, or the reason there is none (`error`, whose kind is `error_kind`)."""
+    """One answer, or the reason there is none (`failure`)."""
 
     text: str | None
     n_prompt_tokens: int | None = None
     n_output_tokens: int | None = None
     finish_reason: FinishReason | None = None
     seconds: float = 0.0
-    error: str | None = None
-    """'kind: detail', for people; `error_kind` is the kind as data."""
-    error_kind: ErrorKind | None = None
+    failure: Failure | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.finish_reason not in (None, *get_args(FinishReason)):
             raise ValueError(f"finish_reason {self.finish_reason!r} is not one of {get_args(FinishReason)}")
-        if (self.error is None) != (self.error_kind is None):
-            raise ValueError("a Generation's error and error_kind are set together")
-        if self.error_kind is not None:
-            object.__setattr__(self, "error_kind", ErrorKind(self.error_kind))
 
     @classmethod
     def failed(cls, kind: ErrorKind, detail: str, **fields: Any) -> "Generation":
         """No answer, because of `kind`; `fields` are the counts known so far (n_prompt_tokens, seconds)."""
-        return cls(text=None, finish_reason="error", error=kind.message(detail), error_kind=kind, **fields)
+        return cls(text=None, finish_reason="error", failure=Failure(kind, detail), **fields)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain data (lists, strings, numbers) for the worker's reply."""
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> "Generation":
+        failure = data.get("failure")
+        return cls(**{**data, "failure": None if failure is None else Failure(**failure)})
 
 
 class EngineError(Exception):
@@ -101,12 +106,16 @@ class EngineError(Exception):
         self.kind = ErrorKind(kind)
         self.detail = detail
 
+    @property
+    def failure(self) -> Failure:
+        return Failure(self.kind, self.detail)
+
     def __str__(self) -> str:
         return self.kind.message(self.detail)
 
 
 class OptionScore(BaseModel):
-    """The score of one continuation (answer option) given a context, or why it has none (`error`,
+    """The score of one continuation (answer option) given a context, or why it has none (`failure`,
     then every number is None). Built by `scored`, `single_token` or `failed`; crosses the worker
     boundary as `to_wire`/`from_wire`, and goes into a record as `record_entry`."""
 
@@ -127,9 +136,7 @@ class OptionScore(BaseModel):
     """Per continuation token, whether it was the argmax at its position (None when not computed)."""
     is_greedy: bool | None = None
     """All of them were: the continuation is what greedy decoding would produce."""
-    error: str | None = None
-    """'kind: detail', for people; `error_kind` is the kind as data."""
-    error_kind: ErrorKind | None = None
+    failure: Failure | None = None
 
     @classmethod
     def scored(cls, token_logprobs: Sequence[float], greedy: Sequence[bool], n_context_tokens: int) -> "OptionScore":
@@ -148,7 +155,7 @@ class OptionScore(BaseModel):
     @classmethod
     def failed(cls, kind: ErrorKind, detail: str) -> "OptionScore":
         """An option that could not be scored: every number None."""
-        return cls(error=kind.message(detail), error_kind=kind)
+        return cls(failure=Failure(kind, detail))
 
     def record_entry(self) -> dict[str, Any]:
         """This option's entry in a loglik record's `scores` table (what parsing.best_option reads)."""
@@ -170,12 +177,13 @@ class Engine(Protocol):
 
     def info(self) -> dict[str, Any]: ...
 
-    def generate(self, prompt: str, max_tokens: int, stop: list[str], speculative: str | None = None) -> Generation:
+    def generate(self, prompt: str, max_tokens: int, stop: list[str],
+                 speculative: DraftMethod | None = None) -> Generation:
         """Greedy answer; `speculative` ('lookup', 'draft', None) only changes how fast it comes."""
         ...
 
     def generate_many(self, prompts: list[str], max_tokens: int, stop: list[str], n_parallel: int | None = None,
-                      speculative: str | None = None) -> list[Generation]:
+                      speculative: DraftMethod | None = None) -> list[Generation]:
         """Greedy answers to several prompts, decoded together (continuous batching)."""
         ...
 

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
-from edgeeval.errors import ErrorKind
+from edgeeval.types import ErrorKind
 
 _OPTION = re.compile(r"^([A-J])[.)] ", re.MULTILINE)
 

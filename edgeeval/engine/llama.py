@@ -26,9 +26,9 @@ from typing import Any
 import llama_cpp as L
 import numpy as np
 
-from edgeeval.engine import EngineError, EngineSettings, FinishReason, Generation, OptionScore
-from edgeeval.engine.drafting import DraftModel, Drafter, PromptLookup, vocabulary_mismatch
-from edgeeval.errors import ErrorKind
+from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
+from edgeeval.engine.drafting import Drafter, DraftModel, PromptLookup, vocabulary_mismatch
+from edgeeval.types import ErrorKind, FinishReason
 
 _LOG_ERROR = 4
 _PREFIX_SEQ = 0
@@ -373,14 +373,14 @@ class LlamaModel:
         batches of up to n_batch tokens, and only the rows that predict a continuation token are
         asked for."""
         plans = [self._plan(context, continuations) for context, continuations in items]
-        good = [plan for plan in plans if plan.error is None]
+        good = [plan for plan in plans if plan.failed is None]
         if good:
             prefix = _common_prefix_all([option for plan in good for option in plan.options])
             prefix = prefix[: max(0, min(plan.shared_end for plan in good) - 1)]
             for plan in good:
                 if len(prefix) + plan.cost(len(prefix)) > self.n_ctx:
                     plan.fail(ErrorKind.PROMPT_TOO_LONG, _too_long(len(prefix) + plan.cost(len(prefix)), self.n_ctx))
-            self._score(prefix, [plan for plan in good if plan.error is None])
+            self._score(prefix, [plan for plan in good if plan.failed is None])
         return [plan.results() for plan in plans]
 
     def _plan(self, context: str, continuations: list[str]) -> _ItemPlan:
@@ -390,7 +390,7 @@ class LlamaModel:
         elif len(continuations) > self.settings.n_seq_max - 1:
             plan.fail(ErrorKind.TOO_MANY_OPTIONS, f"{len(continuations)} options need n_seq_max >= "
                                                   f"{len(continuations) + 1} (it is {self.settings.n_seq_max})")
-        if plan.error is not None:
+        if plan.failed is not None:
             return plan
         for continuation in continuations:
             whole, start = self.split_tokens(context, continuation)
@@ -400,7 +400,7 @@ class LlamaModel:
                 plan.fail(ErrorKind.EMPTY_CONTEXT, "nothing to condition the options on")
             plan.options.append(whole)
             plan.starts.append(start)
-        if plan.error is None:
+        if plan.failed is None:
             plan.shared_end = min(len(_common_prefix_all(plan.options)), min(plan.starts))
             longest = max(len(option) for option in plan.options)
             if longest > self.n_ctx:
@@ -788,7 +788,7 @@ class _ItemPlan:
     """Per option: the index of its first continuation token."""
     shared_end: int = 0
     """Tokens [0, shared_end) are the same in every option and none of them is scored."""
-    error: OptionScore | None = None
+    failed: OptionScore | None = None
     """Why the item cannot be scored: the failed score every option gets."""
     seqs: list[int] = field(default_factory=list)
     pending: int = 0
@@ -817,11 +817,11 @@ class _ItemPlan:
         return runs
 
     def fail(self, kind: ErrorKind, detail: str) -> None:
-        self.error = OptionScore.failed(kind, detail)
+        self.failed = OptionScore.failed(kind, detail)
 
     def results(self) -> list[OptionScore]:
-        if self.error is not None:
-            return [self.error] * self.n_options
+        if self.failed is not None:
+            return [self.failed] * self.n_options
         return [OptionScore.scored(logprobs, greedy, start)
                 for logprobs, greedy, start in zip(self.logprobs, self.greedy, self.starts)]
 

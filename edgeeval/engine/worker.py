@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Union
 from edgeeval.config.gguf import read_gguf_metadata
 from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
 from edgeeval.engine.memory import check_context_fits
-from edgeeval.errors import ErrorKind, ModelFileError
+from edgeeval.errors import ModelFileError
+from edgeeval.types import ErrorKind
 
 if TYPE_CHECKING:
     from edgeeval.engine.fake import FakeModel
@@ -115,11 +116,11 @@ def _worker_main(conn: Connection[Any, Any], model_path: str, settings: dict[str
         except Exception as exc:  # noqa: BLE001
             failure = _as_engine_error(exc)
             result = Generation.failed(failure.kind, failure.detail)
-        conn.send({"generation": asdict(result)})
+        conn.send({"generation": result.to_wire()})
     model.close()
 
 
-# The replies to a unit of work: a Generation as its fields (asdict), an OptionScore as `to_wire`,
+# The replies to a unit of work: a Generation or an OptionScore as its `to_wire`,
 # and a failure as {"error": {"kind": ..., "detail": ...}}, made by `_error_reply` and read back by
 # `_reply_error`. (The load handshake answers {"info": ...} or {"error": message}.)
 
@@ -142,7 +143,7 @@ def _op_generate_many(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     try:
         results = model.generate_many(request["prompts"], request["max_tokens"], request["stop"],
                                       n_parallel=request.get("n_parallel"), speculative=request.get("speculative"))
-        return {"generations": [asdict(result) for result in results]}
+        return {"generations": [result.to_wire() for result in results]}
     except Exception as exc:  # noqa: BLE001
         return _error_reply(_as_engine_error(exc))
 
@@ -242,7 +243,7 @@ class WorkerEngine:
                    "speculative": speculative}
         reply = self._request_with_retry(request, "generating")
         if "generation" in reply:
-            return Generation(**reply["generation"])
+            return Generation.from_wire(reply["generation"])
         failure = _reply_error(reply)
         return Generation.failed(failure.kind, failure.detail)
 
@@ -254,7 +255,7 @@ class WorkerEngine:
                    "stop": list(stop), "n_parallel": n_parallel, "speculative": speculative}
         reply = self._request_with_retry(request, "generating")
         if "generations" in reply:
-            return [Generation(**g) for g in reply["generations"]]
+            return [Generation.from_wire(g) for g in reply["generations"]]
         failure = _reply_error(reply)
         return [Generation.failed(failure.kind, failure.detail) for _ in prompts]
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from edgeeval.config.models import ContextSpec
 from edgeeval.data.example import Example
-from edgeeval.errors import ErrorKind, TemplateError
+from edgeeval.errors import TemplateError
+from edgeeval.types import ErrorKind, Failure
 
 Render = Callable[[Example], str]
 _ATTEMPTS = 8
@@ -17,12 +18,11 @@ _ATTEMPTS = 8
 
 @dataclass(frozen=True)
 class Fitted:
-    """The example as it will be prompted: cut (`truncation` says how) or not; or `error` if it cannot fit."""
+    """The example as it will be prompted: cut (`truncation` says how) or not; or `failure` if it cannot fit."""
 
     example: Example
     truncation: dict | None = None
-    error: str | None = None
-    error_kind: ErrorKind | None = None
+    failure: Failure | None = None
 
 
 def fit_example(example: Example, policy: ContextSpec, budget: int, render: Render) -> Fitted:
@@ -135,4 +135,4 @@ def _too_long(example: Example, estimate: int, budget: int, policy: ContextSpec)
     detail = (f"about {estimate} tokens (at {policy.chars_per_token} characters per token) do not fit "
               f"the {budget} tokens the window leaves for the prompt, even with {policy.field!r} cut "
               f"(context policy {policy.policy}, rule {policy.rule})")
-    return Fitted(example, error=kind.message(detail), error_kind=kind)
+    return Fitted(example, failure=Failure(kind, detail))

@@ -163,13 +163,13 @@ class ModelWorker:
     def work(self, task: PreparedTask, units: list[Unit]):
         """The records of a chunk of one task's units as they are done, in lists: each answer sent once
         SEND_EVERY_S has passed since the last sending, and whatever is left at the end."""
-        from edgeeval.run.runner import _chunks, _work, speculative_for
+        from edgeeval.run.answering import answer, engine_calls, speculative_for
 
         assert self.engine is not None, "start() first"
         done, sent = [], time.perf_counter()
-        for sub_task, sub_units in _chunks([(task, u) for u in units], self.parallel):
-            for record in _work(self.engine, self.model, sub_task, sub_units, self.parallel,
-                                speculative_for(sub_task, self.settings)):
+        for sub_task, sub_units in engine_calls([(task, u) for u in units], self.parallel):
+            for record in answer(self.engine, self.model, sub_task, sub_units, self.parallel,
+                                 speculative_for(sub_task, self.settings)):
                 done.append(record.model_copy(update={"node": self.node}))
                 if time.perf_counter() - sent >= SEND_EVERY_S:
                     yield done
@@ -258,7 +258,7 @@ class RayExecutor:
             return self._run(ray, store, work, settings, summary, progress, parallel)
 
     def _run(self, ray, store, work, settings, summary, progress, parallel) -> dict[str, dict]:
-        from edgeeval.run.runner import parallel_for
+        from edgeeval.run.answering import parallel_for
 
         threads = settings.n_threads or default_threads()
         settings = replace(settings, n_threads=threads)

@@ -14,12 +14,13 @@ from edgeeval.config.models import LoglikSpec, Project, TaskSpec, checked_model_
 from edgeeval.data.example import Example
 from edgeeval.data.formats import load_examples
 from edgeeval.engine import EngineSettings
-from edgeeval.errors import ConfigError, DataError, ErrorKind, TemplateError
+from edgeeval.errors import ConfigError, DataError, TemplateError
 from edgeeval.prompting.chat import ChatTemplate, load_chat_template, prompt_hash
 from edgeeval.prompting.context import fit_example
 from edgeeval.prompting.prompts import AnswerTemplate, TaskPrompt
 from edgeeval.retrieval import Retrieval, prepare_retrieval
 from edgeeval.retrieval.augment import query_text, user_message
+from edgeeval.types import Failure
 
 TASKS_DIR = TASKS_SUBDIR
 
@@ -200,12 +201,10 @@ class Unit:
     prompt_hash: str
     truncation: dict | None = None
     """How the context policy cut the prompt, when it did."""
-    error: str | None = None
+    failure: Failure | None = None
     """Why the prompt cannot be sent (it cannot fit the window even cut); recorded without generating."""
     continuations: tuple[tuple[str, str], ...] = ()
     """loglik: (option key, text scored after the prompt) for every option."""
-    error_kind: ErrorKind | None = None
-    """The kind of `error`."""
     retrieval: dict | None = None
     """A retrieval arm's audit: the passages shown (ids, sources, scores), a hash of their text, leaks."""
 
@@ -237,11 +236,10 @@ def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bo
             options = loglik_options(task.spec, example)
             # What is scored is part of the unit's identity: other options, another scoring rule, a new unit.
             identity = "\0".join([text, task.loglik.scoring, *(f"{k}={t}" for k, t in options)])
-            units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.error, options,
-                              error_kind=fitted.error_kind, retrieval=audit))
+            units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.failure, options,
+                              retrieval=audit))
         else:
-            units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.error,
-                              error_kind=fitted.error_kind, retrieval=audit))
+            units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.failure, retrieval=audit))
     return units, folded
 
 

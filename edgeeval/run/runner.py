@@ -16,13 +16,10 @@ from tqdm import tqdm
 import edgeeval
 from edgeeval import kinds
 from edgeeval.config.models import Project
-from edgeeval.engine import Engine, EngineError, EngineSettings, Generation, OptionScore
-from edgeeval.engine.batching import auto_parallel
+from edgeeval.engine import Engine, EngineSettings
 from edgeeval.engine.machine import machine_info
-from edgeeval.engine.memory import kv_cache_bytes
-from edgeeval.errors import ErrorKind
 from edgeeval.kinds import icd
-from edgeeval.kinds.parsing import best_option
+from edgeeval.run.answering import answer, engine_calls, parallel_for, speculative_for
 from edgeeval.run.planning import PreparedModel, PreparedTask, Unit, plan_units, prepare_model
 from edgeeval.run.shard import Shard, write_status
 from edgeeval.run.store import Manifest, ModelEntry, PairEntry, Record, RunStore, TaskEntry, load_manifest, now_iso
@@ -52,57 +49,11 @@ class ModelWork:
 
 class Executor(Protocol):
     """Where the pending units are answered: this process (`local_executor`) or a Ray cluster
-    (edgeeval.cluster). It appends every record to the store itself and returns, per model that did
+    (edgeeval.run.cluster). It appends every record to the store itself and returns, per model that did
     work, what its engines reported (for the manifest)."""
 
     def __call__(self, store: RunStore, work: list[ModelWork], settings: EngineSettings,
                  summary: RunSummary, progress: bool, parallel: int | str) -> dict[str, dict]: ...
-
-
-def make_record(model: PreparedModel, task: PreparedTask, unit: Unit, gen: Generation) -> Record:
-    return Record(
-        model=model.name,
-        model_sha256=model.sha256,
-        task=task.run_name,
-        task_hash=task.hash,
-        example_id=unit.example.id,
-        prompt_hash=unit.prompt_hash,
-        prompt=unit.prompt,
-        gold=unit.example.gold,
-        options=unit.example.fields.get("options"),
-        output=gen.text if gen.error is None else None,
-        error=gen.error,
-        error_kind=gen.error_kind,
-        truncation=unit.truncation,
-        finish_reason=gen.finish_reason,
-        n_prompt_tokens=gen.n_prompt_tokens,
-        n_output_tokens=gen.n_output_tokens,
-        speculative=gen.notes.get("speculative"),
-        seconds=round(gen.seconds, 4),
-        created=now_iso(),
-        retrieval=unit.retrieval,
-    )
-
-
-def loglik_record(model: PreparedModel, task: PreparedTask, unit: Unit, scores: list[OptionScore],
-                  seconds: float) -> Record:
-    """A loglik unit's record: every option's scores and the best option by the task's normalisation
-    (as `output`); an option the engine could not score makes the whole unit an error."""
-    normalization = task.loglik.normalization
-    error, error_kind = next(((s.error, s.error_kind) for s in scores if s.error is not None), (None, None))
-    if unit.error is not None:
-        error, error_kind = unit.error, unit.error_kind
-    table = None if error else {key: s.record_entry() for (key, _), s in zip(unit.continuations, scores)}
-    n_context = next((s.n_context_tokens for s in scores if s.n_context_tokens is not None), None)
-    return Record(
-        model=model.name, model_sha256=model.sha256, task=task.run_name, task_hash=task.hash,
-        example_id=unit.example.id, prompt_hash=unit.prompt_hash, prompt=unit.prompt, gold=unit.example.gold,
-        options=unit.example.fields.get("options"),
-        output=None if table is None else best_option(table, normalization),
-        error=error, error_kind=error_kind, truncation=unit.truncation, finish_reason="error" if error else None,
-        mode="loglik", scores=table, normalization=normalization,
-        n_prompt_tokens=n_context, seconds=round(seconds, 4), created=now_iso(), retrieval=unit.retrieval,
-    )
 
 
 def package_version(name: str) -> str | None:
@@ -207,12 +158,6 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
     return summary
 
 
-LOGLIK_CHUNK = 8
-"""Items per scoring call in loglik mode: packed into shared batches, and what a native crash costs at most."""
-GENERATE_CHUNK_PER_SEQUENCE = 4
-"""With --parallel N, prompts per generate_many call: 4N keeps N sequences busy between refills."""
-
-
 def pending_units(store: RunStore, model: PreparedModel, plans, summary: RunSummary,
                   retry_errors: bool = False) -> list[tuple[PreparedTask, Unit]]:
     """The planned units of a model with no record yet (with `retry_errors`, or whose last one is an error)."""
@@ -243,8 +188,8 @@ def _run_model(store: RunStore, model: PreparedModel, pending: list[tuple[Prepar
     started = time.perf_counter()
     try:
         bar = tqdm(total=len(pending), desc=f"{model.name}", unit="ex", disable=not progress, dynamic_ncols=True)
-        for task, units in _chunks(pending, parallel):
-            for record in _work(engine, model, task, units, parallel, speculative_for(task, settings)):
+        for task, units in engine_calls(pending, parallel):
+            for record in answer(engine, model, task, units, parallel, speculative_for(task, settings)):
                 store.append(record.model_copy(update={"node": NODE}))
                 summary.done += 1
                 summary.errors += record.error is not None
@@ -259,92 +204,3 @@ def _run_model(store: RunStore, model: PreparedModel, pending: list[tuple[Prepar
     return {**info, **summary.per_model[model.name], "parallel": parallel}
 
 
-def parallel_for(model: PreparedModel, settings: EngineSettings) -> int:
-    """`--parallel auto`: the rule of engine/batching.py for this model file, context and threads (the
-    fake engine has no batch speed-up: one at a time, where a kill loses one unit, not a chunk)."""
-    if settings.backend == "fake":
-        return 1
-    kv = kv_cache_bytes(model.gguf.metadata, model.n_ctx)
-    return auto_parallel(model.path.stat().st_size, kv, settings.resolved().n_threads)
-
-
-def speculative_for(task: PreparedTask, settings: EngineSettings) -> str | None:
-    """How a generation task drafts: the draft model when there is one, prompt lookup for kinds whose
-    answers copy the prompt (or every task with --speculative lookup), else not at all."""
-    if task.mode != "generate":
-        return None
-    if settings.draft_model:
-        return "draft"
-    if settings.speculative == "none":
-        return None
-    if settings.speculative == "lookup" or kinds.get(task.spec.kind).copies_input:
-        return "lookup"
-    return None
-
-
-def _chunks(pending: list[tuple[PreparedTask, Unit]], parallel: int):
-    """Consecutive units of one task, as many as one engine call takes: one (generation), 4 x parallel
-    (batched generation) or LOGLIK_CHUNK (loglik scoring)."""
-    i = 0
-    while i < len(pending):
-        task = pending[i][0]
-        size = (LOGLIK_CHUNK if task.mode == "loglik"
-                else GENERATE_CHUNK_PER_SEQUENCE * parallel if parallel > 1 else 1)
-        units: list[Unit] = []
-        while i < len(pending) and pending[i][0] is task and len(units) < size:
-            units.append(pending[i][1])
-            i += 1
-        yield task, units
-
-
-def _work(engine: Engine, model: PreparedModel, task: PreparedTask, units: list[Unit], parallel: int,
-          speculative: str | None = None):
-    """The records of one chunk of units, in order (units that cannot be sent become error records)."""
-    ready = [u for u in units if u.error is None]
-    if task.mode == "loglik":
-        scored = dict(zip(map(id, ready), _score_units(engine, task, ready)))
-        for unit in units:
-            scores, seconds = scored.get(id(unit), ([], 0.0))
-            yield loglik_record(model, task, unit, scores, seconds)
-        return
-    spec = task.spec
-    if parallel > 1 and len(ready) > 1:
-        gens = engine.generate_many([u.prompt for u in ready], spec.max_tokens, list(spec.stop), n_parallel=parallel,
-                                    speculative=speculative)
-        if all(g.error_kind is ErrorKind.NATIVE_CRASH for g in gens):
-            # The batch crashed twice: answer one at a time, so the crash costs its own unit only.
-            gens = [engine.generate(u.prompt, spec.max_tokens, list(spec.stop), speculative=speculative) for u in ready]
-    else:
-        gens = [engine.generate(u.prompt, spec.max_tokens, list(spec.stop), speculative=speculative) for u in ready]
-    results = dict(zip(map(id, ready), gens))
-    for unit in units:
-        gen = results.get(id(unit)) or Generation(text=None, finish_reason="error", error=unit.error,
-                                                  error_kind=unit.error_kind)
-        yield make_record(model, task, unit, gen)
-
-
-def _score_units(engine: Engine, task: PreparedTask, units: list[Unit]) -> list[tuple[list[OptionScore], float]]:
-    """(option scores, seconds) per unit. Letters: one pass over each prompt and the letters' logits at its
-    end (the letter fast path), or full scoring for a prompt after which a letter is not one token. Full
-    text: every unit of the chunk packed into one scoring call."""
-    if task.loglik.scoring == "letter":
-        out = []
-        for unit in units:
-            began = time.perf_counter()
-            out.append((_letter_scores(engine, unit), time.perf_counter() - began))
-        return out
-    began = time.perf_counter()
-    scores = engine.loglikelihood_many([(u.prompt, [text for _, text in u.continuations]) for u in units])
-    each = (time.perf_counter() - began) / max(1, len(units))
-    return [(s, each) for s in scores]
-
-
-def _letter_scores(engine: Engine, unit: Unit) -> list[OptionScore]:
-    letters = [text for _, text in unit.continuations]
-    try:
-        logprobs = engine.letter_logprobs(unit.prompt, letters)
-    except EngineError as exc:
-        if exc.kind is ErrorKind.NOT_SINGLE_TOKEN:
-            return engine.loglikelihood(unit.prompt, letters)
-        return [OptionScore.failed(exc.kind, exc.detail) for _ in letters]
-    return [OptionScore.single_token(logprobs[letter]) for letter in letters]

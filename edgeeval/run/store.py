@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from edgeeval.engine import FinishReason
-from edgeeval.errors import DataError, EdgeevalError, ErrorKind
+from edgeeval.errors import DataError, EdgeevalError
+from edgeeval.types import ErrorKind, Failure, FinishReason
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -82,8 +82,18 @@ class Record(BaseModel):
             raise ValueError("error and error_kind are set together")
         return self
 
+    @property
+    def failure(self) -> Failure | None:
+        """Why there is no answer, as one value (None for an answer)."""
+        return None if self.error is None else Failure.of_message(self.error, self.error_kind)
+
     def key(self) -> tuple[str, str, str, str]:
         return (self.model_sha256, self.task_hash, self.example_id, self.prompt_hash)
+
+
+def failure_fields(failure: Failure | None) -> dict[str, Any]:
+    """A Failure as the two fields a record keeps it in (records have always had `error`, the message)."""
+    return {} if failure is None else {"error": failure.message, "error_kind": failure.kind}
 
 
 class _Entry(BaseModel):
