@@ -219,7 +219,7 @@ def test_none_is_plain_completion() -> None:
 
 
 def test_missing_override() -> None:
-    with pytest.raises(TemplateError, match=r"'prompts/chat/nope.j2' not found"):
+    with pytest.raises(TemplateError, match=r"prompts/chat/nope.j2: chat template not found"):
         load_chat_template("prompts/chat/nope.j2", None, "<s>", "</s>", REPO)
 
 

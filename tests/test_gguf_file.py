@@ -402,7 +402,7 @@ def test_unsupported_versions(tmp_path: Path, version: int, message: str) -> Non
 
 def test_missing_file(tmp_path: Path) -> None:
     p = tmp_path / "nope.gguf"
-    assert error_of(p) == f"{p}: no such file"
+    assert error_of(p) == f"{p}: file not found"
 
 
 def test_directory(tmp_path: Path) -> None:
@@ -448,7 +448,7 @@ def test_sha256_file(tiny: Path) -> None:
 
 
 def test_sha256_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(ModelFileError, match="no such file"):
+    with pytest.raises(ModelFileError, match="file not found"):
         sha256_file(tmp_path / "nope.gguf")
     with pytest.raises(ModelFileError, match="is a directory"):
         sha256_file(tmp_path)

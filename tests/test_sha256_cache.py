@@ -199,7 +199,7 @@ def test_a_file_that_changes_while_it_is_read_is_not_remembered(model, tmp_path,
 
 
 def test_errors_are_those_of_reading_the_file(tmp_path):
-    with pytest.raises(ModelFileError, match="no such file"):
+    with pytest.raises(ModelFileError, match="file not found"):
         cached_sha256(tmp_path / "missing.gguf", tmp_path / "cache")
     with pytest.raises(ModelFileError, match="is a directory"):
         cached_sha256(tmp_path, tmp_path / "cache")

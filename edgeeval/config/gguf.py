@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from edgeeval.errors import ModelFileError
+from edgeeval.files import reading
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -241,22 +242,11 @@ def read_gguf_metadata(path: Path | str) -> GGUFInfo:
     missing, unreadable, not GGUF, corrupt, or shorter than its tensor table says (a truncated download)."""
     path = Path(path)
     _check_path(path)
-    try:
-        f = open(path, "rb", buffering=1024 * 1024)  # noqa: SIM115 - closed below
-    except IsADirectoryError:
-        raise ModelFileError(f"{path}: is a directory, not a GGUF file") from None
-    except PermissionError:
-        raise ModelFileError(f"{path}: permission denied (cannot open the file for reading)") from None
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot open ({e.strerror or e})") from None
-    with f:
-        try:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                raise ModelFileError(f"{path}: the file is empty (0 bytes), not a GGUF file")
-            return _Parser(path, f, size).parse()
-        except OSError as e:
-            raise ModelFileError(f"{path}: read error ({e.strerror or e})") from None
+    with reading(path, ModelFileError, "GGUF file"), open(path, "rb", buffering=1024 * 1024) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise ModelFileError(f"{path}: the file is empty (0 bytes), not a GGUF file")
+        return _Parser(path, f, size).parse()
 
 
 def sha256_file(path: Path | str, chunk: int = 8 * 1024 * 1024) -> str:
@@ -264,28 +254,17 @@ def sha256_file(path: Path | str, chunk: int = 8 * 1024 * 1024) -> str:
     path = Path(path)
     _check_path(path)
     h = hashlib.sha256()
-    try:
-        with open(path, "rb", buffering=0) as f:
-            while block := f.read(chunk):
-                h.update(block)
-    except PermissionError:
-        raise ModelFileError(f"{path}: permission denied (cannot open the file for reading)") from None
-    except OSError as e:
-        raise ModelFileError(f"{path}: read error ({e.strerror or e})") from None
+    with reading(path, ModelFileError, "file"), open(path, "rb", buffering=0) as f:
+        while block := f.read(chunk):
+            h.update(block)
     return h.hexdigest()
 
 
 def _check_path(path: Path) -> None:
     """Fail early, with a clear message, on a missing path, a directory or a non-regular file (a FIFO would
     block open() forever)."""
-    try:
+    with reading(path, ModelFileError, "file"):
         st = os.stat(path)
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such file") from None
-    except PermissionError:
-        raise ModelFileError(f"{path}: permission denied") from None
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot access ({e.strerror or e})") from None
     if stat.S_ISDIR(st.st_mode):
         raise ModelFileError(f"{path}: is a directory, not a GGUF file")
     if not stat.S_ISREG(st.st_mode):

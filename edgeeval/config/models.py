@@ -16,6 +16,7 @@ from edgeeval import kinds
 from edgeeval.config.gguf import GGUFInfo, read_gguf_metadata
 from edgeeval.config.sha256_cache import cached_sha256
 from edgeeval.errors import ConfigError, ModelFileError
+from edgeeval.files import reading
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -306,12 +307,8 @@ class Project(Frozen):
 
 def _read_toml(path: Path) -> dict:
     try:
-        with path.open("rb") as handle:
+        with reading(path, ConfigError, "file"), path.open("rb") as handle:
             return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 

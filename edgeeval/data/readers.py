@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeeval.errors import DataError
+from edgeeval.files import read_bytes
 
 Row = tuple[str, dict[str, Any]]
 """(source, record): where the row came from ('file:line' / 'file:row K') and its raw key -> value mapping."""
@@ -23,12 +24,7 @@ TABLE_EXTENSIONS = (".csv", ".json", ".jsonl")
 
 def read_text(path: Path) -> str:
     """The file's text, refusing missing/unreadable files, NUL bytes, non-UTF-8 bytes and empty files."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: data file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read data file: {e.strerror or e}") from None
+    data = read_bytes(path, DataError, "data file")
     nul = data.find(b"\x00")
     if nul >= 0:
         line = data.count(b"\n", 0, nul) + 1

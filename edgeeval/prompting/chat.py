@@ -44,6 +44,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import _PassArg
 
 from edgeeval.errors import TemplateError
+from edgeeval.files import read_text
 
 MAX_RENDER_CHARS = 1_000_000
 """Longest rendered prompt, and largest string/list/dict (counted deeply) a template may build."""
@@ -520,17 +521,7 @@ def load_chat_template(
     if spec == SPEC_NONE:
         return ChatTemplate(SPEC_NONE, "", bos_token, eos_token)
     path = inside_root(root, spec, "chat template")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TemplateError(f"chat template {spec!r} not found (looked for {path})") from None
-    except IsADirectoryError:
-        raise TemplateError(f"chat template {spec!r} is a directory ({path})") from None
-    except UnicodeDecodeError as e:
-        raise TemplateError(f"chat template {spec!r} is not valid UTF-8 ({path}: {e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise TemplateError(f"chat template {spec!r} cannot be read ({path}: {e.strerror or e})") from None
-    return ChatTemplate(spec, text, bos_token, eos_token)
+    return ChatTemplate(spec, read_text(path, TemplateError, "chat template"), bos_token, eos_token)
 
 
 def inside_root(root: Path, relative: Path | str, what: str) -> Path:

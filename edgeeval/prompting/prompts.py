@@ -9,6 +9,7 @@ from jinja2.sandbox import SecurityError
 
 from edgeeval.data.example import Example
 from edgeeval.errors import TemplateError
+from edgeeval.files import read_text
 from edgeeval.prompting.chat import BoundedSandbox, RenderLimitError, inside_root, render_bounded
 
 # Our own templates are trusted, but they render data-file text: keep them in the sandbox too, with the
@@ -27,12 +28,7 @@ class TaskPrompt:
         elif ".." in Path(path).parts:
             raise TemplateError(f"prompt template {str(path)!r} is outside the project directory (it climbs out with '..')")
         self.path = path
-        try:
-            self.text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TemplateError(f"prompt template not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TemplateError(f"cannot read prompt template {path}: {exc}") from None
+        self.text = read_text(path, TemplateError, "prompt template")
         try:
             self._template = _ENV.from_string(self.text)
         except TemplateSyntaxError as exc:

@@ -7,11 +7,11 @@ from datetime import datetime
 from pathlib import Path
 
 from edgeeval.errors import EdgeevalError
+from edgeeval.files import make_private_dir, write_private_text
 from edgeeval.report.exports import write_exports
 from edgeeval.report.html import render_html
 from edgeeval.report.markdown import render_markdown
 from edgeeval.report.study import Study, study_from_run, study_from_runs, without_text
-from edgeeval.run.store import make_private_dir, write_private_text
 
 __all__ = ["build_report", "build_comparison", "default_compare_dir", "write_study"]
 

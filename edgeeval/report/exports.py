@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from edgeeval.run.store import FILE_MODE, write_private_text
+from edgeeval.files import FILE_MODE, write_private_text
 
 
 def write_exports(out_dir: Path, results: pl.DataFrame, comparison: pl.DataFrame, records: pl.DataFrame) -> list[Path]:

@@ -14,8 +14,8 @@ from typing import Callable
 
 from edgeeval.config.sha256_cache import cache_dir
 from edgeeval.errors import DataError, EdgeevalError
+from edgeeval.files import DIR_MODE, FILE_MODE, make_private_dir
 from edgeeval.retrieval.corpus import Passage, corpus_sha256, load_passages
-from edgeeval.run.store import DIR_MODE, FILE_MODE, make_private_dir
 
 CACHE_ENV = "EDGEEVAL_CACHE_DIR"
 INDEX_VERSION = 1

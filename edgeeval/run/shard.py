@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeeval.errors import ConfigError
-from edgeeval.run.store import load_manifest, load_records, now_iso, write_private_text
+from edgeeval.files import write_private_text
+from edgeeval.run.store import load_manifest, load_records, now_iso
 
 STATUS_DIR = "shards"
 _SPEC = re.compile(r"(\d+)/(\d+)")

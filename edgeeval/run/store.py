@@ -15,10 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from edgeeval.errors import DataError, EdgeevalError
+from edgeeval.files import FILE_MODE, private_dir, write_private_text
 from edgeeval.types import ErrorKind, Failure, FinishReason
-
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 
 
 class Record(BaseModel):
@@ -195,47 +193,6 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def make_private_dir(path: Path) -> None:
-    """Create a directory readable by the owner only, whatever the umask; missing parents are created
-    owner-only too (a world-writable parent would let another user swap the run directory).
-    EdgeevalError if the disk refuses."""
-    try:
-        _private_dir(path)
-    except OSError as exc:
-        raise EdgeevalError(f"cannot create directory {path}: {exc.strerror or exc}") from None
-
-
-def _private_dir(path: Path) -> None:
-    missing = []
-    for directory in [path, *path.parents]:
-        if directory.exists():
-            break
-        missing.append(directory)
-    for directory in reversed(missing):
-        directory.mkdir(mode=DIR_MODE, exist_ok=True)
-        os.chmod(directory, DIR_MODE)
-    path.mkdir(mode=DIR_MODE, exist_ok=True)  # a file in the way is an error
-    os.chmod(path, DIR_MODE)
-
-
-def write_private_text(path: Path, text: str) -> None:
-    """Write a whole file atomically (temp file + rename), owner-only; EdgeevalError if the disk refuses
-    (full, read-only), leaving any earlier version of the file as it was."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise EdgeevalError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 PART = re.compile(r"[A-Za-z0-9-]+")
 
 
@@ -253,8 +210,8 @@ class RunStore:
         self.root = root
         self.part = part
         try:
-            _private_dir(root)
-            _private_dir(root / "records")
+            private_dir(root)
+            private_dir(root / "records")
         except OSError as exc:
             raise EdgeevalError(f"cannot create run directory {root}: {exc.strerror}") from None
         # A part holds the run directory's lock shared (other parts may run) and its own exclusively.
@@ -322,7 +279,7 @@ class RunStore:
         try:
             fd = self._fds.get(path)
             if fd is None:
-                _private_dir(path.parent)
+                private_dir(path.parent)
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
                 os.chmod(path, FILE_MODE)
                 self._fds[path] = fd
