@@ -14,7 +14,9 @@ from pathlib import Path
 
 import edgeeval
 from edgeeval.config.locations import BUILTIN_CONFIG, STARTER_ROOT, ConfigChoice, env_tasks_dirs, find_config
-from edgeeval.config.models import Project, load_models_config, load_task, resolve_model_path
+from edgeeval.config.model_files import resolve_model_path
+from edgeeval.config.models import Project, load_models_config
+from edgeeval.config.tasks import load_task
 from edgeeval.engine import EngineSettings
 from edgeeval.engine.machine import usable_cpus
 from edgeeval.errors import ConfigError, EdgeevalError

@@ -130,7 +130,8 @@ def real_model_paths() -> dict[str, Path]:
     import fcntl
     import tempfile
 
-    from edgeeval.config.models import load_models_config, resolve_model_path
+    from edgeeval.config.model_files import resolve_model_path
+    from edgeeval.config.models import load_models_config
     from edgeeval.errors import ModelFileError
 
     project = load_models_config(ROOT / "models.toml")

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeeval.config.models import load_models_config, load_task, resolve_model_path
+from edgeeval.config.model_files import resolve_model_path
+from edgeeval.config.models import load_models_config
+from edgeeval.config.tasks import load_task
 from edgeeval.errors import ConfigError, ModelFileError
 
 ROOT = Path(__file__).resolve().parent.parent

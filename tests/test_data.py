@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeeval.data.example import Example, load_multiple_choice
+from edgeeval.data.example import Example
+from edgeeval.data.multiple_choice import load_multiple_choice
 from edgeeval.errors import DataError
 
 DATA = Path(__file__).resolve().parent.parent / "benchmarks" / "clinical" / "data"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeeval.data.example import load_multiple_choice
+from edgeeval.data.multiple_choice import load_multiple_choice
 from edgeeval.engine import EngineSettings
 from edgeeval.engine.llama import LlamaModel
 from edgeeval.prompting.prompts import TaskPrompt

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeeval.data.example import load_multiple_choice
+from edgeeval.data.multiple_choice import load_multiple_choice
 from edgeeval.engine import EngineError, EngineSettings
 from edgeeval.engine.llama import LlamaModel
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeeval.engine import EngineSettings
-from edgeeval.engine import drafting
+from edgeeval.engine import EngineSettings, drafting
 from edgeeval.engine.drafting import PromptLookup
 from edgeeval.engine.llama import LlamaModel
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from edgeeval import kinds
-from edgeeval.config.models import TaskSpec
+from edgeeval.config.tasks import TaskSpec
 from edgeeval.kinds.base import ACCURACY, COMMON, Kind, Metric, Ratio, answered, number
 from edgeeval.report.findings import lower_is_better
 from edgeeval.scoring.metrics import compare_pair, score_records, summarize
@@ -43,18 +43,13 @@ def test_the_paired_test_follows_the_kind() -> None:
 
 
 def test_loglik_continuations_come_from_the_kind() -> None:
-    from edgeeval.data.example import Example
-
-    example = Example(id="1", fields={"question": "q", "options": {"A": "one", "B": "two"}}, gold="A", source="x:1")
-    spec = TaskSpec.model_validate({"name": "t", "kind": "multiple_choice", "prompt": "p.j2",
-                                    "data": {"path": "d.csv"}, "loglik": {"scoring": "letter"}})
-    assert kinds.get("multiple_choice").loglik_options(spec, example) == (("A", "A"), ("B", "B"))
-    full = spec.model_copy(update={"loglik": spec.loglik.model_copy(update={"scoring": "full_text"})})
-    assert kinds.get("multiple_choice").loglik_options(full, example) == (("A", "one"), ("B", "two"))
-    labels = TaskSpec.model_validate({"name": "t", "kind": "label", "labels": ["yes", "no"], "prompt": "p.j2",
-                                      "data": {"path": "d.csv"}})
-    assert kinds.get("label").loglik_options(labels, example) == (("yes", "yes"), ("no", "no"))
+    options = {"A": "one", "B": "two"}
+    assert kinds.get("multiple_choice").loglik_options("letter", [], options) == (("A", "A"), ("B", "B"))
+    assert kinds.get("multiple_choice").loglik_options("full_text", [], options) == (("A", "one"), ("B", "two"))
+    assert kinds.get("label").loglik_options("full_text", ["yes", "no"], options) == (("yes", "yes"), ("no", "no"))
     assert kinds.get("summary").loglik_options is None
+    with pytest.raises(ValueError, match="no options"):
+        kinds.get("multiple_choice").loglik_options("letter", [], {})
 
 
 def test_an_unknown_kind_is_a_config_error_listing_the_kinds() -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from edgeeval.config.models import load_task
+from edgeeval.config.tasks import load_task
 from edgeeval.data.example import Example
 from edgeeval.engine import EngineError, EngineSettings, OptionScore
 from edgeeval.engine.fake import FakeModel
 from edgeeval.errors import ConfigError
-from edgeeval.run.planning import Unit
 from edgeeval.run.answering import LOGLIK_CHUNK, letter_scores
+from edgeeval.run.planning import Unit
 from edgeeval.run.store import read_records
 from edgeeval.scoring.records import load_current_records, parse_answer
 from edgeeval.types import ErrorKind

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeeval.kinds.icd_coding import icd_counts
-from edgeeval.kinds.rouge import rouge_f
-from edgeeval.kinds.summary import problem_f1
+from edgeeval.kinds.summary import problem_f1, rouge_f
 from edgeeval.scoring.metrics import compare_pair, metric_statistic, score_multiple_choice, score_records, summarize
 from edgeeval.scoring.stats import holm, mcnemar_exact, paired_permutation
 

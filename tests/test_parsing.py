@@ -6,15 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeeval.kinds.parsing import (
-    normalize_problem,
-    parse_abstention,
-    parse_choice,
-    parse_icd_codes,
-    parse_label,
-    parse_problem_list,
-    parse_unoffered_choice,
-)
+from edgeeval.kinds.abstention import parse_abstention
+from edgeeval.kinds.icd_coding import parse_icd_codes
+from edgeeval.kinds.label import parse_label
+from edgeeval.kinds.multiple_choice import parse_choice, parse_unoffered_choice
+from edgeeval.kinds.summary import normalize_problem, parse_problem_list
 
 from conftest import takes_at_most
 

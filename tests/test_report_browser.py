@@ -15,9 +15,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from test_report import synthetic_run
 
 from edgeeval.report import build_report
-from test_report import synthetic_run
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -10,6 +10,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
 from conftest import LLAMA_THREADS
 
 pytestmark = pytest.mark.real_model

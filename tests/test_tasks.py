@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeeval.config.models import ContextSpec, load_models_config, load_task
+from edgeeval.config.models import load_models_config
+from edgeeval.config.tasks import ContextSpec, load_task
 from edgeeval.data.example import Example
 from edgeeval.errors import ConfigError
 from edgeeval.prompting.context import fit_example

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeeval.config.models import DataSpec, TaskSpec, load_task
-from edgeeval.data.formats import LOADERS, load_examples
+from edgeeval.config.tasks import TaskSpec, load_task
+from edgeeval.data.formats import FORMATS, DataSpec, load_examples
 from edgeeval.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def spec(task: str) -> TaskSpec:
 
 
 def load(task: str, path: Path) -> list:
-    return load_examples(path, spec(task))
+    return load_examples(path, spec(task).data, spec(task).labels)
 
 
 def load_error(task: str, path: Path) -> str:
@@ -114,7 +114,7 @@ def test_medisumqa_ids_count_questions_per_note() -> None:
 
 
 def test_medisumcode_sample_codes_are_normalised_and_valid() -> None:
-    from edgeeval.kinds.icd import is_valid
+    from edgeeval.kinds.icd_coding import is_valid
 
     examples = load("medisumcode", DATA / "medisumcode_sample.jsonl")
     assert len(examples) == 8
@@ -173,7 +173,7 @@ def test_medmcqa_errors(tmp_path: Path, rows: list, message: str) -> None:
 def test_medmcqa_zero_based_export(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "dev.jsonl", [mcqa(cop=0), mcqa(id="m2", cop=3)])
     data = DataSpec(path="x", format="medmcqa", answer_index_base=0)
-    assert [e.gold for e in LOADERS["medmcqa"](path, data)] == ["A", "D"]
+    assert [e.gold for e in FORMATS["medmcqa"].load(path, data)] == ["A", "D"]
 
 
 def test_wrong_format_names_the_expected_one_and_the_line(tmp_path: Path) -> None:

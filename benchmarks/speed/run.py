@@ -49,7 +49,7 @@ LOGLIK_CTX = 4096
 
 def load_items() -> tuple[list[dict], list[dict]]:
     """30 items to score and the 3 solved examples that make the few-shot prefix (other items)."""
-    from edgeeval.data.example import load_multiple_choice
+    from edgeeval.data.multiple_choice import load_multiple_choice
 
     examples = load_multiple_choice(CASES)
     rows = [{"id": e.id, "question": e.fields["question"], "options": list(e.fields["options"].values()),
@@ -661,7 +661,8 @@ def match_rate(model: str, args, items: list[dict]) -> dict:
 def runner_prompts(model: str, task: str = "case_challenges", limit: int | None = None) -> tuple[list[str], list[str], str]:
     """The prompts the runner builds for this GGUF and task: with its models.toml entry's chat
     template when the file is one of the configured models, else with the GGUF's own template."""
-    from edgeeval.config.models import ModelSpec, load_models_config, resolve_model_path
+    from edgeeval.config.models import ModelSpec, load_models_config
+    from edgeeval.config.model_files import resolve_model_path
     from edgeeval.errors import EdgeevalError
     from edgeeval.run.planning import plan_units, prepare_model, prepare_task
 
@@ -693,7 +694,8 @@ EXTRA_HINT = "the Qwen 1.5B/0.5B pair is not installed: make models-extra (or sc
 
 def extra_models() -> tuple[str, str] | None:
     """(target, draft) paths of the opt-in Qwen pair, or None with one line saying how to get them."""
-    from edgeeval.config.models import load_models_config, resolve_model_path
+    from edgeeval.config.models import load_models_config
+    from edgeeval.config.model_files import resolve_model_path
     from edgeeval.errors import EdgeevalError
 
     project = load_models_config(ROOT / "models.toml")
@@ -1080,7 +1082,7 @@ def projection_8b(section: dict) -> dict:
     and with --parallel auto, whose gain on generation is the 1.5B's measured one at its auto choice.
     Prompt lookup and drafting are left out: they did not pay here (see the lookup and draft entries)."""
     from edgeeval.config.locations import BUILTIN_ROOT
-    from edgeeval.config.models import load_task
+    from edgeeval.config.tasks import load_task
 
     paper = json.loads((Path(__file__).resolve().parent.parent / "scale" / "results.json").read_text())["paper"]
     scale = LLAMA3_8B["params"] / QWEN_15B_PARAMS
@@ -1212,7 +1214,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def default_models() -> list[str]:
     """The bundled demo models, found the way `edgeeval demo` finds them."""
-    from edgeeval.config.models import load_models_config, resolve_model_path
+    from edgeeval.config.models import load_models_config
+    from edgeeval.config.model_files import resolve_model_path
 
     project = load_models_config(ROOT / "models.toml")
     return [str(resolve_model_path(project, name)) for name in ("gemma3-270m", "smollm2-135m-instruct")]

@@ -1,15 +1,20 @@
-"""The benchmarks' real file formats: one loader per `DataSpec.format`, each turning a file into `Example`s."""
+"""The benchmarks' real file formats: a task's `DataSpec` (where its examples come from and how they are read),
+and one loader per format turning a file into `Example`s. A new format is a loader (here, or in a module of its
+own like longhealth.py) and one entry in FORMATS, naming the DataSpec keys only it reads."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
-from edgeeval.config.models import DataSpec, TaskSpec
-from edgeeval.data.example import Example, check_unique_ids, load_multiple_choice
-from edgeeval.data.longhealth import load_longhealth
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edgeeval.data.example import Example, check_unique_ids
+from edgeeval.data.longhealth import Documents, DocumentSelection, load_longhealth
+from edgeeval.data.multiple_choice import load_multiple_choice
 from edgeeval.data.readers import (
     TABLE_EXTENSIONS,
     brief,
@@ -23,9 +28,7 @@ from edgeeval.data.readers import (
     text_cell,
 )
 from edgeeval.errors import DataError
-from edgeeval.kinds.icd import normalize_code
-
-Loader = Callable[[Path, DataSpec], list[Example]]
+from edgeeval.kinds.icd_coding import normalize_code
 
 # What each format looks like, for error messages ("expected <this>").
 MEDMCQA = "MedMCQA JSON lines: {id, question, opa, opb, opc, opd, cop, exp, subject_name, ...} per line"
@@ -42,14 +45,55 @@ MEDISUMCODE = "MeDiSumCode JSON lines: {hadm_id, text, icd_codes: [{code, descri
 _CODE_SHAPE = re.compile(r"[A-Z][0-9][0-9A-Z][0-9A-Z]{0,4}")
 
 
-def load_examples(path: Path, spec: TaskSpec) -> list[Example]:
-    """The task's examples from `path`, read by its format's loader; gold labels are checked against
-    the task's label set."""
-    examples = LOADERS[spec.data.format](Path(path), spec.data)
-    return [_checked_label(example, spec.labels) for example in examples] if spec.labels else examples
+class DataSpec(BaseModel):
+    """Where a task's examples come from (a task TOML's [data] section)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    """The bundled sample, relative to the task's root (see TaskSpec.prompt); `--data TASK=PATH` points
+    at the real file."""
+    format: str = "multiple_choice"
+    """Which loader reads it: a name in FORMATS."""
+    answer_index_base: Literal[0, 1] = 1
+    """medmcqa: the number of the first option in `cop`. The released JSON-lines files number them 1-4;
+    a Hugging Face `datasets` export (ClassLabel a-d) numbers them 0-3."""
+    documents: Documents = "patient"
+    """longhealth: which documents accompany a question. 'patient': all of the patient's documents, those
+    holding the answer first (task 1); 'answer_and_distractors': the answer's documents plus other patients'
+    documents (task 2); 'distractors_only': other patients' documents only, so the question cannot be
+    answered (task 3)."""
+    distractors: int = Field(default=10, ge=0, le=200)
+    """longhealth: how many other patients' documents to add, chosen deterministically per question."""
+    unanswerable_option: str | None = None
+    """longhealth: text of an extra last option saying the documents do not answer the question."""
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in FORMATS:
+            raise ValueError(f"unknown format (formats: {', '.join(FORMATS)})")
+        return value
+
+    @model_validator(mode="after")
+    def _format_keys(self) -> "DataSpec":
+        for name, known in FORMATS.items():
+            for key in known.keys:
+                if key in self.model_fields_set and self.format != name:
+                    raise ValueError(f"'{key}' applies to format '{name}' only (this data is '{self.format}')")
+        if self.documents == "distractors_only" and not self.unanswerable_option:
+            raise ValueError("documents 'distractors_only' needs 'unanswerable_option' (the answer to give)")
+        return self
 
 
-def _checked_label(example: Example, labels: list[str]) -> Example:
+def load_examples(path: Path, data: DataSpec, labels: Sequence[str] = ()) -> list[Example]:
+    """A task's examples from `path`, read by its format's loader; with `labels` (label tasks), gold labels
+    are checked against them."""
+    examples = FORMATS[data.format].load(Path(path), data)
+    return [_checked_label(example, labels) for example in examples] if labels else examples
+
+
+def _checked_label(example: Example, labels: Sequence[str]) -> Example:
     by_fold = {label.casefold(): label for label in labels}
     label = by_fold.get(example.gold.casefold())
     if label is None:
@@ -261,14 +305,27 @@ def _icd_codes(record: dict[str, Any], source: str) -> tuple[list[str], list[str
     return codes, descriptions
 
 
-LOADERS: dict[str, Loader] = {
-    "multiple_choice": load_multiple_choice,
-    "medmcqa": load_medmcqa,
-    "pubmedqa": load_pubmedqa,
-    "mednli": load_mednli,
-    "meqsum": load_meqsum,
-    "problem_summary": load_problem_summary,
-    "medisumqa": load_medisumqa,
-    "medisumcode": load_medisumcode,
-    "longhealth": load_longhealth,
+def load_longhealth_questions(path: Path, data: DataSpec) -> list[Example]:
+    return load_longhealth(path, DocumentSelection(data.documents, data.distractors, data.unanswerable_option))
+
+
+@dataclass(frozen=True)
+class Format:
+    """A file format: its loader, and the DataSpec keys that only it reads (setting one for another format is a
+    mistake worth reporting)."""
+
+    load: Callable[[Path, DataSpec], list[Example]]
+    keys: tuple[str, ...] = ()
+
+
+FORMATS: dict[str, Format] = {
+    "multiple_choice": Format(load_multiple_choice),
+    "medmcqa": Format(load_medmcqa, keys=("answer_index_base",)),
+    "pubmedqa": Format(load_pubmedqa),
+    "mednli": Format(load_mednli),
+    "meqsum": Format(load_meqsum),
+    "problem_summary": Format(load_problem_summary),
+    "medisumqa": Format(load_medisumqa),
+    "medisumcode": Format(load_medisumcode),
+    "longhealth": Format(load_longhealth_questions, keys=("documents", "distractors", "unanswerable_option")),
 }

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from edgeeval.config.models import DataSpec
 from edgeeval.data.example import Example, check_unique_ids
 from edgeeval.data.readers import brief, kind_name, read_json, required_text, show, text_cell
 from edgeeval.errors import DataError
@@ -15,26 +15,39 @@ LONGHEALTH = (
     "LongHealth benchmark_v5.json: {patient: {texts: {text_0: ..., ...}, questions: [{No, question, "
     "answer_a, ..., answer_e, correct, answer_location}, ...]}, ...}"
 )
+Documents = Literal["patient", "answer_and_distractors", "distractors_only"]
+
+
+@dataclass(frozen=True)
+class DocumentSelection:
+    """Which documents accompany a question: the task TOML's data.documents, data.distractors and
+    data.unanswerable_option (see edgeeval.data.formats.DataSpec)."""
+
+    documents: Documents = "patient"
+    distractors: int = 10
+    unanswerable_option: str | None = None
+
+
 _ANSWER_KEYS = ("answer_a", "answer_b", "answer_c", "answer_d", "answer_e")
 _LETTERS = "ABCDEFGHIJ"
 
 
-def load_longhealth(path: Path, data: DataSpec) -> list[Example]:
+def load_longhealth(path: Path, selection: DocumentSelection) -> list[Example]:
     """One example per question. Fields: question, options ({'A': text, ...}, plus the
     `unanswerable_option` last when the task has one) and documents ([{'text', 'rank'}, ...] in the order
     shown; rank 0 is the most relevant, the order in which a `drop_documents` context policy keeps them).
 
-    Which documents: see DataSpec.documents. Distractors are other patients' documents, chosen and the
+    Which documents: see DocumentSelection. Distractors are other patients' documents, chosen and the
     shown order shuffled by hashing the example id, so every run shows the same prompt."""
     patients = read_json(path)
     if not isinstance(patients, dict) or not patients:
         raise DataError(f"{path}: top level is {kind_name(patients)}; expected {LONGHEALTH}")
     records = {key: _patient(path, str(key), value) for key, value in patients.items()}
-    if data.documents != "patient" and data.distractors < 1:
-        raise DataError(f"{path}: documents '{data.documents}' needs distractors >= 1")
+    if selection.documents != "patient" and selection.distractors < 1:
+        raise DataError(f"{path}: documents '{selection.documents}' needs distractors >= 1")
     library = [(key, text_id, text) for key, (texts, _) in records.items() for text_id, text in texts.items()]
     examples = [
-        _example(path, key, number, question, texts, library, data)
+        _example(path, key, number, question, texts, library, selection)
         for key, (texts, questions) in records.items()
         for number, question in enumerate(questions, 1)
     ]
@@ -63,19 +76,19 @@ def _patient(path: Path, key: str, value: Any) -> tuple[dict[str, str], list[Any
 
 
 def _example(path: Path, key: str, number: int, question: Any, texts: dict[str, str],
-             library: list[tuple[str, str, str]], data: DataSpec) -> Example:
+             library: list[tuple[str, str, str]], selection: DocumentSelection) -> Example:
     source = f"{path}: patient {show(key)} question {number}"
     if not isinstance(question, dict):
         raise DataError(f"{source}: expected an object, got {kind_name(question)} ({LONGHEALTH})")
     options = _options(question, source)
     gold = _letter_of(question, options, source)
-    if data.unanswerable_option:
+    if selection.unanswerable_option:
         letter = _LETTERS[len(options)]
-        options[letter] = data.unanswerable_option
-        gold = letter if data.documents == "distractors_only" else gold
+        options[letter] = selection.unanswerable_option
+        gold = letter if selection.documents == "distractors_only" else gold
     example_id = f"{key}-q{_number(question, number, source)}"
     answer_ids = _answer_ids(question, texts, source)
-    documents = _documents(example_id, key, texts, answer_ids, library, data, source)
+    documents = _documents(example_id, key, texts, answer_ids, library, selection, source)
     fields = {"question": required_text(question, ("question",), source, LONGHEALTH), "options": options,
               "documents": documents}
     return Example(id=example_id, fields=fields, gold=gold, source=source)
@@ -115,16 +128,16 @@ def _answer_ids(question: dict[str, Any], texts: dict[str, str], source: str) ->
 
 
 def _documents(example_id: str, key: str, texts: dict[str, str], answer_ids: list[str],
-               library: list[tuple[str, str, str]], data: DataSpec, source: str) -> list[dict[str, Any]]:
+               library: list[tuple[str, str, str]], selection: DocumentSelection, source: str) -> list[dict[str, Any]]:
     answer = [(key, t) for t in answer_ids]
-    if data.documents == "patient":
+    if selection.documents == "patient":
         chosen = answer + [(key, t) for t in texts if t not in answer_ids]
     else:
         others = sorted(((k, t) for k, t, _ in library if k != key), key=lambda d: _hash(example_id, *d))
         if not others:
             raise DataError(f"{source}: no other patient's documents to use as distractors")
-        chosen = (answer if data.documents == "answer_and_distractors" else []) + others[: data.distractors]
-        if data.documents == "answer_and_distractors" and not answer_ids:
+        chosen = (answer if selection.documents == "answer_and_distractors" else []) + others[: selection.distractors]
+        if selection.documents == "answer_and_distractors" and not answer_ids:
             raise DataError(f"{source}: no answer_location, so task 2 cannot include the answer's documents")
     text_of = {(k, t): text for k, t, text in library}
     ranked: list[dict[str, Any]] = [{"text": text_of[doc], "rank": rank, "key": doc} for rank, doc in enumerate(chosen)]

@@ -3,17 +3,53 @@ gold is the letter of the 'cannot be answered' option, and any other answer is a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import polars as pl
 
-from edgeeval.kinds.base import COMMON, Kind, Metric, Ratio, correct_expr, errored_expr, invalid_expr, number
-from edgeeval.kinds.multiple_choice import option_continuations
-from edgeeval.kinds.parsing import parse_abstention
+from edgeeval.kinds.base import (
+    COMMON,
+    Kind,
+    Metric,
+    Ratio,
+    correct_expr,
+    errored_expr,
+    hallucination_rate,
+    invalid_expr,
+    number,
+)
+from edgeeval.kinds.multiple_choice import option_continuations, parse_choice
 
 
 def parse(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:
     return parse_abstention(reply, options, gold)
+
+
+# Ways of saying the documents do not hold the answer. Checked only when the reply names no option, so
+# "The answer is B; the dose is not mentioned elsewhere" still counts as choosing B.
+_ABSTAIN = re.compile(
+    r"\b(?:"
+    r"(?:can ?not|can't|could not|couldn't|unable to) (?:be )?(?:answer(?:ed)?|determined?|tell|find|found)"
+    r"|(?:is|are|was|were) not (?:mentioned|stated|documented|provided|given|available|found|reported|specified)"
+    r"|(?:does|do|did) not (?:contain|mention|provide|include|state|specify|say)"
+    r"|no (?:information|mention|data|documentation|record)"
+    r"|not enough information|insufficient information|unanswerable"
+    r")\b",
+    re.IGNORECASE,
+)
+
+
+def parse_abstention(text: str, options: Mapping[str, str], abstain_letter: str) -> str | None:
+    """The option letter the reply commits to; else `abstain_letter` if it says the documents do not
+    answer the question; else None."""
+    if not isinstance(text, str):
+        return None
+    letter = parse_choice(text, list(options), options)
+    if letter is not None:
+        return letter
+    flat = re.sub(r"\s+", " ", text)
+    return abstain_letter if _ABSTAIN.search(flat) else None
 
 
 def score(records: pl.DataFrame) -> pl.DataFrame:
@@ -33,9 +69,7 @@ KIND = Kind(
     metrics=(
         Metric("abstention_rate", "replies that say the documents do not answer", ratio=Ratio(number("abstained")),
                test="mcnemar_exact"),
-        Metric("hallucination_rate", "replies that answer a question the documents cannot answer",
-               ratio=Ratio(number("hallucinated"), number("hallucination_units")), lower_is_better=True,
-               test="mcnemar_exact"),
+        hallucination_rate("replies that answer a question the documents cannot answer", "mcnemar_exact"),
         *COMMON,
     ),
     parse=parse,

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import polars as pl
-
-if TYPE_CHECKING:
-    from edgeeval.config.models import TaskSpec
-    from edgeeval.data.example import Example
 
 PairedTest = Literal["mcnemar_exact", "paired_permutation"]
 
@@ -45,8 +41,11 @@ class Metric:
 
 ParseReply = Callable[[str, Mapping[str, str], Sequence[str], str], "str | None"]
 """(reply, options {letter: text}, labels, gold) -> the answer in the form gold has, or None."""
-LoglikOptions = Callable[["TaskSpec", "Example"], tuple[tuple[str, str], ...]]
-"""(task, example) -> (answer key as gold has it, text scored after the prompt) per option."""
+LoglikScoring = Literal["letter", "full_text"]
+"""What loglik mode scores after the prompt: the options' letters, or their texts (labels: each label)."""
+LoglikOptions = Callable[[LoglikScoring, Sequence[str], Mapping[str, str]], tuple[tuple[str, str], ...]]
+"""(the task's loglik scoring, its labels, the example's options {letter: text}) -> (answer key as gold has
+it, text scored after the prompt) per option; ValueError when the example has nothing to score."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,8 @@ class Kind:
     """Gold and parsed answers are letters, labels or codes (no free text): `--no-text` reports may show them."""
     unoffered_choice: Callable[[str, Sequence[str]], "str | None"] | None = None
     """For lettered kinds: the letter of an option that was not offered, when the reply picks one."""
+    code_table: str | None = None
+    """The code table answers are checked against (ICD coding: which ICD-10-CM table), named in the manifest."""
 
     def metric(self, name: str) -> Metric:
         for metric in self.metrics:
@@ -138,7 +139,27 @@ ERROR_RATE = Metric("error_rate", "examples the engine could not answer (crash, 
                     ratio=Ratio(number("errored")), lower_is_better=True, test=None)
 ACCURACY = Metric("accuracy", "answers equal to gold", ratio=Ratio(number("correct")), test="mcnemar_exact")
 CONFUSION = Metric("confusion", "for each gold answer, the share of each answer given", form="table", test=None)
-FLAG_HALLUCINATION = Metric("hallucination_rate", "answers that are not among the options offered",
-                            ratio=Ratio(number("hallucinated"), number("hallucination_units")),
-                            lower_is_better=True, test="mcnemar_exact")
+
+
+def hallucination_rate(description: str, test: PairedTest) -> Metric:
+    """Hallucinations per unit (an answer, or a generated code), from the columns `hallucinated` and
+    `hallucination_units` that the kind's scorer adds; fewer is better."""
+    return Metric("hallucination_rate", description, ratio=Ratio(number("hallucinated"), number("hallucination_units")),
+                  lower_is_better=True, test=test)
 COMMON = (INVALID_RATE, ERROR_RATE)
+
+
+# --- loglik answers ----------------------------------------------------------------------------------
+
+def best_option(scores: Mapping[str, Mapping], normalization: str) -> str:
+    """The option a loglik record answers: the highest 'mean_logprob' (normalization 'mean') or 'logprob'
+    ('sum'); a tie goes to the first option in order, so the answer never depends on dict hashing."""
+    field = "mean_logprob" if normalization == "mean" else "logprob"
+    best_key, best_value = None, None
+    for key, score in scores.items():
+        value = score[field]
+        if best_value is None or value > best_value:
+            best_key, best_value = key, value
+    if best_key is None:
+        raise ValueError("no options to choose from")
+    return best_key

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import polars as pl
 
-from edgeeval.kinds.base import ACCURACY, COMMON, CONFUSION, Kind, Metric, answered
-from edgeeval.kinds.parsing import parse_label
-
-if TYPE_CHECKING:
-    from edgeeval.config.models import TaskSpec
-    from edgeeval.data.example import Example
+from edgeeval.kinds.base import ACCURACY, COMMON, CONFUSION, Kind, LoglikScoring, Metric, answered
+from edgeeval.kinds.multiple_choice import contains_phrase
 
 
 def parse(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:
@@ -23,9 +18,23 @@ def score(records: pl.DataFrame) -> pl.DataFrame:
     return answered(records)
 
 
-def label_continuations(spec: TaskSpec, example: Example) -> tuple[tuple[str, str], ...]:
+def label_continuations(scoring: LoglikScoring, labels: Sequence[str],
+                        options: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """Every label, scored as the reply."""
-    return tuple((label, label) for label in spec.labels)
+    return tuple((label, label) for label in labels)
+
+
+def parse_label(text: str, labels: Sequence[str]) -> str | None:
+    """Return the one label that appears as a whole word in `text`; None if none or several do."""
+    if not isinstance(text, str):
+        return None
+    found: dict[str, str] = {}
+    for label in labels:
+        if not isinstance(label, str) or not label.strip():
+            continue
+        if contains_phrase(text, label):
+            found.setdefault(label.casefold(), label)
+    return next(iter(found.values())) if len(found) == 1 else None
 
 
 MACRO_F1 = Metric("macro_f1", "F1 averaged over the labels that occur (scikit-learn's macro average)",

@@ -3,13 +3,48 @@ problem summaries, MeDiSumQA)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from functools import cache
 
 import polars as pl
 
 from edgeeval.kinds.base import COMMON, Kind, Metric, Ratio, errored_expr, f1, number
-from edgeeval.kinds.parsing import normalize_problem, parse_problem_list
-from edgeeval.kinds.rouge import ROUGE_TYPES, rouge_f
+
+# ROUGE-1/2/L F-measures from Google's rouge-score package (what Hugging Face evaluate, and so CLUE, uses).
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_f(reference: str, prediction: str, stemmer: bool = False) -> dict[str, float]:
+    """{'rouge1': F, 'rouge2': F, 'rougeL': F} of `prediction` against `reference`; 0 for empty text."""
+    scores = _scorer(stemmer).score(reference, prediction)
+    return {name: scores[name].fmeasure for name in ROUGE_TYPES}
+
+
+@cache
+def _scorer(stemmer: bool):
+    # rouge-score imports nltk only for its Porter stemmer, which is code, not a data download.
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=stemmer)
+
+
+# The problem lists of BioNLP 2023 task 1A.
+_LIST_MARKER = re.compile(r"^\s*(?:[-*•#]+|\(?\d{1,2}[.)])\s*")
+
+
+def parse_problem_list(text: str) -> list[str]:
+    """The problems a reply lists: split on ';' and line breaks, list markers ('-', '1.', '#') removed."""
+    if not isinstance(text, str):
+        return []
+    pieces = re.split(r"[;\n]", text)
+    return [p for p in (_LIST_MARKER.sub("", piece).strip() for piece in pieces) if p]
+
+
+def normalize_problem(problem: str) -> str:
+    """The matching key of a problem: case-folded, punctuation as spaces, whitespace collapsed."""
+    return " ".join(re.sub(r"[^\w\s]", " ", problem.casefold()).split())
+
 
 SCORE_COLUMNS = (*ROUGE_TYPES, "problem_f1")
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edgeeval.config.models import ContextSpec
+from edgeeval.config.tasks import ContextSpec
 from edgeeval.data.example import Example
 from edgeeval.errors import TemplateError
 from edgeeval.types import ErrorKind, Failure

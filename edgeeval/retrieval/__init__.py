@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeeval.config.locations import BUILTIN_ROOT
-from edgeeval.config.models import Project, RetrievalSpec, checked_model_file
+from edgeeval.config.model_files import checked_model_file
+from edgeeval.config.models import Project, RetrievalSpec
 from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError
 from edgeeval.prompting.prompts import TaskPrompt

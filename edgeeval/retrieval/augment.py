@@ -12,7 +12,8 @@ from typing import Callable
 import jinja2
 from jinja2 import meta
 
-from edgeeval.config.models import ContextSpec, RetrievalSpec
+from edgeeval.config.models import RetrievalSpec
+from edgeeval.config.tasks import ContextSpec
 from edgeeval.data.example import Example
 from edgeeval.errors import ConfigError
 from edgeeval.prompting.context import estimate_tokens

@@ -11,7 +11,7 @@ from edgeeval import kinds
 from edgeeval.engine import DraftMethod, Engine, EngineError, EngineSettings, Generation, OptionScore
 from edgeeval.engine.batching import auto_parallel
 from edgeeval.engine.memory import kv_cache_bytes
-from edgeeval.kinds.parsing import best_option
+from edgeeval.kinds.base import best_option
 from edgeeval.run.planning import PreparedModel, PreparedTask, Unit
 from edgeeval.run.store import Record, failure_fields, now_iso
 from edgeeval.types import ErrorKind

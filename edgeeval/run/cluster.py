@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 import edgeeval
-from edgeeval.config.models import MODELS_DIR_ENV, Project, resolve_model_path
+from edgeeval.config.model_files import resolve_model_path
+from edgeeval.config.models import MODELS_DIR_ENV, Project
 from edgeeval.config.sha256_cache import cached_sha256
 from edgeeval.engine import EngineSettings
 from edgeeval.engine.machine import default_threads

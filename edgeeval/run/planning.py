@@ -10,7 +10,9 @@ from pathlib import Path
 from edgeeval import kinds
 from edgeeval.config.gguf import GGUFInfo, sha256_file
 from edgeeval.config.locations import BUILTIN_ROOT, TASKS_SUBDIR, TaskFile, find_tasks, task_folders
-from edgeeval.config.models import LoglikSpec, Project, TaskSpec, checked_model_file, load_task, task_hash
+from edgeeval.config.model_files import checked_model_file
+from edgeeval.config.models import Project
+from edgeeval.config.tasks import LoglikSpec, TaskSpec, load_task, task_hash
 from edgeeval.data.example import Example
 from edgeeval.data.formats import load_examples
 from edgeeval.engine import EngineSettings
@@ -101,7 +103,7 @@ def prepare_task(project: Project, name: str, data_override: Path | None, limit:
     if max_tokens is not None:
         spec = spec.model_copy(update={"max_tokens": max_tokens})
     data_path = data_override if data_override is not None else root / spec.data.path
-    examples = load_examples(data_path, spec)
+    examples = load_examples(data_path, spec.data, spec.labels)
     try:
         prompt = TaskPrompt(Path(user_template(spec, mode)), root=root)
     except TemplateError as exc:
@@ -134,7 +136,7 @@ def few_shot_turns(root: Path, spec: TaskSpec, prompt: TaskPrompt,
     if spec.few_shot is None:
         return [], None
     path = root / spec.few_shot.path
-    shots = load_examples(path, spec)
+    shots = load_examples(path, spec.data, spec.labels)
     if len(shots) < spec.few_shot.count:
         raise ConfigError(f"{path}: {len(shots)} example(s), but task '{spec.name}' asks for "
                           f"{spec.few_shot.count} few-shot examples")
@@ -231,9 +233,7 @@ def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bo
         folded = folded or was_folded
         if task.mode == "loglik":
             text += answer_prefix
-            loglik_options = kinds.get(task.spec.kind).loglik_options
-            assert loglik_options is not None  # TaskSpec refuses a [loglik] section for a kind without one
-            options = loglik_options(task.spec, example)
+            options = loglik_continuations(task, example)
             # What is scored is part of the unit's identity: other options, another scoring rule, a new unit.
             identity = "\0".join([text, task.loglik.scoring, *(f"{k}={t}" for k, t in options)])
             units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.failure, options,
@@ -241,6 +241,16 @@ def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bo
         else:
             units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.failure, retrieval=audit))
     return units, folded
+
+
+def loglik_continuations(task: PreparedTask, example: Example) -> tuple[tuple[str, str], ...]:
+    """What loglik mode scores after an example's prompt, as its task's kind says: (answer key, text) per option."""
+    loglik_options = kinds.get(task.spec.kind).loglik_options
+    assert loglik_options is not None  # TaskSpec refuses a [loglik] section for a kind without one
+    try:
+        return loglik_options(task.loglik.scoring, task.spec.labels, example.fields.get("options") or {})
+    except ValueError as exc:
+        raise DataError(f"{example.source}: example {example.id} {exc}") from None
 
 
 def _passages(model: PreparedModel, task: PreparedTask, example: Example, budget: int, render) -> tuple[list, dict | None]:

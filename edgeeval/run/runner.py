@@ -18,11 +18,10 @@ from edgeeval import kinds
 from edgeeval.config.models import Project
 from edgeeval.engine import Engine, EngineSettings
 from edgeeval.engine.machine import machine_info
-from edgeeval.kinds import icd
 from edgeeval.run.answering import answer, engine_calls, parallel_for, speculative_for
 from edgeeval.run.planning import PreparedModel, PreparedTask, Unit, plan_units, prepare_model
 from edgeeval.run.shard import Shard, write_status
-from edgeeval.run.store import Manifest, ModelEntry, PairEntry, Record, RunStore, TaskEntry, load_manifest, now_iso
+from edgeeval.run.store import Manifest, ModelEntry, PairEntry, RunStore, TaskEntry, load_manifest, now_iso
 
 EngineFactory = Callable[[Path, EngineSettings], Engine]
 NODE = socket.gethostname()
@@ -86,7 +85,7 @@ def task_manifest(task: PreparedTask) -> TaskEntry:
     """The task's entry in manifest.json: everything scoring needs (kind, labels, metrics, the parser and
     scorer versions that read its answers) and what shaped its prompts, so a run directory can be re-scored
     and understood without the task files."""
-    spec = task.spec
+    spec, kind = task.spec, kinds.get(task.spec.kind)
     few_shot = None if spec.few_shot is None else {**spec.few_shot.model_dump(), "sha256": task.few_shot_sha256}
     return TaskEntry(
         hash=task.hash, data=str(task.data_path), data_sha256=task.data_sha256,
@@ -95,8 +94,8 @@ def task_manifest(task: PreparedTask) -> TaskEntry:
         max_tokens=spec.max_tokens, stop=spec.stop, prompt=task.template, few_shot=few_shot,
         context=spec.context.model_dump(), mode=cast(Mode, task.mode), name=spec.name,
         loglik=spec.loglik.model_dump() if task.mode == "loglik" and spec.loglik is not None else None,
-        icd_table=icd.TABLE if spec.kind == "icd_coding" else None,
-        **kinds.get(spec.kind).version,
+        icd_table=kind.code_table,
+        **kind.version,
     )
 
 

@@ -8,7 +8,7 @@ import polars as pl
 
 from edgeeval import kinds
 from edgeeval.errors import DataError
-from edgeeval.kinds.parsing import best_option
+from edgeeval.kinds.base import best_option
 from edgeeval.retrieval.audit import COLUMNS as RETRIEVAL_COLUMNS
 from edgeeval.retrieval.audit import audit_columns
 from edgeeval.run.store import Manifest, TaskEntry, load_manifest, load_records

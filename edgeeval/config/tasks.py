@@ -1,0 +1,152 @@
+"""Task TOMLs: one clinical task's data, prompt, generation settings and metrics, read into frozen pydantic
+models; a task's hash, which changes whenever its definition, template or data does."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edgeeval import kinds
+from edgeeval.config.reading import Frozen, read_toml, validated
+from edgeeval.data.formats import DataSpec
+
+
+class FewShotSpec(Frozen):
+    """Solved examples shown before each question, as earlier user/assistant turns."""
+
+    path: str
+    """A small file in the task's data format, relative to the task's root; never the test file."""
+    count: int = Field(ge=1, le=16)
+    """How many: the file's first `count` examples, in file order (deterministic)."""
+    answer: str = "{{ gold }}"
+    """Jinja text of the assistant's turn; sees the example's fields and `gold`."""
+
+
+class ContextSpec(Frozen):
+    """What to do with a prompt longer than the model's context window. Never silent: a cut prompt is
+    recorded in its record's `truncation`, a prompt that cannot fit is an error record."""
+
+    policy: Literal["skip", "truncate"] = "skip"
+    """'skip': send the prompt whole; one the model's tokenizer finds too long is recorded as a
+    `prompt_too_long` error. 'truncate': cut `field` by `rule` until the prompt fits (estimated)."""
+    field: str | None = None
+    """truncate: the template variable that is cut (the long documents, never the question)."""
+    rule: Literal["drop_middle", "drop_documents"] = "drop_middle"
+    """'drop_middle': keep the head and the tail of a text field, drop its middle. 'drop_documents': the
+    field is a list of documents; drop the least relevant ones, then cut the last kept one's tail."""
+    chars_per_token: float = Field(default=3.0, gt=0.5, le=10.0)
+    """The token estimate: characters per token (lower is more cautious; English prose runs 3.5-4.5)."""
+
+    @model_validator(mode="after")
+    def _field_for_truncate(self) -> "ContextSpec":
+        if self.policy == "truncate" and not self.field:
+            raise ValueError("policy 'truncate' needs 'field' (the template variable to cut)")
+        return self
+
+
+class LoglikSpec(Frozen):
+    """How `--mode loglik` scores a task: the model reads the prompt once and every answer option is
+    scored by its log-probability as the assistant's reply; nothing is generated, nothing parsed."""
+
+    scoring: Literal["letter", "full_text"] = "full_text"
+    """'letter': the options' letters are the continuations (one pass over the prompt and the letters'
+    logits at its end when each letter is one token); 'full_text': each option's text is a continuation
+    (label tasks: each label)."""
+    normalization: Literal["mean", "sum"] = "mean"
+    """Which score picks the answer: 'mean' (per-token mean log-probability, as llama-perplexity) or
+    'sum' (total log-probability, lm-eval's `acc`). Records keep both."""
+    prompt: str | None = None
+    """A user-message template for this mode (relative to the task's root); default: the task's."""
+    answer_prefix: str = ""
+    """Text of the assistant's reply before the option, e.g. 'The answer is ' when the prompt asks for it."""
+
+
+class TaskRetrievalSpec(Frozen):
+    """How a model with retrieval queries the corpus for this task's examples."""
+
+    query: list[str] = ["question"]
+    """The example fields that form the query, joined by blank lines: by default the question alone, never the
+    options or the answer."""
+
+
+class TaskSpec(Frozen):
+    """One clinical task: its data, prompt, generation settings and metrics."""
+
+    name: str
+    description: str = ""
+    kind: str
+    """How outputs are parsed and scored (edgeeval.kinds): 'multiple_choice' (an option letter), 'label' (one
+    word of `labels`), 'summary' (free text vs a reference), 'icd_coding' (ICD-10-CM codes), 'abstention' (the
+    right answer is to say the documents do not answer the question)."""
+    labels: list[str] = []
+    """kind 'label': the allowed answers; a gold label outside them is a data error."""
+    prompt: str
+    """The Jinja template for the user message, relative to the task's root, which it must stay inside:
+    the folder above benchmarks/ for a task in <root>/benchmarks/clinical/ (the built-in tasks, a
+    project laid out like the repository), else the --tasks-dir folder holding the TOML."""
+    system: str = ""
+    """System text placed before the user message (folded into the user turn for templates without a system role)."""
+    max_tokens: int = Field(default=256, ge=1, le=32768)
+    """Maximum new tokens per answer."""
+    stop: list[str] = []
+    """Stop strings ending an answer (the model's end-of-turn token always stops)."""
+    metrics: list[str] = ["accuracy", "invalid_rate"]
+    """What is reported; each must be one of the kind's metrics (edgeeval.kinds)."""
+    few_shot: FewShotSpec | None = None
+    """Solved examples before each question; none when absent."""
+    context: ContextSpec = ContextSpec()
+    """What to do with prompts longer than the model's window."""
+    rouge_stemmer: bool = False
+    """kind 'summary': Porter-stem words before ROUGE. CLUE scored with Hugging Face evaluate's rouge,
+    whose default is no stemming."""
+    loglik: LoglikSpec | None = None
+    """How the task is scored with `--mode loglik`; a task without it runs in generation mode only."""
+    retrieval: TaskRetrievalSpec = TaskRetrievalSpec()
+    """For models with retrieval: which fields form the query. Few-shot turns never get passages."""
+    data: DataSpec
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in kinds.KINDS:
+            raise ValueError(f"unknown kind (kinds: {', '.join(kinds.KINDS)})")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TaskSpec":
+        kind = kinds.get(self.kind)
+        wrong = [m for m in self.metrics if m not in kind.metric_names]
+        if wrong:
+            raise ValueError(f"metrics {wrong} do not apply to kind '{self.kind}' "
+                             f"(allowed: {', '.join(kind.metric_names)})")
+        if kind.uses_labels and len(self.labels) < 2:
+            raise ValueError(f"kind '{self.kind}' needs 'labels' (at least two)")
+        if not kind.uses_labels and self.labels:
+            users = [k.name for k in kinds.KINDS.values() if k.uses_labels]
+            raise ValueError(f"'labels' applies to kind {', '.join(repr(u) for u in users)} only")
+        if self.loglik is not None and kind.loglik_options is None:
+            able = ", ".join(k.name for k in kinds.KINDS.values() if k.loglik_options is not None)
+            raise ValueError(f"'loglik' applies to kinds {able} only (this task is '{self.kind}': "
+                             "its answers are free text)")
+        if self.loglik is not None and self.loglik.scoring == "letter" and not kind.lettered:
+            raise ValueError(f"loglik scoring 'letter' needs lettered options; a {self.kind} task scores its "
+                             "answers as 'full_text'")
+        return self
+
+
+def load_task(path: Path) -> TaskSpec:
+    """Read one task TOML; the task's name defaults to the file's stem."""
+    raw = read_toml(path)
+    raw.setdefault("name", path.stem)
+    return validated(path, raw, TaskSpec)
+
+
+def task_hash(spec: TaskSpec, template_text: str, data_sha256: str) -> str:
+    """Changes whenever the task definition, its prompt template or its data file changes."""
+    # The loglik section shapes loglik runs only (their hash adds the mode); generation records stay valid.
+    # The retrieval query shapes only retrieval prompts, whose prompt hashes cover the passages it finds.
+    payload = spec.model_dump_json(exclude={"loglik", "retrieval"}) + "\0" + template_text + "\0" + data_sha256
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
