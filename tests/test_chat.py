@@ -16,7 +16,8 @@ import pytest
 
 from edgeeval.config.gguf import read_gguf_metadata
 from edgeeval.errors import TemplateError
-from edgeeval.prompting.chat import MAX_RENDER_CHARS, ChatTemplate, load_chat_template, prompt_hash
+from edgeeval.prompting.chat import ChatTemplate, load_chat_template, prompt_hash
+from edgeeval.prompting.sandbox import MAX_RENDER_CHARS
 
 from conftest import takes_at_most
 

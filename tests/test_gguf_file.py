@@ -14,7 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeeval.config.gguf import MAX_STRING_BYTES, GGUFInfo, quantization_name, read_gguf_metadata, sha256_file
+from edgeeval.config.gguf import read_gguf_metadata, sha256_file
+from edgeeval.config.gguf_format import MAX_STRING_BYTES, GGUFInfo
+from edgeeval.config.gguf_types import quantization_name
 from edgeeval.errors import ModelFileError
 
 TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

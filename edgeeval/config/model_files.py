@@ -7,7 +7,8 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from edgeeval.config.gguf import GGUFInfo, read_gguf_metadata
+from edgeeval.config.gguf import read_gguf_metadata
+from edgeeval.config.gguf_format import GGUFInfo
 from edgeeval.config.models import MODELS_DIR_ENV, ModelSpec, Project
 from edgeeval.config.sha256_cache import cached_sha256
 from edgeeval.errors import ConfigError, ModelFileError

@@ -10,7 +10,7 @@ from jinja2.sandbox import SecurityError
 from edgeeval.data.example import Example
 from edgeeval.errors import TemplateError
 from edgeeval.files import read_text
-from edgeeval.prompting.chat import BoundedSandbox, RenderLimitError, inside_root, render_bounded
+from edgeeval.prompting.sandbox import BoundedSandbox, RenderLimitError, inside_root, render_bounded
 
 # Our own templates are trusted, but they render data-file text: keep them in the sandbox too, with the
 # chat templates' bounds on work and size (a nested loop ends in an error, not a hang), and make a

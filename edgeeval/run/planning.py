@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeeval import kinds
-from edgeeval.config.gguf import GGUFInfo, sha256_file
+from edgeeval.config.gguf import sha256_file
+from edgeeval.config.gguf_format import GGUFInfo
 from edgeeval.config.locations import BUILTIN_ROOT, TASKS_SUBDIR, TaskFile, find_tasks, task_folders
 from edgeeval.config.model_files import checked_model_file
 from edgeeval.config.models import Project
