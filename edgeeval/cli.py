@@ -192,8 +192,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from edgeeval.config.gguf import read_gguf_metadata
-    from edgeeval.config.sha256_cache import cached_sha256
+    from edgeeval.config.model_files import read_model_file, sha256_matches
 
     choice = find_config(args.config)
     project = load_project(args, choice)
@@ -207,14 +206,12 @@ def cmd_models(args) -> int:
         if not args.verify:
             continue
         try:
-            path = resolve_model_path(project, name)
-            info = read_gguf_metadata(path)
-            sha = cached_sha256(path)
+            path, info, sha = read_model_file(project, name)
         except EdgeevalError as exc:
             failures += 1
             print(f"    MISSING/INVALID: {exc}")
             continue
-        ok = spec.sha256 is None or spec.sha256.lower() == sha
+        ok = sha256_matches(spec, sha)
         failures += not ok
         template = "embedded" if info.chat_template else "none in file"
         print(f"    {path}\n    {info.architecture}, {info.quantization}, {info.size_bytes / 1e6:.0f} MB, "

@@ -27,7 +27,7 @@ from edgeeval.report import build_report
 from edgeeval.report.exports import records_table, write_parquet
 from edgeeval.report.findings import headline, tally_pair, verdict
 from edgeeval.report.html import render_html
-from edgeeval.report.study import Arm, Pair, Run, Study, study_from_run
+from edgeeval.report.study import Arm, ArmPair, Run, Study, study_from_run
 from edgeeval.report.views import backend_summary
 from edgeeval.run.store import Record, RunStore
 
@@ -473,7 +473,7 @@ def _study_with_metrics(metrics: dict[str, list[float]]) -> Study:
                 comparison[-1].update(test="paired_permutation", b=None, c=None)
             results += [{"model": m, "task": f"t{i}", "metric": metric, "value": v, "ci_low": v - 0.1,
                          "ci_high": v + 0.1, "n": 100} for m, v in (("g", 0.5), ("b", 0.5 + delta))]
-    return Study("t", [Run("r", Path("r"), {})], arms, [Pair("p", "g", "b")], {}, pl.DataFrame(),
+    return Study("t", [Run("r", Path("r"), {})], arms, [ArmPair("p", "g", "b")], {}, pl.DataFrame(),
                  pl.DataFrame(results), pl.DataFrame(comparison))
 
 

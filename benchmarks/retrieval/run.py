@@ -120,7 +120,7 @@ def measure_demo_share(work: Path, threads: int) -> dict:
     from edgeeval.cli import engine_factory
     from edgeeval.config.models import load_models_config
     from edgeeval.engine import EngineSettings
-    from edgeeval.retrieval import corpus_path, prepare_retrieval
+    from edgeeval.retrieval.arm import corpus_path, prepare_retrieval
     from edgeeval.run.planning import plan_units, prepare_model, prepare_task
     from edgeeval.run.runner import run_models
 

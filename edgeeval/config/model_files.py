@@ -15,15 +15,24 @@ from edgeeval.errors import ConfigError, ModelFileError
 
 
 def checked_model_file(project: Project, name: str) -> tuple[Path, GGUFInfo, str]:
-    """Model `name`'s GGUF: found, read with edgeeval's own reader (a file that is not a GGUF is refused,
-    naming it) and hashed (the hash cached), its sha256 checked against the entry's when it has one."""
-    path = resolve_model_path(project, name)
-    info = read_gguf_metadata(path)
-    sha = cached_sha256(path)
-    expected = project.config.models[name].sha256
-    if expected and expected.lower() != sha:
-        raise ConfigError(f"model '{name}': {path} has sha256 {sha}, but models.toml expects {expected}")
+    """Model `name`'s GGUF as `read_model_file` finds it, its sha256 checked against the entry's when it has one."""
+    path, info, sha = read_model_file(project, name)
+    if not sha256_matches(project.config.models[name], sha):
+        raise ConfigError(f"model '{name}': {path} has sha256 {sha}, but models.toml expects "
+                          f"{project.config.models[name].sha256}")
     return path, info, sha
+
+
+def read_model_file(project: Project, name: str) -> tuple[Path, GGUFInfo, str]:
+    """Model `name`'s GGUF: found, read with edgeeval's own reader (a file that is not a GGUF is refused,
+    naming it) and hashed (the hash cached)."""
+    path = resolve_model_path(project, name)
+    return path, read_gguf_metadata(path), cached_sha256(path)
+
+
+def sha256_matches(spec: ModelSpec, sha: str) -> bool:
+    """Whether a file of this sha256 is the entry's (an entry without one accepts any file)."""
+    return spec.sha256 is None or spec.sha256.lower() == sha
 
 
 def resolve_model_path(project: Project, name: str) -> Path:

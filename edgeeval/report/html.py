@@ -23,7 +23,7 @@ from edgeeval.report.findings import (
 )
 from edgeeval.report.retrieval import INTRO as RETRIEVAL_INTRO
 from edgeeval.report.retrieval import retrieval_rows, sources_text
-from edgeeval.report.study import Pair, Study
+from edgeeval.report.study import ArmPair, Study
 from edgeeval.report.svg import (
     ARM_COLOURS,
     FAVOURS_BASELINE,
@@ -179,7 +179,7 @@ def _findings(study: Study) -> str:
     return _section("findings", "Findings", "\n".join(cards))
 
 
-def _scoreboard(study: Study, pair: Pair, rows: pl.DataFrame) -> str:
+def _scoreboard(study: Study, pair: ArmPair, rows: pl.DataFrame) -> str:
     """One tile per task: the headline quality metric's difference, coloured by who it favours."""
     base, cand = side_names(study, pair)
     tiles = []
@@ -431,7 +431,7 @@ def _clip(text: str, limit: int | None) -> str:
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _example(row: dict, pair: Pair, has_text: bool) -> str:
+def _example(row: dict, pair: ArmPair, has_text: bool) -> str:
     badge = '<span class="badge">discordant</span>' if row.get("discordant") else ""
     if row.get("score_metric"):
         badge += (f'<span class="badge">{escape(row["score_metric"])} {escape(fmt(row.get("score")))} vs '
@@ -446,7 +446,7 @@ def _example(row: dict, pair: Pair, has_text: bool) -> str:
             f"{summary}{body}</details>")
 
 
-def _example_text(row: dict, pair: Pair) -> str:
+def _example_text(row: dict, pair: ArmPair) -> str:
     gold = str(row.get("gold"))
     reference = f"<h5>gold answer</h5><pre>{escape(gold)}</pre>" if len(gold) > SUMMARY_CHARS else ""
     answers = "".join(

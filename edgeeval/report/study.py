@@ -54,7 +54,7 @@ class Arm:
 
 
 @dataclass(frozen=True)
-class Pair:
+class ArmPair:
     """Two arms compared on the same examples; delta = candidate - baseline."""
 
     name: str
@@ -69,7 +69,7 @@ class Study:
     title: str
     runs: list[Run]
     arms: dict[str, Arm]
-    pairs: list[Pair]
+    pairs: list[ArmPair]
     tasks: dict[str, dict]
     scored: pl.DataFrame
     """One row per (arm, task, example); column `model` holds the arm label."""
@@ -95,7 +95,7 @@ def study_from_run(run_dir: Path, seed: int = 0) -> Study:
     manifest, scored = score_run(run_dir)
     run = Run(run_dir.resolve().name, run_dir, manifest)
     arms = {m: Arm(m, run.name, m, meta) for m, meta in manifest.get("models", {}).items()}
-    pairs = [Pair(n, p["baseline"], p["candidate"]) for n, p in manifest.get("pairs", {}).items()]
+    pairs = [ArmPair(n, p["baseline"], p["candidate"]) for n, p in manifest.get("pairs", {}).items()]
     study = _assemble("edgeeval report", [run], arms, pairs, manifest.get("tasks", {}), scored, seed, [])
     return _one_family(study)
 
@@ -144,12 +144,12 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
     return [str(p) for p in resolved]
 
 
-def _cross_run_pairs(runs: list[Run]) -> list[Pair]:
+def _cross_run_pairs(runs: list[Run]) -> list[ArmPair]:
     first, pairs = runs[0], []
     for run in runs[1:]:
         for model in _model_order(first.manifest):
             if model in run.manifest.get("models", {}):
-                pairs.append(Pair(f"{model}: {first.name} vs {run.name}", f"{first.name}:{model}", f"{run.name}:{model}"))
+                pairs.append(ArmPair(f"{model}: {first.name} vs {run.name}", f"{first.name}:{model}", f"{run.name}:{model}"))
     return pairs
 
 
@@ -159,8 +159,8 @@ def _model_order(manifest: dict) -> list[str]:
     return list(dict.fromkeys(paired + list(manifest.get("models", {}))))
 
 
-def _within_run_pairs(runs: list[Run]) -> list[Pair]:
-    return [Pair(f"{run.name}:{name}", f"{run.name}:{p['baseline']}", f"{run.name}:{p['candidate']}")
+def _within_run_pairs(runs: list[Run]) -> list[ArmPair]:
+    return [ArmPair(f"{run.name}:{name}", f"{run.name}:{p['baseline']}", f"{run.name}:{p['candidate']}")
             for run in runs for name, p in run.manifest.get("pairs", {}).items()]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from edgeeval.report.findings import lower_is_better
-from edgeeval.report.study import Pair, Run, Study
+from edgeeval.report.study import ArmPair, Run, Study
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -150,7 +150,7 @@ def task_scoring(meta: dict) -> str:
     return f"loglik: full text, {loglik.get('normalization', 'mean')}"
 
 
-def side_names(study: Study, pair: Pair) -> tuple[str, str]:
+def side_names(study: Study, pair: ArmPair) -> tuple[str, str]:
     """What to call the two sides: their families ('general', 'biomedical') when those tell them
     apart, else the arm labels."""
     base, cand = study.family(pair.baseline), study.family(pair.candidate)
@@ -165,7 +165,7 @@ def arm_with_family(study: Study, arm: str) -> str:
     return f"{arm} ({family})" if family else arm
 
 
-def pair_rows(study: Study, pair: Pair) -> pl.DataFrame:
+def pair_rows(study: Study, pair: ArmPair) -> pl.DataFrame:
     return study.comparison.filter(pl.col("pair") == pair.name)
 
 

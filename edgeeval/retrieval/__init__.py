@@ -1,61 +1,7 @@
 """Retrieval augmentation: a model entry that reads passages from a local corpus in every prompt.
 
-corpus.py reads a corpus into passages, index.py builds and caches its BM25 index, embedding.py its embedding
-index (a GGUF model in a worker process), leakage.py finds test items that are in the corpus, augment.py puts passages into prompts
-and describes them for the records. Retrieval runs while prompts are planned, so the passages are part of
-each prompt and of its hash."""
-
-from __future__ import annotations
-
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-from edgeeval.config.locations import BUILTIN_ROOT
-from edgeeval.config.model_files import checked_model_file
-from edgeeval.config.models import Project, RetrievalSpec
-from edgeeval.engine import EngineSettings
-from edgeeval.errors import ConfigError
-from edgeeval.prompting.prompts import TaskPrompt
-from edgeeval.retrieval.augment import Retrieval
-
-if TYPE_CHECKING:
-    from edgeeval.retrieval.embedding import EmbeddingIndex
-    from edgeeval.retrieval.index import Bm25Index
-
-__all__ = ["Retrieval", "prepare_retrieval", "corpus_path"]
-
-
-def corpus_path(project: Project, spec: RetrievalSpec) -> Path:
-    """The corpus as models.toml names it: absolute, '~/...', or relative to the folder of models.toml."""
-    path = Path(spec.corpus).expanduser()
-    return path if path.is_absolute() else project.root / path
-
-
-def prepare_retrieval(project: Project, model: str, spec: RetrievalSpec, n_ctx: int,
-                      engine: EngineSettings | None = None, progress: bool = True) -> Retrieval:
-    """The model's retrieval, its index opened (or built once and cached); errors say what and where."""
-    if spec.passage_tokens >= n_ctx:
-        raise ConfigError(f"{project.config_path}: model '{model}' retrieval.passage_tokens ({spec.passage_tokens}) "
-                          f"is not smaller than its context window ({n_ctx} tokens)")
-    corpus = corpus_path(project, spec)
-    # The template resolves like a chat template: the config's folder first, then the built-in prompts.
-    local = (project.root / spec.template).exists()
-    template = TaskPrompt(Path(spec.template), root=project.root if local else BUILTIN_ROOT)
-    index: Bm25Index | EmbeddingIndex
-    if spec.retriever == "embedding":
-        from edgeeval.retrieval.embedding import open_embedding
-
-        path, sha = embedding_model(project, spec)
-        index = open_embedding(corpus, spec.chunk_words, spec.chunk_overlap, path, sha, engine, progress=progress)
-    else:
-        from edgeeval.retrieval.index import open_bm25
-
-        index = open_bm25(corpus, spec.chunk_words, spec.chunk_overlap, progress=progress)
-    return Retrieval(spec, corpus, index, template)
-
-
-def embedding_model(project: Project, spec: RetrievalSpec) -> tuple[Path, str]:
-    """The embedding model's GGUF (its models.toml entry), read and checked like any model's, and its sha256."""
-    assert spec.embedding_model is not None  # RetrievalSpec requires it for retriever 'embedding'
-    path, _, sha = checked_model_file(project, spec.embedding_model)
-    return path, sha
+arm.py makes a model entry's retrieval ready; corpus.py reads a corpus into passages, index.py builds its BM25
+index and embedding.py its embedding index (a GGUF model in a worker process), both kept in cache.py's
+owner-only cache; leakage.py finds test items that are in the corpus, augment.py puts passages into prompts
+and describes them for the records, audit.py reads that back for the report. Retrieval runs while prompts
+are planned, so the passages are part of each prompt and of its hash."""

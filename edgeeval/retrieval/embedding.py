@@ -9,7 +9,6 @@ is about 200-250 tokens). Any GGUF llama.cpp can load will embed this way; a mod
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
@@ -17,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeeval.engine import EngineError, EngineSettings
-from edgeeval.errors import DataError, EdgeevalError
+from edgeeval.errors import EdgeevalError
+from edgeeval.retrieval.cache import cache_root, index_key, load_cached, read_passages, save_index
 from edgeeval.retrieval.corpus import Passage, corpus_sha256, load_passages
-from edgeeval.retrieval.index import Hit, _save, cache_root, index_key, index_text, read_passages
+from edgeeval.retrieval.index import Hit, index_text
 
 EMBED_TOKENS = 512
 """The embedding context: the most tokens of one passage or query that are read."""
@@ -107,22 +107,22 @@ def open_embedding(corpus: Path, chunk_words: int, chunk_overlap: int, model_pat
     described = index_settings(chunk_words, chunk_overlap, model_sha256, settings.backend)
     key = index_key(corpus_sha, described)
     where = (cache or cache_root()) / key
-    if (where / "meta.json").is_file():
-        try:
-            vectors = np.load(where / "vectors.npy", allow_pickle=False)
-            passages = read_passages(where)
-            if vectors.ndim != 2 or vectors.shape[0] != len(passages):
-                raise ValueError("vectors and passages disagree")
-            return EmbeddingIndex(model_path, settings, vectors, passages, key, corpus_sha, built=False)
-        except (OSError, ValueError, DataError) as exc:  # a damaged cache entry is rebuilt, not trusted
-            shutil.rmtree(where, ignore_errors=True)
-            if progress:
-                print(f"edgeeval: rebuilding the damaged index cache {where} ({type(exc).__name__})")
+
+    def load(folder: Path) -> EmbeddingIndex:
+        vectors = np.load(folder / "vectors.npy", allow_pickle=False)
+        passages = read_passages(folder)
+        if vectors.ndim != 2 or vectors.shape[0] != len(passages):
+            raise ValueError("vectors and passages disagree")
+        return EmbeddingIndex(model_path, settings, vectors, passages, key, corpus_sha, built=False)
+
+    found = load_cached(where, load, progress)
+    if found is not None:
+        return found
     passages = load_passages(corpus, chunk_words, chunk_overlap)
     engine_ = start_embedder(model_path, settings)
     try:
         vectors = _embed_all(engine_, passages, model_path, progress)
-        _save(where, lambda tmp: np.save(tmp / "vectors.npy", vectors, allow_pickle=False), passages,
+        save_index(where, lambda tmp: np.save(tmp / "vectors.npy", vectors, allow_pickle=False), passages,
               {"corpus": str(corpus), "corpus_sha256": corpus_sha, "model": str(model_path), **described})
     except BaseException:
         engine_.close()

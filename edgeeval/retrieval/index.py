@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from edgeeval.config.sha256_cache import cache_dir
-from edgeeval.errors import DataError, EdgeevalError
-from edgeeval.files import DIR_MODE, FILE_MODE, make_private_dir
+from edgeeval.retrieval.cache import cache_root, index_key, load_cached, read_passages, save_index
 from edgeeval.retrieval.corpus import Passage, corpus_sha256, load_passages
 
-CACHE_ENV = "EDGEEVAL_CACHE_DIR"
-INDEX_VERSION = 1
-"""Bumped when the cached layout or the way passages are indexed changes: old caches are then rebuilt."""
 BM25 = {"method": "lucene", "k1": 1.5, "b": 0.75, "stopwords": "en", "stemmer": None}
 """Fixed BM25 settings (no stemmer: results must not depend on whether PyStemmer is installed)."""
 
@@ -30,11 +18,6 @@ class Hit:
     score: float
     rank: int
     """1 for the best passage."""
-
-
-def cache_root() -> Path:
-    """Indexes live beside the other caches of edgeeval ($EDGEEVAL_CACHE_DIR, $XDG_CACHE_HOME/edgeeval, ~/.cache)."""
-    return cache_dir() / "retrieval"
 
 
 def index_text(passage: Passage) -> str:
@@ -70,11 +53,6 @@ class Bm25Index:
         return [Hit(self.passages[i], s, rank) for rank, (i, s) in enumerate(hits, start=1)]
 
 
-def index_key(corpus_sha: str, settings: dict) -> str:
-    payload = json.dumps({"corpus_sha256": corpus_sha, "version": INDEX_VERSION, **settings}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
 def bm25_settings(chunk_words: int, chunk_overlap: int) -> dict:
     import bm25s
 
@@ -91,19 +69,19 @@ def open_bm25(corpus: Path, chunk_words: int, chunk_overlap: int, progress: bool
     corpus_sha = corpus_sha256(corpus)
     key = index_key(corpus_sha, bm25_settings(chunk_words, chunk_overlap))
     where = (cache or cache_root()) / key
-    if (where / "meta.json").is_file():
-        try:
-            return Bm25Index(bm25s.BM25.load(str(where / "bm25"), show_progress=False), read_passages(where),
-                             key, corpus_sha, built=False)
-        except (OSError, ValueError, KeyError, DataError) as exc:  # a damaged cache entry is rebuilt, not trusted
-            shutil.rmtree(where, ignore_errors=True)
-            if progress:
-                print(f"edgeeval: rebuilding the damaged index cache {where} ({type(exc).__name__})")
+
+    def load(folder: Path) -> Bm25Index:
+        return Bm25Index(bm25s.BM25.load(str(folder / "bm25"), show_progress=False), read_passages(folder), key,
+                         corpus_sha, built=False)
+
+    found = load_cached(where, load, progress)
+    if found is not None:
+        return found
     passages = load_passages(corpus, chunk_words, chunk_overlap)
     model = bm25s.BM25(method=BM25["method"], k1=BM25["k1"], b=BM25["b"])
     model.index(_tokenize_with_bar(passages, progress), show_progress=False)
-    _save(where, lambda tmp: model.save(str(tmp / "bm25"), show_progress=False), passages,
-          {"corpus": str(corpus), "corpus_sha256": corpus_sha, **bm25_settings(chunk_words, chunk_overlap)})
+    save_index(where, lambda tmp: model.save(str(tmp / "bm25"), show_progress=False), passages,
+               {"corpus": str(corpus), "corpus_sha256": corpus_sha, **bm25_settings(chunk_words, chunk_overlap)})
     return Bm25Index(model, passages, key, corpus_sha, built=True)
 
 
@@ -125,40 +103,3 @@ def _tokenize_with_bar(passages: list[Passage], progress: bool) -> list[list[str
     return tokens
 
 
-def _save(where: Path, write: Callable[[Path], None], passages: list[Passage], meta: dict) -> None:
-    """Write the index (`write(folder)` writes the retriever's own files) into a private temporary folder,
-    then rename it into place (a crash leaves no half index; two processes building the same one both
-    succeed)."""
-    make_private_dir(where.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{where.name}.", dir=where.parent))
-    try:
-        os.chmod(tmp, DIR_MODE)
-        write(tmp)
-        with (tmp / "passages.jsonl").open("w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in passages)
-        (tmp / "meta.json").write_text(json.dumps({**meta, "passages": len(passages)}, indent=2, sort_keys=True))
-        _private_tree(tmp)
-        try:
-            os.rename(tmp, where)
-        except OSError:
-            if not (where / "meta.json").is_file():
-                raise
-    except OSError as exc:
-        raise EdgeevalError(f"cannot write the retrieval index cache {where}: {exc.strerror or exc} "
-                            f"(set {CACHE_ENV} to another folder)") from None
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
-
-
-def _private_tree(root: Path) -> None:
-    for path in [root, *root.rglob("*")]:
-        os.chmod(path, DIR_MODE if path.is_dir() else FILE_MODE)
-
-
-def read_passages(where: Path) -> list[Passage]:
-    try:
-        with (where / "passages.jsonl").open(encoding="utf-8") as handle:
-            return [Passage(**json.loads(line)) for line in handle if line.strip()]
-    except (OSError, ValueError, TypeError) as exc:
-        raise DataError(f"{where}: unreadable cached passages ({type(exc).__name__})") from None

@@ -21,8 +21,8 @@ from edgeeval.errors import ConfigError, DataError, TemplateError
 from edgeeval.prompting.chat import ChatTemplate, load_chat_template, prompt_hash
 from edgeeval.prompting.context import fit_example
 from edgeeval.prompting.prompts import AnswerTemplate, TaskPrompt
-from edgeeval.retrieval import Retrieval, prepare_retrieval
-from edgeeval.retrieval.augment import query_text, user_message
+from edgeeval.retrieval.arm import prepare_retrieval
+from edgeeval.retrieval.augment import Retrieval, query_text, user_message
 from edgeeval.types import Failure
 
 TASKS_DIR = TASKS_SUBDIR
