@@ -2,7 +2,7 @@
 # llama-cpp-python is compiled once and cached as a wheel).
 PY := .venv/bin/python
 
-.PHONY: setup setup-dev demo test test-fast typecheck wheelhouse models-extra
+.PHONY: setup setup-dev demo test test-fast typecheck lint wheelhouse models-extra
 setup:
 	scripts/setup.sh
 
@@ -31,6 +31,11 @@ test-fast: setup-dev
 # mypy over edgeeval/ (strict for engine/ and store.py); the settings are pyproject.toml's [tool.mypy].
 typecheck: setup-dev
 	$(PY) -m mypy
+
+# The layering of the pipeline (import-linter's contracts in pyproject.toml: a stage imports only the stages
+# below it; scoring and the report need no engine or runner; only the engine imports llama.cpp).
+lint: setup-dev
+	.venv/bin/lint-imports
 
 # Everything an air-gapped machine needs, in dist/wheelhouse (see the README).
 wheelhouse:
