@@ -272,10 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "and cgroup quota)")
     running.add_argument("--repack", choices=["auto", "on", "off"], default="auto",
                          help="llama.cpp's weight repacking for this CPU's matrix kernels. auto: off on Intel AMX "
-                              "(where it crashes llama_decode), on elsewhere. It is a trade that depends on the CPU "
-                              "and the quantization: on one AMD EPYC it cost Qwen2.5 1.5B Q4_K_M 31%% of its "
-                              "prompt speed and gained 24%% in generation, and cost a Q4_1 model both (README, "
-                              "Performance); compare with llama-bench --repack 0,1 on your machine")
+                              "(where it crashes llama_decode), on elsewhere. It trades prompt speed against generation speed "
+                              "differently on each CPU and quantization (measured cases: docs/performance.md); "
+                              "compare with llama-bench --repack 0,1 on your machine")
     running.add_argument("--seed", type=int, default=0, help="seed for the bootstrap (decoding is greedy)")
     running.add_argument("--mode", choices=["generate", "loglik"], default="generate",
                          help="generate: answers are generated and parsed (default); loglik: multiple-choice and "
@@ -283,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(results go under TASK@loglik)")
     running.add_argument("--parallel", default="auto", metavar="N",
                          help="generate: decode N prompts together (continuous batching; faster on larger "
-                         "models, answers may differ from one-at-a-time in the last bits, see README); "
+                         "models, answers may differ from one-at-a-time in the last bits, see docs/engine.md); "
                          "'auto' (default) picks N from the model's size, context and threads")
     running.add_argument("--speculative", choices=["auto", "lookup", "none"], default="none",
                          help="generate: draft tokens by prompt lookup and verify them in one decode (greedy "

@@ -1,4 +1,4 @@
-"""edgeeval.chat: chat templates render in a hardened Jinja sandbox; hostile GGUF templates cannot run code,
+"""edgeeval.prompting.chat and its sandbox: chat templates render in a hardened Jinja sandbox; hostile GGUF templates cannot run code,
 hang, or exhaust memory."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""edgeeval.gguf_file: a safe GGUF header reader. Valid files are written with the `gguf` package; hostile and
+"""edgeeval.config.gguf: a safe GGUF header reader. Valid files are written with the `gguf` package; hostile and
 broken ones are built byte by byte."""
 
 from __future__ import annotations

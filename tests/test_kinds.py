@@ -102,10 +102,10 @@ def test_a_metric_name_means_one_direction_in_every_kind(monkeypatch) -> None:
 
 
 def test_scoring_needs_neither_the_runner_nor_the_engine() -> None:
-    # The engine package's own types (finish reasons) are shared; its worker and llama.cpp are not.
-    code = ("import sys, edgeeval.scoring, edgeeval.report; "
-            "bad = [m for m in ('edgeeval.run.runner', 'edgeeval.run.planning', 'edgeeval.engine.worker', "
-            "'edgeeval.engine.llama', 'llama_cpp') "
+    # The values stages share (finish reasons, error kinds) are in edgeeval.types, so not even the engine's package is loaded.
+    code = ("import sys, edgeeval.scoring.records, edgeeval.scoring.metrics, edgeeval.report; "
+            "bad = [m for m in ('edgeeval.run.runner', 'edgeeval.run.planning', 'edgeeval.run.answering', "
+            "'edgeeval.run.cluster', 'edgeeval.engine', 'edgeeval.engine.worker', 'edgeeval.engine.llama', 'llama_cpp') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

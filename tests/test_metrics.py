@@ -1,4 +1,4 @@
-"""Tests for edgeeval.metrics: per-example scores of every task kind, summaries and paired comparisons."""
+"""Tests for edgeeval.scoring.metrics: per-example scores of every task kind, summaries and paired comparisons."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for edgeeval.parsing: realistic model replies, edge cases and properties."""
+"""Tests for the kinds' answer parsers (edgeeval.kinds): realistic model replies, edge cases and properties."""
 
 from __future__ import annotations
 

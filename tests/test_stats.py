@@ -1,4 +1,4 @@
-"""Tests for edgeeval.stats: McNemar against hand values, bootstrap behaviour, Holm."""
+"""Tests for edgeeval.scoring.stats: McNemar against hand values, bootstrap behaviour, Holm."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The real-format loaders (edgeeval.formats, edgeeval.longhealth): the bundled samples, each format's
+"""The real-format loaders (edgeeval.data.formats, edgeeval.data.longhealth): the bundled samples, each format's
 errors (naming the expected format and the offending line or key), and fuzzing that only DataError escapes."""
 
 from __future__ import annotations

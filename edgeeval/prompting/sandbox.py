@@ -303,7 +303,7 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
 class BoundedSandbox(ImmutableSandboxedEnvironment):
     """ImmutableSandboxedEnvironment with bounded work and memory (see the module docstring). Task prompts
-    (edgeeval.prompts) use it with Jinja's own defaults; render with `render_bounded`."""
+    (edgeeval.prompting.prompts) use it with Jinja's own defaults; render with `render_bounded`."""
 
     code_generator_class = _CodeGenerator
     intercepted_binops = frozenset({"+", "-", "*", "/", "//", "%", "**"})
