@@ -10,16 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeeval.engine import machine
-from edgeeval.engine.machine import (
-    available_memory_bytes,
-    cgroup_cpu_limit,
-    cgroup_memory_room,
-    cpu_has_amx,
-    cpu_model,
-    default_threads,
-    physical_cores,
-    usable_cpus,
-)
+from edgeeval.engine.machine import (available_memory_bytes, cgroup_cpu_limit, cgroup_memory_room, cpu_has_amx,
+                                     cpu_model, default_threads, physical_cores, usable_cpus)
 
 GIB = 1024**3
 

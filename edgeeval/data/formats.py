@@ -15,18 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edgeeval.data.example import Example, check_unique_ids
 from edgeeval.data.longhealth import Documents, DocumentSelection, load_longhealth
 from edgeeval.data.multiple_choice import load_multiple_choice
-from edgeeval.data.readers import (
-    TABLE_EXTENSIONS,
-    brief,
-    kind_name,
-    optional_text,
-    read_json,
-    required_text,
-    row_id,
-    show,
-    table_rows,
-    text_cell,
-)
+from edgeeval.data.readers import (TABLE_EXTENSIONS, brief, kind_name, optional_text, read_json, required_text, row_id,
+                                   show, table_rows, text_cell)
 from edgeeval.errors import DataError
 from edgeeval.kinds.icd_coding import normalize_code
 

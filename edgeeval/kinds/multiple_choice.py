@@ -11,16 +11,8 @@ from typing import NamedTuple
 
 import polars as pl
 
-from edgeeval.kinds.base import (
-    ACCURACY,
-    COMMON,
-    CONFUSION,
-    Kind,
-    LoglikScoring,
-    answered,
-    errored_expr,
-    hallucination_rate,
-)
+from edgeeval.kinds.base import (ACCURACY, COMMON, CONFUSION, Kind, LoglikScoring, answered, errored_expr,
+                                 hallucination_rate)
 
 
 def parse(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:

@@ -18,15 +18,8 @@ from jinja2.sandbox import SecurityError
 
 from edgeeval.errors import TemplateError
 from edgeeval.files import read_text
-from edgeeval.prompting.sandbox import (
-    LENIENT_ENV,
-    MAX_RENDER_CHARS,
-    STRICT_ENV,
-    RenderLimitError,
-    TemplateRaised,
-    inside_root,
-    render_bounded,
-)
+from edgeeval.prompting.sandbox import (LENIENT_ENV, MAX_RENDER_CHARS, STRICT_ENV, RenderLimitError, TemplateRaised,
+                                        inside_root, render_bounded)
 
 MAX_TEMPLATE_CHARS = 1_000_000
 """Longest chat template source accepted (real ones are under 50 kB)."""

@@ -12,45 +12,16 @@ from html import escape
 import polars as pl
 
 from edgeeval.report.assets import CSS, SCRIPT
-from edgeeval.report.findings import (
-    favours,
-    headline,
-    is_hallucination_measure,
-    quality_metric,
-    significant_findings,
-    tally_pair,
-    verdict,
-)
+from edgeeval.report.findings import (favours, headline, is_hallucination_measure, quality_metric, significant_findings,
+                                      tally_pair, verdict)
 from edgeeval.report.retrieval import INTRO as RETRIEVAL_INTRO
 from edgeeval.report.retrieval import retrieval_rows, sources_text
 from edgeeval.report.study import ArmPair, Study
-from edgeeval.report.svg import (
-    ARM_COLOURS,
-    FAVOURS_BASELINE,
-    FAVOURS_CANDIDATE,
-    NO_DIFFERENCE,
-    Bar,
-    ForestRow,
-    bar_chart,
-    forest_plot,
-)
-from edgeeval.report.views import (
-    arm_with_family,
-    arms_with_results,
-    confusion_table,
-    disagreements,
-    fmt,
-    fmt_ci,
-    fmt_p,
-    metric_label,
-    model_facts,
-    pair_rows,
-    plain_results,
-    run_facts,
-    side_names,
-    task_scoring,
-    tasks_in,
-)
+from edgeeval.report.svg import (ARM_COLOURS, FAVOURS_BASELINE, FAVOURS_CANDIDATE, NO_DIFFERENCE, Bar, ForestRow,
+                                 bar_chart, forest_plot)
+from edgeeval.report.views import (arm_with_family, arms_with_results, confusion_table, disagreements, fmt, fmt_ci,
+                                   fmt_p, metric_label, model_facts, pair_rows, plain_results, run_facts, side_names,
+                                   task_scoring, tasks_in)
 
 DRILL_LIMIT = 300
 """Disagreements shown per pair and task (discordant ones first); records.parquet has them all."""

@@ -8,23 +8,9 @@ from edgeeval.report.findings import headline, significant_findings, tally_pair,
 from edgeeval.report.retrieval import INTRO as RETRIEVAL_INTRO
 from edgeeval.report.retrieval import retrieval_rows, sources_text
 from edgeeval.report.study import Study
-from edgeeval.report.views import (
-    arm_with_family,
-    arms_with_results,
-    confusion_table,
-    disagreements,
-    discordant_counts,
-    fmt,
-    fmt_ci,
-    fmt_p,
-    model_facts,
-    pair_rows,
-    plain_results,
-    run_facts,
-    side_names,
-    task_scoring,
-    tasks_in,
-)
+from edgeeval.report.views import (arm_with_family, arms_with_results, confusion_table, disagreements,
+                                   discordant_counts, fmt, fmt_ci, fmt_p, model_facts, pair_rows, plain_results,
+                                   run_facts, side_names, task_scoring, tasks_in)
 
 DRILL_LIMIT = 5
 """Disagreements listed per task; report.html lists more, records.parquet all."""

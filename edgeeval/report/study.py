@@ -11,14 +11,8 @@ import polars as pl
 from edgeeval import kinds
 from edgeeval.errors import EdgeevalError
 from edgeeval.run.shard import shard_gaps
-from edgeeval.scoring.metrics import (
-    COMPARISON_SCHEMA,
-    SUMMARY_SCHEMA,
-    compare_pair,
-    holm_per_metric,
-    score_records,
-    summarize,
-)
+from edgeeval.scoring.metrics import (COMPARISON_SCHEMA, SUMMARY_SCHEMA, compare_pair, holm_per_metric, score_records,
+                                      summarize)
 from edgeeval.scoring.records import load_current_records
 
 # Record columns that hold patient or model text; --no-text drops them, and any other string column
