@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", action="append", required=True, help="task name (repeatable)")
     run.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="real data file for a task")
     run.add_argument("--shard", metavar="K/N", help="run only shard K (from 0) of N, into its own record files "
-                     "in --out (a Slurm array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); "
+                     "in --out (a Slurm array: --shard $SLURM_ARRAY_TASK_ID/N with N fixed, as "
+                     "scripts/edgeeval-array.sbatch does, so a shard resubmitted alone keeps its share); "
                      "`edgeeval report` merges the shards")
     run.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                      help="answer on Ray actors: no ADDRESS starts a private local instance (127.0.0.1 only); "

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 AUTH_HINT = ("--ray ADDRESS joins a cluster only with Ray token authentication (anyone who can reach a cluster "
              "without it can run code on it): start every node and this command with RAY_AUTH_MODE=token and "
-             "the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token (Ray >= 2.52; README, 'More than one machine')")
+             "the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token (Ray >= 2.52; docs/scale-out.md)")
 MAX_REPLACEMENTS = 2
 """New actors a worker slot may start after losing one, before it gives up (the others carry on)."""
 READY_TIMEOUT_S = 600.0
