@@ -114,10 +114,17 @@ def _toml(raw: dict) -> str:
     lines, tables = [], []
     for key, value in raw.items():
         (tables if isinstance(value, dict) else lines).append((key, value))
-    text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in lines)
+    text = "".join(f"{k} = {_toml_value(v)}\n" for k, v in lines)
     for name, table in tables:
-        text += f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+        text += f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in table.items())
     return text
+
+
+def _toml_value(value) -> str:
+    """JSON is TOML for strings, numbers, booleans and lists; a table inside a table is written inline."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
 
 
 # --- golden prompts ----------------------------------------------------------------------------------------

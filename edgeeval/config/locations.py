@@ -45,6 +45,8 @@ BUILTIN_ROOT = _builtin_root()
 """The built-in tasks (benchmarks/clinical/), their prompts and samples, the chat templates (prompts/chat/)
 and the study's models.toml: the repository's root in a checkout, edgeeval/builtin/ in an installed wheel."""
 BUILTIN_CONFIG = BUILTIN_ROOT / CONFIG_NAME
+PUBLISHED_DIR = BUILTIN_ROOT / TASKS_SUBDIR / "reference"
+"""The published study's scores (CSV, in percent), which reports set beside a run's own."""
 STARTER_ROOT = PACKAGE_DIR / "starter"
 """What `edgeeval init DIR` copies: a models.toml and one example task, laid out like BUILTIN_ROOT."""
 CONFIG_ENV = "EDGEEVAL_CONFIG"

@@ -9,7 +9,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from edgeeval.config.locations import PUBLISHED_DIR
 from edgeeval.config.reading import Frozen, read_toml, validated
+from edgeeval.data.published import published_models
 from edgeeval.errors import ConfigError
 
 MODELS_DIR_ENV = "EDGEEVAL_MODELS_DIR"
@@ -83,6 +85,9 @@ class ModelSpec(Frozen):
     the general model plus retrieval."""
     retrieval: RetrievalSpec | None = None
     """Passages from a local corpus in every prompt; see RetrievalSpec."""
+    reference: str | None = None
+    """The model's name in the published study's scores (benchmarks/clinical/reference/), e.g.
+    'Meta-Llama-3-8B-Instruct': reports then set the paper's numbers beside this run's."""
 
     @field_validator("chat_template")
     @classmethod
@@ -137,6 +142,7 @@ def load_models_config(path: Path, models_dir: str | None = None, tasks_dirs: tu
         if spec.base is not None and spec.base not in config.models:
             raise ConfigError(f"{path}: model '{name}' has base '{spec.base}', which is not a model in this file")
         _check_retrieval(path, name, spec, config)
+        _check_reference(path, name, spec)
     for name, pair in config.pairs.items():
         for role in ("baseline", "candidate"):
             target = getattr(pair, role)
@@ -171,6 +177,15 @@ def _inherit_base_models(path: Path, raw: dict) -> None:
         if "path" in entry or "package" in entry:  # the entry names its own file: take none of the base's
             inherited = {k: v for k, v in inherited.items() if k not in ("path", "package", "file")}
         models[name] = {**inherited, **entry}
+
+
+def _check_reference(path: Path, name: str, spec: ModelSpec) -> None:
+    if spec.reference is None:
+        return
+    known = published_models(PUBLISHED_DIR)
+    if spec.reference not in known:
+        raise ConfigError(f"{path}: model '{name}' reference '{spec.reference}' is not a model of the published "
+                          f"scores in {PUBLISHED_DIR} (models: {', '.join(known)})")
 
 
 def _check_retrieval(path: Path, name: str, spec: ModelSpec, config: ModelsConfig) -> None:

@@ -72,6 +72,16 @@ class TaskRetrievalSpec(Frozen):
     options or the answer."""
 
 
+class PublishedSpec(Frozen):
+    """Which published task this one is, and which of its metrics are which published ones: a report sets the
+    published values (benchmarks/clinical/reference/) beside this run's for models that name a `reference`."""
+
+    task: str
+    """The task's name in the published scores, e.g. 'MedNLI'."""
+    metrics: dict[str, str]
+    """edgeeval metric = published metric, e.g. {accuracy = "accuracy"}."""
+
+
 class TaskSpec(Frozen):
     """One clinical task: its data, prompt, generation settings and metrics."""
 
@@ -106,6 +116,8 @@ class TaskSpec(Frozen):
     """How the task is scored with `--mode loglik`; a task without it runs in generation mode only."""
     retrieval: TaskRetrievalSpec = TaskRetrievalSpec()
     """For models with retrieval: which fields form the query. Few-shot turns never get passages."""
+    published: PublishedSpec | None = None
+    """Its place in the published study, when it has one."""
     data: DataSpec
 
     @field_validator("kind")
@@ -127,6 +139,9 @@ class TaskSpec(Frozen):
         if not kind.uses_labels and self.labels:
             users = [k.name for k in kinds.KINDS.values() if k.uses_labels]
             raise ValueError(f"'labels' applies to kind {', '.join(repr(u) for u in users)} only")
+        if self.published is not None and (unknown := set(self.published.metrics) - set(kind.metric_names)):
+            raise ValueError(f"published metrics {sorted(unknown)} are not metrics of kind '{self.kind}' "
+                             f"(its metrics: {', '.join(kind.metric_names)})")
         if self.loglik is not None and kind.loglik_options is None:
             able = ", ".join(k.name for k in kinds.KINDS.values() if k.loglik_options is not None)
             raise ValueError(f"'loglik' applies to kinds {able} only (this task is '{self.kind}': "
@@ -148,5 +163,6 @@ def task_hash(spec: TaskSpec, template_text: str, data_sha256: str) -> str:
     """Changes whenever the task definition, its prompt template or its data file changes."""
     # The loglik section shapes loglik runs only (their hash adds the mode); generation records stay valid.
     # The retrieval query shapes only retrieval prompts, whose prompt hashes cover the passages it finds.
-    payload = spec.model_dump_json(exclude={"loglik", "retrieval"}) + "\0" + template_text + "\0" + data_sha256
+    # Where the task stands in the published study is for reports only.
+    payload = spec.model_dump_json(exclude={"loglik", "retrieval", "published"}) + "\0" + template_text + "\0" + data_sha256
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

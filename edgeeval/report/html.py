@@ -14,6 +14,8 @@ import polars as pl
 from edgeeval.report.assets import CSS, SCRIPT
 from edgeeval.report.findings import (favours, headline, is_hallucination_measure, quality_metric, significant_findings,
                                       tally_pair, verdict)
+from edgeeval.report.published import INTRO as PUBLISHED_INTRO
+from edgeeval.report.published import direction_rows, direction_text, inside_text, no_rows_note, published_rows
 from edgeeval.report.retrieval import INTRO as RETRIEVAL_INTRO
 from edgeeval.report.retrieval import retrieval_rows, sources_text
 from edgeeval.report.study import ArmPair, Study
@@ -33,7 +35,8 @@ PROMPT_CHARS = 6000
 
 def render_html(study: Study) -> str:
     sections = [_findings(study), _forest_plots(study), _headline_tables(study), _model_bars(study),
-                _task_sections(study), _retrieval(study), _drill_down(study), _run_summary(study), _reading_notes()]
+                _task_sections(study), _published(study), _retrieval(study), _drill_down(study), _run_summary(study),
+                _reading_notes()]
     return _page(study, "\n".join(sections))
 
 
@@ -44,7 +47,8 @@ def _page(study: Study, body: str) -> str:
               "img-src 'none'; base-uri 'none'; form-action 'none'")
     nav = "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label in (
         ("findings", "Findings"), ("forest", "Forest plot"), ("comparison", "Paired comparison"),
-        ("models", "Per model"), ("tasks", "Per task"), *((("retrieval", "Retrieval"),) if retrieval_rows(study) else ()),
+        ("models", "Per model"), ("tasks", "Per task"), ("published", "Published"),
+        *((("retrieval", "Retrieval"),) if retrieval_rows(study) else ()),
         ("disagreements", "Disagreements"), ("run", "Run"),
         ("method", "Method")))
     return (
@@ -348,6 +352,25 @@ def _task_pairs(study: Study, task: str) -> str:
         return ""
     return _table([("pair", False), ("metric", False), ("delta [95% CI]", True), ("p", True), ("p (Holm)", True),
                    ("test", False), ("b / c", True), ("verdict", False)], rows)
+
+
+def _published(study: Study) -> str:
+    rows, directions = published_rows(study), direction_rows(study)
+    if not rows:
+        return _section("published", "Against the published study",
+                        f"<p>{escape(PUBLISHED_INTRO)}</p><p>{escape(no_rows_note(study))}</p>")
+    table = _table([("task", False), ("metric", False), ("model", False), ("published as", False), ("published", True),
+                    ("this run [95% CI]", True), ("published inside CI", False)],
+                   [[_td(r.task), _td(r.metric), _td(r.arm), _td(r.reference), _num(r.published, fmt(r.published)),
+                     _num(r.value, fmt_ci(r.value, r.ci_low, r.ci_high)), _td(inside_text(r))] for r in rows])
+    if directions:
+        table += "<p>Each pair's difference (candidate − baseline), published and here:</p>" + _table(
+            [("pair", False), ("task", False), ("metric", False), ("published delta", True),
+             ("delta here [95% CI]", True), ("p (Holm)", True), ("direction", False)],
+            [[_td(r.pair), _td(r.task), _td(r.metric), _num(r.published_delta, fmt(r.published_delta)),
+              _num(r.delta, fmt_ci(r.delta, r.ci_low, r.ci_high)), _num(r.p_holm, fmt_p(r.p_holm)),
+              _td(direction_text(r))] for r in directions])
+    return _section("published", "Against the published study", f"<p>{escape(PUBLISHED_INTRO)}</p>{table}")
 
 
 def _retrieval(study: Study) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import polars as pl
 
 from edgeeval.report.findings import headline, significant_findings, tally_pair, verdict
+from edgeeval.report.published import INTRO as PUBLISHED_INTRO
+from edgeeval.report.published import direction_rows, direction_text, inside_text, no_rows_note, published_rows
 from edgeeval.report.retrieval import INTRO as RETRIEVAL_INTRO
 from edgeeval.report.retrieval import retrieval_rows, sources_text
 from edgeeval.report.study import Study
@@ -37,9 +39,25 @@ def render_markdown(study: Study) -> str:
         lines += _pair_summary(study, pair)
     if not study.pairs:
         lines += ["", "## Paired comparison", "", "No pair has records for both models yet."]
-    lines += _per_task(study) + _retrieval(study) + _disagreements(study)
+    lines += _per_task(study) + _published(study) + _retrieval(study) + _disagreements(study)
     lines += ["", "## How to read this report", "", READING_NOTE, ""]
     return "\n".join(lines)
+
+
+def _published(study: Study) -> list[str]:
+    rows, directions = published_rows(study), direction_rows(study)
+    lines = ["", "## Against the published study", "", PUBLISHED_INTRO, ""]
+    if not rows:
+        return lines + [no_rows_note(study)]
+    lines += _table(["task", "metric", "model", "published as", "published", "this run [95% CI]", "published inside CI"],
+                    [[r.task, r.metric, r.arm, r.reference, fmt(r.published), fmt_ci(r.value, r.ci_low, r.ci_high),
+                      inside_text(r)] for r in rows])
+    if directions:
+        lines += ["", "Each pair's difference (candidate − baseline), published and here:", ""] + _table(
+            ["pair", "task", "metric", "published delta", "delta here [95% CI]", "p (Holm)", "direction"],
+            [[r.pair, r.task, r.metric, fmt(r.published_delta), fmt_ci(r.delta, r.ci_low, r.ci_high), fmt_p(r.p_holm),
+              direction_text(r)] for r in directions])
+    return lines
 
 
 def _retrieval(study: Study) -> list[str]:

@@ -71,7 +71,7 @@ def model_manifest(model: PreparedModel, project: Project, folded: bool) -> Mode
         family=spec.family, base=spec.base, source=spec.source,
         chat_template=model.chat.source,
         chat_template_sha256=hashlib.sha256(model.chat.text.encode()).hexdigest(),
-        system_folded_into_user=folded,
+        system_folded_into_user=folded, reference=spec.reference,
         **({"base_model": spec.base_model} if spec.base_model else {}),
         **({"retrieval": model.retrieval.manifest()} if model.retrieval is not None else {}),
     )
@@ -95,6 +95,7 @@ def task_manifest(task: PreparedTask) -> TaskEntry:
         context=spec.context.model_dump(), mode=cast(Mode, task.mode), name=spec.name,
         loglik=spec.loglik.model_dump() if task.mode == "loglik" and spec.loglik is not None else None,
         icd_table=kind.code_table,
+        published=spec.published.model_dump() if spec.published is not None else None,
         **kind.version,
     )
 

@@ -117,6 +117,8 @@ class ModelEntry(_Entry):
     chat_template: str | None = None
     chat_template_sha256: str | None = None
     system_folded_into_user: bool | None = None
+    reference: str | None = None
+    """The model's name in the published study's scores (models.toml `reference`)."""
 
 
 class TaskEntry(_Entry):
@@ -142,6 +144,8 @@ class TaskEntry(_Entry):
     context: dict[str, Any] | None = None
     loglik: dict[str, Any] | None = None
     icd_table: str | None = None
+    published: dict[str, Any] | None = None
+    """The task's place in the published study: {task, metrics: {edgeeval metric: published metric}}."""
     parser_version: str | None = None
     """The kind's parser version when the answers were recorded (edgeeval.kinds); None before it was kept."""
     scorer_version: str | None = None
