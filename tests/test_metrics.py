@@ -243,6 +243,25 @@ def test_problem_f1_matches_normalised_problems_exactly() -> None:
     assert problem_f1("Sepsis", "") == 0.0
 
 
+def test_icd_counts_keep_repeated_codes_and_average_the_valid_share_as_clue_does() -> None:
+    """CLUE's compute_icd_f1 on lists: P counts each generated code found in gold, R each gold code found in the
+    generated ones; the valid share is per example, 0 for a reply without codes."""
+    counts = icd_counts("E119;E119;I10", "E119;E119;E119;Z9999")
+    assert counts["code_precision"] == 0.75 and counts["code_recall"] == pytest.approx(2 / 3)
+    assert counts["code_f1"] == pytest.approx(2 * 0.75 * (2 / 3) / (0.75 + 2 / 3))
+    assert counts["valid_code_share"] == 0.75
+    assert (counts["code_tp"], counts["code_pred"], counts["code_gold"]) == (1, 2, 2)  # pooled: distinct codes
+    assert icd_counts("I10", None)["valid_code_share"] == 0.0
+
+
+def test_clue_reads_every_code_it_finds_and_the_lenient_parser_each_once() -> None:
+    from edgeeval.kinds import icd_coding
+
+    reply = "E11.9, E11.9 and I10; also C4A.0"
+    assert icd_coding.parse_clue(reply, {}, [], "") == "E119;E119;I10"  # CLUE's pattern has no letter in 3rd place
+    assert icd_coding.parse(reply, {}, [], "") == "E119;I10;C4A0"
+
+
 def test_icd_counts_on_a_constructed_case() -> None:
     # Generated: I5023 (right), E1121 (wrong code, right category), N1830 and Z9999 (not in the table).
     counts = icd_counts("I5023;E1122;N183", "I5023;E1121;N1830;Z9999")

@@ -290,3 +290,54 @@ def test_parse_problem_list_splits_semicolons_lines_and_list_markers() -> None:
 
 def test_normalize_problem_ignores_case_punctuation_and_spacing() -> None:
     assert normalize_problem("  Acute-on-chronic  heart failure (HFrEF). ") == "acute on chronic heart failure hfref"
+
+
+# --- CLUE's rules (answer_rule = "clue") beside the lenient parser ------------------------------------------
+
+def test_longhealth_clue_rule_is_the_first_exact_statement_only() -> None:
+    from edgeeval.kinds import multiple_choice
+
+    options = {letter: f"option {letter}" for letter in "ABCDE"}
+    lower = "the correct answer is B: option B."
+    assert multiple_choice.parse_clue(lower, options, [], "B") is None  # case-sensitive, as CLUE's re.findall
+    assert multiple_choice.parse(lower, options, [], "B") == "B"
+    assert multiple_choice.parse_clue("The correct answer is B. option B", options, [], "B") is None  # no colon
+    first = "The correct answer is C: option C. On reflection, The correct answer is B: option B."
+    assert multiple_choice.parse_clue(first, options, [], "B") == "C"
+
+
+def test_longhealth_task3_clue_rule_counts_only_the_unanswerable_letter() -> None:
+    from edgeeval.kinds import abstention
+
+    options = {**{letter: f"option {letter}" for letter in "ABCDE"}, "F": "Question cannot be answered"}
+    assert abstention.KIND.clue_parse("The correct answer is F: Question cannot be answered.", options, [], "F") == "F"
+    said = "The documents do not mention it, so it cannot be answered."
+    assert abstention.KIND.clue_parse(said, options, [], "F") is None
+    assert abstention.parse(said, options, [], "F") == "F"  # the lenient reading counts saying so
+
+
+def test_mednli_clue_rule_is_gold_exactly_once() -> None:
+    from edgeeval.kinds import label
+
+    labels = ["entailment", "contradiction", "neutral"]
+    both = "entailment, not contradiction"
+    assert label.parse_clue(both, {}, labels, "entailment") == "entailment"  # right for CLUE
+    assert label.parse(both, {}, labels, "entailment") is None  # two labels: invalid for the lenient parser
+    twice = "neutral. The sentences are neutral."
+    assert label.parse_clue(twice, {}, labels, "neutral") is None  # gold twice: not an answer for CLUE
+    assert label.parse(twice, {}, labels, "neutral") == "neutral"
+    assert label.parse_clue("CONTRADICTION", {}, labels, "entailment") == "contradiction"  # a wrong answer
+    assert label.parse_clue("Entailment.", {}, labels, "entailment") == "entailment"  # upper-cased, as CLUE compares
+
+
+def test_scoring_reads_with_the_tasks_rule_and_keeps_the_lenient_reading() -> None:
+    from edgeeval.scoring.records import parse_answer
+
+    record = {"output": "the correct answer is B: option B.", "gold": "B", "error": None,
+              "options": {letter: f"option {letter}" for letter in "ABCDE"}}
+    assert parse_answer(record, "multiple_choice", [], "clue") is None
+    assert parse_answer(record, "multiple_choice", [], "lenient") == "B"
+    cued = {**record, "output": "B: option B."}  # the reply after a cue the task sent
+    assert parse_answer(cued, "multiple_choice", [], "clue", prefix="The correct answer is ") == "B"
+    summary = {"output": "Is it safe?", "gold": "x", "error": None}
+    assert parse_answer(summary, "summary", [], "lenient", prefix="Question: ") == "Is it safe?"

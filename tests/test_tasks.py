@@ -19,7 +19,7 @@ from edgeeval.config.tasks import ContextSpec, load_task
 from edgeeval.data.example import Example
 from edgeeval.errors import ConfigError
 from edgeeval.prompting.context import fit_example
-from edgeeval.run.planning import TASKS_DIR, prepare_task, task_messages
+from edgeeval.run.planning import TASKS_DIR, plan_units, prepare_model, prepare_task, task_messages
 from edgeeval.run.store import read_records
 from edgeeval.types import ErrorKind
 
@@ -260,9 +260,9 @@ def test_truncation_drops_documents_and_is_recorded(tmp_path: Path) -> None:
         note = record.truncation
         assert (note["rule"], note["field"]) == ("drop_documents", "documents")
         assert note["documents_dropped"] >= 1
-        assert note["estimated_tokens_after"] <= note["budget_tokens"] == 1024 - 64
+        assert note["estimated_tokens_after"] <= note["budget_tokens"] == 1024 - 50  # the task's max_tokens, 50 as in CLUE
         assert note["estimated_tokens_before"] > note["budget_tokens"]
-        assert len(record.prompt) <= 3.0 * (1024 - 64)
+        assert len(record.prompt) <= 3.0 * (1024 - 50)
 
 
 def test_prompt_that_cannot_fit_is_an_error_record_not_a_generation(tmp_path: Path) -> None:
@@ -313,3 +313,27 @@ def test_drop_documents_keeps_the_best_ranked_and_cuts_its_tail_last() -> None:
     assert kept["rank"] == 0 and kept["text"].startswith("a" * 50) and "characters left out" in kept["text"]
     assert one.truncation["documents_dropped"] == 2 and one.truncation["chars_dropped"] > 0
     assert fit_example(_example(docs=docs), policy, 10, render).failure.message.startswith("prompt_too_long")
+
+
+def test_a_medisumqa_answer_from_the_discharge_instructions_is_not_in_the_prompt() -> None:
+    """CLUE shows the letter without its discharge instructions, from which the answers were written."""
+    task = prepare_task(repo_project(), "medisumqa", None, None)
+    example = next(e for e in task.examples if e.gold.startswith("Weigh yourself every morning"))
+    rows = [json.loads(line) for line in (ROOT / task.spec.data.path).read_text().splitlines()]
+    assert "Weigh yourself every morning" in next(r for r in rows if r["Answer"] == example.gold)["with_discharge_summary"]
+    conversation = "\n".join(m["content"] for m in task_messages(task, example))
+    assert "Weigh yourself every morning" not in conversation and "Discharge Instructions" not in conversation
+
+
+@pytest.mark.parametrize("name, cue", [("meqsum", "Question: "), ("medisumqa", "Answer: "),
+                                       ("medisumcode", "ICD-10 Codes: "),
+                                       ("problem_summary", "Diagnoses/Patient problems: ")])
+def test_a_tasks_reply_cue_starts_the_assistant_turn(project_dir: Path, name: str, cue: str) -> None:
+    """As CLUE sends it: the prompt ends with the chat template's assistant turn and then the cue."""
+    project = load_models_config(project_dir / "models.toml", models_dir=str(project_dir.parent / "models"))
+    task = prepare_task(project, name, None, 2)
+    units, _ = plan_units(prepare_model(project, "general-small"), task)
+    assert units and all(u.prompt.endswith("<|im_start|>assistant\n" + cue) for u in units)
+    loglik_free = prepare_task(project, "mednli", None, 2)
+    assert all(u.prompt.endswith("<|im_start|>assistant\n") for u in plan_units(prepare_model(project, "general-small"),
+                                                                               loglik_free)[0])

@@ -232,16 +232,45 @@ def test_problem_summary_empty_summary_is_an_error(tmp_path: Path) -> None:
 
 
 def test_medisumqa_repeated_question_is_an_error(tmp_path: Path) -> None:
-    row = {"note_id": "n1", "with_discharge_summary": "text", "Question": "Why?", "Answer": "Because."}
+    row = {"note_id": "n1", "without_discharge_summary": "text", "Question": "Why?", "Answer": "Because."}
     path = write_jsonl(tmp_path / "qa.jsonl", [row, row])
     assert f"{path}:2: duplicated question for note 'n1' (first at {path}:1)" in load_error("medisumqa", path)
 
 
-def test_medisumqa_accepts_a_json_list_with_discharge_summary(tmp_path: Path) -> None:
+def test_medisumqa_accepts_a_json_list(tmp_path: Path) -> None:
     path = tmp_path / "MeDiSumQA.json"
-    path.write_text(json.dumps([{"note_id": "n1", "discharge_summary": "text", "Question": "Why?", "Answer": "So."}]))
+    path.write_text(json.dumps([{"note_id": "n1", "without_discharge_summary": "text", "Question": "Why?",
+                                 "Answer": "So."}]))
     (example,) = load("medisumqa", path)
     assert (example.id, example.fields["discharge_summary"]) == ("n1-1", "text")
+
+
+LETTER = "Hospital Course: Diuresed with furosemide.\nDischarge Instructions: Weigh yourself every morning."
+INSTRUCTIONS_ROW = {"note_id": "n1", "with_discharge_summary": LETTER,
+                    "without_discharge_summary": LETTER.split("\nDischarge Instructions")[0],
+                    "Question": "What should I do every morning?", "Answer": "Weigh yourself every morning."}
+
+
+def test_medisumqa_reads_the_letter_without_its_discharge_instructions(tmp_path: Path) -> None:
+    """As CLUE does: the answers were written from the instructions, so they must not be in the prompt."""
+    (example,) = load("medisumqa", write_jsonl(tmp_path / "qa.jsonl", [INSTRUCTIONS_ROW]))
+    assert example.fields["discharge_summary"] == "Hospital Course: Diuresed with furosemide."
+    assert "Weigh yourself" not in example.fields["discharge_summary"]
+
+
+def test_medisumqa_without_the_clue_letter_is_refused_in_one_line(tmp_path: Path) -> None:
+    row = {k: v for k, v in INSTRUCTIONS_ROW.items() if k != "without_discharge_summary"}
+    path = write_jsonl(tmp_path / "qa.jsonl", [row])
+    message = load_error("medisumqa", path)
+    assert message.startswith(f"{path}:1: no field 'without_discharge_summary'") and "letter_field" in message
+    assert "\n" not in message
+
+
+def test_medisumqa_reads_another_letter_field_when_the_task_names_it(tmp_path: Path) -> None:
+    row = {k: v for k, v in INSTRUCTIONS_ROW.items() if k != "without_discharge_summary"}
+    data = spec("medisumqa").data.model_copy(update={"letter_field": "with_discharge_summary"})
+    (example,) = load_examples(write_jsonl(tmp_path / "qa.jsonl", [row]), data)
+    assert example.fields["discharge_summary"] == LETTER
 
 
 @pytest.mark.parametrize(
@@ -254,11 +283,11 @@ def test_medisumcode_bad_codes(tmp_path: Path, codes: Any, message: str) -> None
     assert message in load_error("medisumcode", path)
 
 
-def test_medisumcode_normalises_and_dedupes(tmp_path: Path) -> None:
+def test_medisumcode_normalises_and_keeps_a_repeated_code_as_clue_does(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "c.jsonl", [{"hadm_id": 7, "text": "t",
                                                "icd_codes": ["e11.9", {"code": "E119"}, {"code": "I10", "description": "HTN"}]}])
     (example,) = load("medisumcode", path)
-    assert (example.id, example.gold, example.fields["descriptions"]) == ("7", "E119;I10", ["", "HTN"])
+    assert (example.id, example.gold, example.fields["descriptions"]) == ("7", "E119;E119;I10", ["", "", "HTN"])
 
 
 def pqal(**changes: Any) -> dict[str, Any]:
@@ -332,7 +361,7 @@ JSON_VALUES = st.recursive(
     max_leaves=10,
 )
 KEYS = ["question", "opa", "opb", "opc", "opd", "cop", "id", "sentence1", "sentence2", "gold_label", "pairID",
-        "CHQ", "Summary", "File", "Assessment", "Subjectives", "note_id", "with_discharge_summary", "Question",
+        "CHQ", "Summary", "File", "Assessment", "Subjectives", "note_id", "with_discharge_summary", "without_discharge_summary", "Question",
         "Answer", "hadm_id", "text", "icd_codes", "QUESTION", "CONTEXTS", "final_decision", "texts", "questions"]
 RECORDS = st.dictionaries(st.sampled_from(KEYS), JSON_VALUES, max_size=8)
 FILE_TASKS = [("medmcqa", ".json"), ("pubmedqa", ".json"), ("mednli", ".jsonl"), ("meqsum", ".csv"),

@@ -101,6 +101,13 @@ class TaskSpec(Frozen):
     """System text placed before the user message (folded into the user turn for templates without a system role)."""
     max_tokens: int = Field(default=256, ge=1, le=32768)
     """Maximum new tokens per answer."""
+    reply_prefix: str = ""
+    """Text that starts the assistant's reply, sent after the prompt (CLUE's cues, e.g. 'Question: '): the model
+    continues it, and a kind whose parser reads cues (an option letter may follow one) sees it before the
+    generated text. Loglik mode ignores it (its [loglik] answer_prefix plays that part)."""
+    answer_rule: Literal["lenient", "clue"] = "lenient"
+    """How `accuracy` reads a reply: 'lenient' (edgeeval's parser: many phrasings, option texts) or 'clue' (the
+    study's own rule for this task, CLUE at ff75877; the lenient reading is then reported as accuracy_lenient)."""
     stop: list[str] = []
     """Stop strings ending an answer (the model's end-of-turn token always stops)."""
     metrics: list[str] = ["accuracy", "invalid_rate"]
@@ -139,6 +146,8 @@ class TaskSpec(Frozen):
         if not kind.uses_labels and self.labels:
             users = [k.name for k in kinds.KINDS.values() if k.uses_labels]
             raise ValueError(f"'labels' applies to kind {', '.join(repr(u) for u in users)} only")
+        if self.answer_rule == "clue" and kind.clue_parse is None:
+            raise ValueError(f"answer_rule 'clue' needs a kind with CLUE's rule (kind '{self.kind}' has none)")
         if self.published is not None and (unknown := set(self.published.metrics) - set(kind.metric_names)):
             raise ValueError(f"published metrics {sorted(unknown)} are not metrics of kind '{self.kind}' "
                              f"(its metrics: {', '.join(kind.metric_names)})")

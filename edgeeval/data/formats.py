@@ -29,7 +29,11 @@ PROBLEM_SUMMARY = (
     "BioNLP 2023 task 1A CSV: columns File ID, Subjective Sections (or Subjectives), "
     "Objective Sections (or Objectives), Assessment, Summary"
 )
-MEDISUMQA = "MeDiSumQA JSON lines: {note_id, with_discharge_summary, Question, Answer} per line"
+MEDISUMQA = ("MeDiSumQA JSON lines: {note_id, with_discharge_summary, without_discharge_summary, Question, Answer} "
+             "per line")
+CLUE_LETTER = "without_discharge_summary"
+"""The letter CLUE shows: without its discharge-instructions paragraphs, from which the questions' answers were
+written (CLUE's data/MeDiSumQA/utils.py, find_instructions), so the answers are not in the prompt."""
 MEDISUMCODE = "MeDiSumCode JSON lines: {hadm_id, text, icd_codes: [{code, description}, ...]} per line"
 
 _CODE_SHAPE = re.compile(r"[A-Z][0-9][0-9A-Z][0-9A-Z]{0,4}")
@@ -57,6 +61,10 @@ class DataSpec(BaseModel):
     """longhealth: how many other patients' documents to add, chosen deterministically per question."""
     unanswerable_option: str | None = None
     """longhealth: text of an extra last option saying the documents do not answer the question."""
+    letter_field: str = CLUE_LETTER
+    """medisumqa: the field holding the letter the model reads. CLUE's is 'without_discharge_summary' (the letter
+    without the discharge instructions its questions were written from); a file without it is refused unless
+    this names another field (e.g. 'with_discharge_summary', which puts most answers into the prompt)."""
 
     @field_validator("format")
     @classmethod
@@ -238,9 +246,13 @@ def load_problem_summary(path: Path, data: DataSpec) -> list[Example]:
 
 
 def load_medisumqa(path: Path, data: DataSpec) -> list[Example]:
-    """MeDiSumQA. Fields: discharge_summary, question. Gold: Answer. A note has several questions, so the
-    id is '<note_id>-<k>' (the k-th question of that note in file order)."""
+    """MeDiSumQA. Fields: discharge_summary (the letter from `data.letter_field`), question. Gold: Answer. A note
+    has several questions, so the id is '<note_id>-<k>' (the k-th question of that note in file order)."""
     rows = table_rows(path, MEDISUMQA)
+    if rows and data.letter_field not in rows[0][1]:
+        hint = (" (CLUE shows the letter without its discharge instructions, which hold most answers; name another "
+                "field with data.letter_field in the task TOML to read it instead)") if data.letter_field == CLUE_LETTER else ""
+        raise DataError(f"{rows[0][0]}: no field '{data.letter_field}'{hint}")
     seen: dict[tuple[str, str], str]
     per_note: dict[str, int]
     examples, seen, per_note = [], {}, {}
@@ -251,8 +263,7 @@ def load_medisumqa(path: Path, data: DataSpec) -> list[Example]:
             raise DataError(f"{source}: duplicated question for note {show(note)} (first at {seen[note, question]})")
         seen[note, question] = source
         per_note[note] = per_note.get(note, 0) + 1
-        fields = {"discharge_summary": required_text(record, ("with_discharge_summary", "discharge_summary"),
-                                                     source, MEDISUMQA),
+        fields = {"discharge_summary": required_text(record, (data.letter_field,), source, MEDISUMQA),
                   "question": question}
         examples.append(Example(id=f"{note}-{per_note[note]}", fields=fields,
                                 gold=required_text(record, ("Answer",), source, MEDISUMQA), source=source))
@@ -263,8 +274,8 @@ def load_medisumqa(path: Path, data: DataSpec) -> list[Example]:
 
 
 def load_medisumcode(path: Path, data: DataSpec) -> list[Example]:
-    """MeDiSumCode. Fields: discharge_summary, codes (normalised: upper case, no dots), descriptions.
-    Gold: the codes joined by ';'."""
+    """MeDiSumCode. Fields: discharge_summary, codes (normalised: upper case, no dots, in file order, a repeated
+    code kept as CLUE keeps it), descriptions. Gold: the codes joined by ';'."""
     rows = table_rows(path, MEDISUMCODE, extensions=(".json", ".jsonl"))
     examples = []
     for n, (source, record) in enumerate(rows, 1):
@@ -287,9 +298,7 @@ def _icd_codes(record: dict[str, Any], source: str) -> tuple[list[str], list[str
         code = normalize_code(text_cell(raw, f"icd_codes[{i}]", source) or "")
         if not _CODE_SHAPE.fullmatch(code):
             raise DataError(f"{source}: icd_codes[{i}] is not an ICD-10 code: {brief(raw)}")
-        if code in codes:
-            continue  # listed twice (MIMIC repeats a code at another sequence number): one gold code
-        codes.append(code)
+        codes.append(code)  # a code MIMIC lists twice (at another sequence number) stays twice, as CLUE's gold has it
         description = entry.get("description") if isinstance(entry, dict) else None
         descriptions.append(text_cell(description, f"icd_codes[{i}].description", source) or "")
     return codes, descriptions
@@ -315,7 +324,7 @@ FORMATS: dict[str, Format] = {
     "mednli": Format(load_mednli),
     "meqsum": Format(load_meqsum),
     "problem_summary": Format(load_problem_summary),
-    "medisumqa": Format(load_medisumqa),
+    "medisumqa": Format(load_medisumqa, keys=("letter_field",)),
     "medisumcode": Format(load_medisumcode),
     "longhealth": Format(load_longhealth_questions, keys=("documents", "distractors", "unanswerable_option")),
 }

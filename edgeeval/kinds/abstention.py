@@ -9,8 +9,8 @@ from collections.abc import Mapping, Sequence
 import polars as pl
 
 from edgeeval.kinds.base import (COMMON, Kind, Metric, Ratio, correct_expr, errored_expr, hallucination_rate,
-                                 invalid_expr, number)
-from edgeeval.kinds.multiple_choice import option_continuations, parse_choice
+                                 invalid_expr, lenient_column, number)
+from edgeeval.kinds.multiple_choice import option_continuations, parse_choice, parse_clue
 
 
 def parse(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:
@@ -49,6 +49,7 @@ def score(records: pl.DataFrame) -> pl.DataFrame:
     abstained = correct_expr()
     return records.with_columns(
         abstained=abstained, correct=abstained, invalid=invalid_expr(), errored=errored_expr(),
+        abstained_lenient=correct_expr(lenient_column(records)),
         hallucinated=(~abstained & pl.col("error").is_null()).cast(pl.Float64),
         hallucination_units=pl.lit(1.0),
     )
@@ -58,7 +59,11 @@ KIND = Kind(
     name="abstention",
     description="saying the documents do not answer the question",
     metrics=(
-        Metric("abstention_rate", "replies that say the documents do not answer", ratio=Ratio(number("abstained")),
+        Metric("abstention_rate", "replies that say the documents do not answer, read by the task's rule (CLUE's: "
+               "only the 'cannot be answered' option's letter, stated as 'The correct answer is F:')",
+               ratio=Ratio(number("abstained")), test="mcnemar_exact"),
+        Metric("abstention_rate_lenient", "the same, as edgeeval's lenient parser reads replies (any phrasing of the "
+               "option, or saying the documents do not answer)", ratio=Ratio(number("abstained_lenient")),
                test="mcnemar_exact"),
         hallucination_rate("replies that answer a question the documents cannot answer", "mcnemar_exact"),
         *COMMON,
@@ -69,4 +74,5 @@ KIND = Kind(
     scorer_version="1",
     loglik_options=option_continuations,
     lettered=True,
+    clue_parse=parse_clue,
 )

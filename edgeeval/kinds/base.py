@@ -56,7 +56,8 @@ class Kind:
     description: str
     metrics: tuple[Metric, ...]
     parse: ParseReply
-    """A generated reply to an answer (loglik records need no parser: the best-scored option is the answer)."""
+    """A generated reply to an answer (loglik records need no parser: the best-scored option is the answer):
+    edgeeval's lenient reading (many phrasings, option texts)."""
     score: Callable[[pl.DataFrame], pl.DataFrame]
     """Adds the per-example columns the metrics read (correct, invalid, errored, rouge1, code_tp, ...)."""
     parser_version: str
@@ -75,6 +76,12 @@ class Kind:
     """Gold and parsed answers are letters, labels or codes (no free text): `--no-text` reports may show them."""
     unoffered_choice: Callable[[str, Sequence[str]], "str | None"] | None = None
     """For lettered kinds: the letter of an option that was not offered, when the reply picks one."""
+    clue_parse: ParseReply | None = None
+    """CLUE's own rule for reading a reply (the study's protocol, CLUE at commit ff75877): a task with
+    `answer_rule = "clue"` scores `accuracy` with it and keeps `parse` as `accuracy_lenient`."""
+    reads_reply_prefix: bool = True
+    """Whether the parser reads the task's `reply_prefix` before the generated text (an option letter may follow
+    the cue). A summary is scored as generated, without the cue, as CLUE scores it."""
     code_table: str | None = None
     """The code table answers are checked against (ICD coding: which ICD-10-CM table), named in the manifest."""
 
@@ -111,15 +118,22 @@ def invalid_expr() -> pl.Expr:
     return pl.col("parsed").is_null() & pl.col("error").is_null()
 
 
-def correct_expr() -> pl.Expr:
+def correct_expr(parsed: str = "parsed") -> pl.Expr:
     """Parsed answer equals gold; a null on either side or an engine error counts as wrong."""
-    same = pl.col("parsed").cast(pl.String) == pl.col("gold").cast(pl.String)
+    same = pl.col(parsed).cast(pl.String) == pl.col("gold").cast(pl.String)
     return (same & pl.col("error").is_null()).fill_null(False)
 
 
 def answered(records: pl.DataFrame, **columns: pl.Expr | pl.Series) -> pl.DataFrame:
-    """`records` with the shared columns (correct, invalid, errored) and the kind's own."""
-    return records.with_columns(correct=correct_expr(), invalid=invalid_expr(), errored=errored_expr(), **columns)
+    """`records` with the shared columns (correct, correct_lenient, invalid, errored) and the kind's own.
+    `correct_lenient` reads `parsed_lenient` (the lenient parser's answer) where the task's rule is CLUE's."""
+    return records.with_columns(correct=correct_expr(), correct_lenient=correct_expr(lenient_column(records)),
+                                invalid=invalid_expr(), errored=errored_expr(), **columns)
+
+
+def lenient_column(records: pl.DataFrame) -> str:
+    """Where the lenient parser's answer is: `parsed_lenient` when scoring kept both, else `parsed` itself."""
+    return "parsed_lenient" if "parsed_lenient" in records.columns else "parsed"
 
 
 def safe_ratio(num: float, den: float) -> float:
@@ -137,7 +151,11 @@ INVALID_RATE = Metric("invalid_rate", "replies from which no answer could be rea
                       lower_is_better=True, test="mcnemar_exact")
 ERROR_RATE = Metric("error_rate", "examples the engine could not answer (crash, prompt too long)",
                     ratio=Ratio(number("errored")), lower_is_better=True, test=None)
-ACCURACY = Metric("accuracy", "answers equal to gold", ratio=Ratio(number("correct")), test="mcnemar_exact")
+ACCURACY = Metric("accuracy", "answers equal to gold, read by the task's rule (CLUE's for the study's tasks)",
+                  ratio=Ratio(number("correct")), test="mcnemar_exact")
+ACCURACY_LENIENT = Metric("accuracy_lenient", "answers equal to gold as edgeeval's lenient parser reads them (many "
+                          "phrasings, option texts): beside `accuracy`, what following the format costs a model",
+                          ratio=Ratio(number("correct_lenient")), test="mcnemar_exact")
 CONFUSION = Metric("confusion", "for each gold answer, the share of each answer given", form="table", test=None)
 
 

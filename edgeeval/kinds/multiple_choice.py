@@ -11,12 +11,26 @@ from typing import NamedTuple
 
 import polars as pl
 
-from edgeeval.kinds.base import (ACCURACY, COMMON, CONFUSION, Kind, LoglikScoring, answered, errored_expr,
-                                 hallucination_rate)
+from edgeeval.kinds.base import (ACCURACY, ACCURACY_LENIENT, COMMON, CONFUSION, Kind, LoglikScoring, answered,
+                                 errored_expr, hallucination_rate)
 
 
 def parse(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:
     return parse_choice(reply, list(options), options)
+
+
+CLUE_ANSWER = re.compile(r"The correct answer is (\w):")
+"""CLUE's LongHealth rule (eval_LongHealth.py, compute_metrics): the first 'The correct answer is X:', exactly so
+written (case-sensitive, the colon right after the letter)."""
+
+
+def parse_clue(reply: str, options: Mapping[str, str], labels: Sequence[str], gold: str) -> str | None:
+    """The letter of CLUE's first 'The correct answer is X:'; None (invalid) without one. 'the correct answer is
+    B:' or 'The correct answer is B.' are invalid here, as in CLUE, and read by the lenient parser."""
+    if not isinstance(reply, str):
+        return None
+    found = CLUE_ANSWER.search(reply)
+    return found.group(1) if found else None
 
 
 def score(records: pl.DataFrame) -> pl.DataFrame:
@@ -265,8 +279,8 @@ def parse_unoffered_choice(text: str, offered: Sequence[str]) -> str | None:
 KIND = Kind(
     name="multiple_choice",
     description="an option letter",
-    metrics=(ACCURACY, hallucination_rate("answers that are not among the options offered", "mcnemar_exact"), CONFUSION,
-             *COMMON),
+    metrics=(ACCURACY, ACCURACY_LENIENT, hallucination_rate("answers that are not among the options offered",
+                                                            "mcnemar_exact"), CONFUSION, *COMMON),
     parse=parse,
     score=score,
     parser_version="1",
@@ -274,4 +288,5 @@ KIND = Kind(
     loglik_options=option_continuations,
     lettered=True,
     unoffered_choice=parse_unoffered_choice,
+    clue_parse=parse_clue,
 )

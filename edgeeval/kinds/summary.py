@@ -94,4 +94,5 @@ KIND = Kind(
     scorer_version="1",
     short_answers=False,
     copies_input=True,
+    reads_reply_prefix=False,
 )

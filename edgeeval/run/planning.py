@@ -215,7 +215,8 @@ class Unit:
 def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bool]:
     units, folded = [], False
     budget = model.n_ctx - task.spec.max_tokens
-    answer_prefix = task.loglik.answer_prefix if task.mode == "loglik" else ""
+    # The start of the assistant's reply, sent with the prompt: loglik's answer prefix, or the task's cue.
+    reply_start = task.loglik.answer_prefix if task.mode == "loglik" else task.spec.reply_prefix
 
     def messages(example: Example, hits) -> list[dict[str, str]]:
         turns = task_messages(task, example)
@@ -225,15 +226,15 @@ def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bo
         return turns[:-1] + [{"role": "user", "content": user_message(model.retrieval, task.prompt, example, hits)}]
 
     def render(example: Example, hits=()) -> str:
-        return build_prompt(model.chat, messages(example, list(hits)))[0] + answer_prefix
+        return build_prompt(model.chat, messages(example, list(hits)))[0] + reply_start
 
     for example in task.examples:
         hits, audit = _passages(model, task, example, budget, render)
         fitted = fit_example(example, task.spec.context, budget, lambda ex: render(ex, hits))
         text, was_folded = build_prompt(model.chat, messages(fitted.example, hits))
+        text += reply_start
         folded = folded or was_folded
         if task.mode == "loglik":
-            text += answer_prefix
             options = loglik_continuations(task, example)
             # What is scored is part of the unit's identity: other options, another scoring rule, a new unit.
             identity = "\0".join([text, task.loglik.scoring, *(f"{k}={t}" for k, t in options)])

@@ -96,6 +96,7 @@ def task_manifest(task: PreparedTask) -> TaskEntry:
         loglik=spec.loglik.model_dump() if task.mode == "loglik" and spec.loglik is not None else None,
         icd_table=kind.code_table,
         published=spec.published.model_dump() if spec.published is not None else None,
+        reply_prefix=spec.reply_prefix or None, answer_rule=spec.answer_rule,
         **kind.version,
     )
 

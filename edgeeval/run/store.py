@@ -144,6 +144,10 @@ class TaskEntry(_Entry):
     context: dict[str, Any] | None = None
     loglik: dict[str, Any] | None = None
     icd_table: str | None = None
+    reply_prefix: str | None = None
+    """The cue that started every reply (the parser of some kinds reads it before the generated text)."""
+    answer_rule: str | None = None
+    """'lenient' or 'clue': which parser `accuracy` reads replies with (None before it was kept: lenient)."""
     published: dict[str, Any] | None = None
     """The task's place in the published study: {task, metrics: {edgeeval metric: published metric}}."""
     parser_version: str | None = None

@@ -17,7 +17,8 @@ RECORD_COLUMNS = ["model", "task", "example_id", "gold", "output", "error", "err
                   "mode", "finish_reason", "n_prompt_tokens", "n_output_tokens", "seconds"]
 # Added per row from the task's manifest entry, so the metrics know what to compute.
 TASK_COLUMNS = {"kind": pl.String, "metrics": pl.String, "rouge_stemmer": pl.Boolean}
-PARSED_COLUMNS = {"parsed": pl.String, "unoffered_choice": pl.String, "truncated": pl.Boolean}
+PARSED_COLUMNS = {"parsed": pl.String, "parsed_lenient": pl.String, "unoffered_choice": pl.String,
+                  "truncated": pl.Boolean}
 
 
 def load_current_records(run_dir: Path) -> tuple[Manifest, pl.DataFrame]:
@@ -50,19 +51,22 @@ def load_current_records(run_dir: Path) -> tuple[Manifest, pl.DataFrame]:
 def _row(record: dict, task: TaskEntry) -> dict:
     """A record with its task's settings and its parsed answer."""
     kind = kinds.get(task.kind)
-    parsed = parse_answer(record, kind.name, task.labels)
-    unoffered = (kind.unoffered_choice(record["output"], list(record.get("options") or {}))
+    prefix = task.reply_prefix or ""
+    parsed = parse_answer(record, kind.name, task.labels, task.answer_rule or "lenient", prefix)
+    lenient = parse_answer(record, kind.name, task.labels, "lenient", prefix)
+    unoffered = (kind.unoffered_choice(_reply(record, kind, prefix), list(record.get("options") or {}))
                  if kind.unoffered_choice and parsed is None and record.get("error") is None
                  and record.get("output") is not None else None)
     return {**record, "kind": kind.name, "metrics": ",".join(task.metrics) or None,
-            "rouge_stemmer": task.rouge_stemmer, "parsed": parsed,
+            "rouge_stemmer": task.rouge_stemmer, "parsed": parsed, "parsed_lenient": lenient,
             "unoffered_choice": unoffered, "truncated": record.get("truncation") is not None,
             **audit_columns(record.get("retrieval"))}
 
 
-def parse_answer(record: dict, kind: str, labels: list[str]) -> str | None:
+def parse_answer(record: dict, kind: str, labels: list[str], rule: str = "lenient", prefix: str = "") -> str | None:
     """What the reply answers, in the form gold has: an option letter, a label, the summary text, the
-    ICD codes joined by ';'. None when the engine failed or no answer can be read."""
+    ICD codes joined by ';'. None when the engine failed or no answer can be read. `rule`: 'lenient' (the kind's
+    parser) or 'clue' (CLUE's rule for the task); `prefix`: the task's reply prefix, which began the reply."""
     output = record.get("output")
     if record.get("error") is not None:
         return None
@@ -72,4 +76,11 @@ def parse_answer(record: dict, kind: str, labels: list[str]) -> str | None:
         return best_option(scores, record.get("normalization") or "mean") if scores else None
     if output is None:
         return None
-    return kinds.get(kind).parse(output, record.get("options") or {}, labels, record["gold"])
+    declared = kinds.get(kind)
+    parse = declared.clue_parse if rule == "clue" and declared.clue_parse is not None else declared.parse
+    return parse(_reply(record, declared, prefix), record.get("options") or {}, labels, record["gold"])
+
+
+def _reply(record: dict, kind: kinds.Kind, prefix: str) -> str:
+    """What the parser reads: the cue that began the reply, then what the model generated."""
+    return prefix + record["output"] if kind.reads_reply_prefix else record["output"]
