@@ -61,8 +61,9 @@ def test_every_study_task_is_defined() -> None:
 def test_task_loads_its_bundled_sample(name: str) -> None:
     task = prepare_task(repo_project(), name, None, None)
     spec = task.spec
-    assert 8 <= len(task.examples) <= 40
-    assert len({e.id for e in task.examples}) == len(task.examples)
+    items = {e.id for e in task.examples}
+    assert 8 <= len(items) <= 40 and len(task.examples) == len(items) * spec.repeats
+    assert len({e.unit_id for e in task.examples}) == len(task.examples)
     assert spec.description and spec.system and spec.data.path.startswith("benchmarks/clinical/data/")
     for example in task.examples:
         if spec.kind == "label":

@@ -347,6 +347,33 @@ def test_longhealth_correct_text_is_matched_exactly_or_inside_one_option(tmp_pat
     assert second.gold == "B"  # the one option that contains it (CLUE's rule)
 
 
+def many_documents(name: str, n: int) -> dict[str, Any]:
+    record = patient()
+    record["texts"] = {f"text_{i}": f"{name}, document {i}." for i in range(n)}
+    return record
+
+
+def test_longhealth_task1_repetitions_show_five_orders_of_the_same_documents(tmp_path: Path) -> None:
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"p1": many_documents("Patient one", 8)}))
+    shuffles = load_examples(path, spec("longhealth_t1").data, repeats=5)
+    assert [(e.id, e.repeat) for e in shuffles] == [("p1-q1", r) for r in range(5)]
+    orders = [tuple(d["text"] for d in e.fields["documents"]) for e in shuffles]
+    assert len(set(orders)) == 5 and len({frozenset(order) for order in orders}) == 1
+    assert len({order.index("Patient one, document 0.") for order in orders}) > 1
+
+
+def test_longhealth_task2_repetitions_draw_fresh_distractors(tmp_path: Path) -> None:
+    path = tmp_path / "b.json"
+    others = {f"p{k}": many_documents(f"Patient {k}", 8) for k in range(2, 6)}
+    path.write_text(json.dumps({"p1": many_documents("Patient one", 2), **others}))
+    runs = [e for e in load_examples(path, spec("longhealth_t2").data, repeats=5) if e.id == "p1-q1"]
+    distractors = [frozenset(d["text"] for d in e.fields["documents"] if "Patient one" not in d["text"])
+                   for e in runs]
+    assert len(runs) == 5 and len(set(distractors)) == 5
+    assert all("Patient one, document 0." in [d["text"] for d in e.fields["documents"]] for e in runs)
+
+
 def test_longhealth_task2_needs_other_patients(tmp_path: Path) -> None:
     path = tmp_path / "b.json"
     path.write_text(json.dumps({"p1": patient()}))

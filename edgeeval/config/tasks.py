@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edgeeval import kinds
 from edgeeval.config.reading import Frozen, read_toml, validated
-from edgeeval.data.formats import DataSpec
+from edgeeval.data.formats import FORMATS, DataSpec
 
 
 class FewShotSpec(Frozen):
@@ -105,6 +105,10 @@ class TaskSpec(Frozen):
     """Text that starts the assistant's reply, sent after the prompt (CLUE's cues, e.g. 'Question: '): the model
     continues it, and a kind whose parser reads cues (an option letter may follow one) sees it before the
     generated text. Loglik mode ignores it (its [loglik] answer_prefix plays that part)."""
+    repeats: int = Field(default=1, ge=1, le=100)
+    """How many times each item is asked, each repetition a unit (and a record) of its own: CLUE asks each
+    LongHealth task-1 question 5 times with its documents shuffled, and runs tasks 2 and 3 five times with fresh
+    distractors. Scores are averaged per item across repetitions, and the paired tests compare those means."""
     answer_rule: Literal["lenient", "clue"] = "lenient"
     """How `accuracy` reads a reply: 'lenient' (edgeeval's parser: many phrasings, option texts) or 'clue' (the
     study's own rule for this task, CLUE at ff75877; the lenient reading is then reported as accuracy_lenient)."""
@@ -146,6 +150,10 @@ class TaskSpec(Frozen):
         if not kind.uses_labels and self.labels:
             users = [k.name for k in kinds.KINDS.values() if k.uses_labels]
             raise ValueError(f"'labels' applies to kind {', '.join(repr(u) for u in users)} only")
+        if self.repeats > 1 and FORMATS[self.data.format].load_repeated is None:
+            varying = ", ".join(name for name, known in FORMATS.items() if known.load_repeated is not None)
+            raise ValueError(f"repeats: format '{self.data.format}' asks an item the same way every time, so its "
+                             f"repetitions would be copies (formats that vary an item: {varying})")
         if self.answer_rule == "clue" and kind.clue_parse is None:
             raise ValueError(f"answer_rule 'clue' needs a kind with CLUE's rule (kind '{self.kind}' has none)")
         if self.published is not None and (unknown := set(self.published.metrics) - set(kind.metric_names)):
@@ -172,6 +180,7 @@ def task_hash(spec: TaskSpec, template_text: str, data_sha256: str) -> str:
     """Changes whenever the task definition, its prompt template or its data file changes."""
     # The loglik section shapes loglik runs only (their hash adds the mode); generation records stay valid.
     # The retrieval query shapes only retrieval prompts, whose prompt hashes cover the passages it finds.
-    # Where the task stands in the published study is for reports only.
-    payload = spec.model_dump_json(exclude={"loglik", "retrieval", "published"}) + "\0" + template_text + "\0" + data_sha256
+    # Where the task stands in the published study is for reports only; how many repetitions there are adds or
+    # drops units (each has its repetition in its id), the recorded ones stay valid.
+    payload = spec.model_dump_json(exclude={"loglik", "retrieval", "published", "repeats"}) + "\0" + template_text + "\0" + data_sha256
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -27,11 +27,19 @@ class Example(BaseModel):
     task 3, the letter of the 'cannot be answered' option."""
     source: str
     """Where the item came from, 'file:line' (or 'file:row N'), for error messages."""
+    repeat: int | None = None
+    """Which repetition of its item this is, from 0 (a task with `repeats`: LongHealth asks each question with
+    its documents shuffled, or other distractors, several times); None for an item asked once."""
+
+    @property
+    def unit_id(self) -> str:
+        """What tells this example apart from the other repetitions of its item: 'id', or 'id#repeat'."""
+        return self.id if self.repeat is None else f"{self.id}#{self.repeat}"
 
 
 def check_unique_ids(path: Path, examples: list[Example]) -> None:
     seen: dict[str, str] = {}
     for ex in examples:
-        if ex.id in seen:
-            raise DataError(f"{ex.source}: duplicated id {show(ex.id)} (first at {seen[ex.id]})")
-        seen[ex.id] = ex.source
+        if ex.unit_id in seen:
+            raise DataError(f"{ex.source}: duplicated id {show(ex.id)} (first at {seen[ex.unit_id]})")
+        seen[ex.unit_id] = ex.source

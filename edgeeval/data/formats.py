@@ -84,10 +84,16 @@ class DataSpec(BaseModel):
         return self
 
 
-def load_examples(path: Path, data: DataSpec, labels: Sequence[str] = ()) -> list[Example]:
+def load_examples(path: Path, data: DataSpec, labels: Sequence[str] = (), repeats: int = 1) -> list[Example]:
     """A task's examples from `path`, read by its format's loader; with `labels` (label tasks), gold labels
-    are checked against them."""
-    examples = FORMATS[data.format].load(Path(path), data)
+    are checked against them; with `repeats`, each item that many times (formats that vary an item from one
+    repetition to the next only)."""
+    known = FORMATS[data.format]
+    if repeats > 1:
+        assert known.load_repeated is not None, "TaskSpec allows repeats only for formats that vary an item"
+        examples = known.load_repeated(Path(path), data, repeats)
+    else:
+        examples = known.load(Path(path), data)
     return [_checked_label(example, labels) for example in examples] if labels else examples
 
 
@@ -304,8 +310,9 @@ def _icd_codes(record: dict[str, Any], source: str) -> tuple[list[str], list[str
     return codes, descriptions
 
 
-def load_longhealth_questions(path: Path, data: DataSpec) -> list[Example]:
-    return load_longhealth(path, DocumentSelection(data.documents, data.distractors, data.unanswerable_option))
+def load_longhealth_questions(path: Path, data: DataSpec, repeats: int = 1) -> list[Example]:
+    selection = DocumentSelection(data.documents, data.distractors, data.unanswerable_option)
+    return load_longhealth(path, selection, repeats)
 
 
 @dataclass(frozen=True)
@@ -315,6 +322,9 @@ class Format:
 
     load: Callable[[Path, DataSpec], list[Example]]
     keys: tuple[str, ...] = ()
+    load_repeated: Callable[[Path, DataSpec, int], list[Example]] | None = None
+    """For a format whose items are asked differently each time (LongHealth: the documents' order, the
+    distractors): every item `repeats` times, each repetition an example of its own."""
 
 
 FORMATS: dict[str, Format] = {
@@ -326,5 +336,6 @@ FORMATS: dict[str, Format] = {
     "problem_summary": Format(load_problem_summary),
     "medisumqa": Format(load_medisumqa, keys=("letter_field",)),
     "medisumcode": Format(load_medisumcode),
-    "longhealth": Format(load_longhealth_questions, keys=("documents", "distractors", "unanswerable_option")),
+    "longhealth": Format(load_longhealth_questions, keys=("documents", "distractors", "unanswerable_option"),
+                         load_repeated=load_longhealth_questions),
 }

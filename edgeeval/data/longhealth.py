@@ -32,13 +32,15 @@ _ANSWER_KEYS = ("answer_a", "answer_b", "answer_c", "answer_d", "answer_e")
 _LETTERS = "ABCDEFGHIJ"
 
 
-def load_longhealth(path: Path, selection: DocumentSelection) -> list[Example]:
-    """One example per question. Fields: question, options ({'A': text, ...}, plus the
-    `unanswerable_option` last when the task has one) and documents ([{'text', 'rank'}, ...] in the order
-    shown; rank 0 is the most relevant, the order in which a `drop_documents` context policy keeps them).
+def load_longhealth(path: Path, selection: DocumentSelection, repeats: int = 1) -> list[Example]:
+    """One example per question, or `repeats` of them (repetitions 0 .. repeats-1). Fields: question, options
+    ({'A': text, ...}, plus the `unanswerable_option` last when the task has one) and documents ([{'text',
+    'rank'}, ...] in the order shown; rank 0 is the most relevant, the order in which a context policy keeps them).
 
     Which documents: see DocumentSelection. Distractors are other patients' documents, chosen and the
-    shown order shuffled by hashing the example id, so every run shows the same prompt."""
+    shown order shuffled by hashing the example id (and the repetition), so every run shows the same prompts,
+    and each repetition another order and, for tasks 2 and 3, other distractors: CLUE's five shuffles of task 1
+    and five runs of tasks 2 and 3, drawn from a seed instead of Python's unseeded random."""
     patients = read_json(path)
     if not isinstance(patients, dict) or not patients:
         raise DataError(f"{path}: top level is {kind_name(patients)}; expected {LONGHEALTH}")
@@ -46,10 +48,12 @@ def load_longhealth(path: Path, selection: DocumentSelection) -> list[Example]:
     if selection.documents != "patient" and selection.distractors < 1:
         raise DataError(f"{path}: documents '{selection.documents}' needs distractors >= 1")
     library = [(key, text_id, text) for key, (texts, _) in records.items() for text_id, text in texts.items()]
+    repetitions: list[int | None] = [None] if repeats == 1 else list(range(repeats))
     examples = [
-        _example(path, key, number, question, texts, library, selection)
+        _example(path, key, number, question, texts, library, selection, repeat)
         for key, (texts, questions) in records.items()
         for number, question in enumerate(questions, 1)
+        for repeat in repetitions
     ]
     if not examples:
         raise DataError(f"{path}: no questions (expected {LONGHEALTH})")
@@ -76,7 +80,7 @@ def _patient(path: Path, key: str, value: Any) -> tuple[dict[str, str], list[Any
 
 
 def _example(path: Path, key: str, number: int, question: Any, texts: dict[str, str],
-             library: list[tuple[str, str, str]], selection: DocumentSelection) -> Example:
+             library: list[tuple[str, str, str]], selection: DocumentSelection, repeat: int | None) -> Example:
     source = f"{path}: patient {show(key)} question {number}"
     if not isinstance(question, dict):
         raise DataError(f"{source}: expected an object, got {kind_name(question)} ({LONGHEALTH})")
@@ -88,10 +92,11 @@ def _example(path: Path, key: str, number: int, question: Any, texts: dict[str, 
         gold = letter if selection.documents == "distractors_only" else gold
     example_id = f"{key}-q{_number(question, number, source)}"
     answer_ids = _answer_ids(question, texts, source)
-    documents = _documents(example_id, key, texts, answer_ids, library, selection, source)
+    seed = example_id if repeat is None else f"{example_id}#{repeat}"
+    documents = _documents(seed, key, texts, answer_ids, library, selection, source)
     fields = {"question": required_text(question, ("question",), source, LONGHEALTH), "options": options,
               "documents": documents}
-    return Example(id=example_id, fields=fields, gold=gold, source=source)
+    return Example(id=example_id, fields=fields, gold=gold, source=source, repeat=repeat)
 
 
 def _options(question: dict[str, Any], source: str) -> dict[str, str]:
@@ -127,13 +132,13 @@ def _answer_ids(question: dict[str, Any], texts: dict[str, str], source: str) ->
     return [str(k) for k in location]
 
 
-def _documents(example_id: str, key: str, texts: dict[str, str], answer_ids: list[str],
+def _documents(seed: str, key: str, texts: dict[str, str], answer_ids: list[str],
                library: list[tuple[str, str, str]], selection: DocumentSelection, source: str) -> list[dict[str, Any]]:
     answer = [(key, t) for t in answer_ids]
     if selection.documents == "patient":
         chosen = answer + [(key, t) for t in texts if t not in answer_ids]
     else:
-        others = sorted(((k, t) for k, t, _ in library if k != key), key=lambda d: _hash(example_id, *d))
+        others = sorted(((k, t) for k, t, _ in library if k != key), key=lambda d: _hash(seed, *d))
         if not others:
             raise DataError(f"{source}: no other patient's documents to use as distractors")
         chosen = (answer if selection.documents == "answer_and_distractors" else []) + others[: selection.distractors]
@@ -141,7 +146,7 @@ def _documents(example_id: str, key: str, texts: dict[str, str], answer_ids: lis
             raise DataError(f"{source}: no answer_location, so task 2 cannot include the answer's documents")
     text_of = {(k, t): text for k, t, text in library}
     ranked: list[dict[str, Any]] = [{"text": text_of[doc], "rank": rank, "key": doc} for rank, doc in enumerate(chosen)]
-    shown = sorted(ranked, key=lambda d: _hash(example_id, "order", *d["key"]))
+    shown = sorted(ranked, key=lambda d: _hash(seed, "order", *d["key"]))
     return [{"text": d["text"], "rank": d["rank"]} for d in shown]
 
 

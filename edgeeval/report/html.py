@@ -307,12 +307,24 @@ def _task_sections(study: Study) -> str:
         metrics = results["metric"].unique(maintain_order=True).to_list()
         table = _table([("metric", False)] + [(f"{arm} [95% CI]", True) for arm in arms],
                        [[_td(m)] + [_result_cell(values.get((a, m))) for a in arms] for m in metrics])
-        table += "".join(_confusion(study, arm, task) for arm in arms)
+        table += _repetitions(study, task) + "".join(_confusion(study, arm, task) for arm in arms)
         parts.append(f'<article id="{slug("task", task)}"><h3>{escape(task)}</h3>'
                      f'<p class="task-meta">{escape(meta.get("kind", "–"))}, {escape(str(meta.get("examples", "–")))} '
                      f'examples, task hash <span class="mono">{escape(str(meta.get("hash", "–")))}</span></p>'
                      f"{table}{_task_pairs(study, task)}</article>")
     return _section("tasks", "Per task", "\n".join(parts) or "<p>No tasks.</p>")
+
+
+def _repetitions(study: Study, task: str) -> str:
+    rows = study.repetitions.filter(pl.col("task") == task)
+    if not rows.height:
+        return ""
+    note = (f"<p>Each item was asked {rows['repeats'][0]} times; the figures above are per-item means. Across the "
+            "repetitions, each computed on its own:</p>")
+    return note + _table([("metric", False), ("model", False), ("mean", True), ("sd", True), ("min", True),
+                          ("max", True)],
+                         [[_td(r["metric"]), _td(r["model"]), _num(r["mean"]), _num(r["sd"]), _num(r["min"]),
+                           _num(r["max"])] for r in rows.iter_rows(named=True)])
 
 
 def _confusion(study: Study, arm: str, task: str) -> str:

@@ -126,6 +126,7 @@ def _per_task(study: Study) -> list[str]:
         rows = [[m] + [fmt_ci(values[(a, m)]["value"], values[(a, m)]["ci_low"], values[(a, m)]["ci_high"])
                        if (a, m) in values else "–" for a in arms] for m in metrics]
         lines += _table(["metric", *arms], rows)
+        lines += _repetitions(study, task)
         lines += [line for arm in arms for line in _confusion(study, arm, task)]
         paired = study.comparison.filter(pl.col("task") == task)
         if paired.height:
@@ -134,6 +135,17 @@ def _per_task(study: Study) -> list[str]:
                 [[r["pair"], r["metric"], fmt_ci(r["delta"], r["ci_low"], r["ci_high"]), fmt_p(r["p_value"]),
                   fmt_p(r["p_holm"]), r["test"], discordant_counts(r), verdict(r)] for r in paired.iter_rows(named=True)])
     return lines
+
+
+def _repetitions(study: Study, task: str) -> list[str]:
+    rows = study.repetitions.filter(pl.col("task") == task)
+    if not rows.height:
+        return []
+    return ["", f"Each item was asked {rows['repeats'][0]} times; the figures above are per-item means. Across "
+            "the repetitions, each computed on its own:", ""] + _table(
+        ["metric", "model", "mean", "sd", "min", "max"],
+        [[r["metric"], r["model"], fmt(r["mean"]), fmt(r["sd"]), fmt(r["min"]), fmt(r["max"])]
+         for r in rows.iter_rows(named=True)])
 
 
 def _confusion(study: Study, arm: str, task: str) -> list[str]:

@@ -11,8 +11,8 @@ import polars as pl
 from edgeeval import kinds
 from edgeeval.errors import EdgeevalError
 from edgeeval.run.shard import shard_gaps
-from edgeeval.scoring.metrics import (COMPARISON_SCHEMA, SUMMARY_SCHEMA, compare_pair, holm_per_metric, score_records,
-                                      summarize)
+from edgeeval.scoring.metrics import (COMPARISON_SCHEMA, REPETITION_SCHEMA, SUMMARY_SCHEMA, compare_pair,
+                                      holm_per_metric, repetition_spread, score_records, summarize)
 from edgeeval.scoring.records import load_current_records
 
 # Record columns that hold patient or model text; --no-text drops them, and any other string column
@@ -71,6 +71,8 @@ class Study:
     comparison: pl.DataFrame
     has_text: bool = True
     notes: list[str] = field(default_factory=list)
+    repetitions: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=REPETITION_SCHEMA))
+    """For tasks asked several times per item: each metric's spread across the repetitions."""
 
     def family(self, arm: str) -> str:
         """'general', 'biomedical' (models.toml), or '' when unknown."""
@@ -182,7 +184,8 @@ def _assemble(title, runs, arms, pairs, tasks, scored, seed, notes) -> Study:
     comparisons = [compare_pair(scored, p.name, p.baseline, p.candidate, seed=seed) for p in pairs]
     comparison = pl.concat(comparisons) if comparisons else pl.DataFrame(schema=COMPARISON_SCHEMA)
     notes = notes + version_drift(runs) + [f"{note} ({run.name})" for run in runs for note in shard_gaps(run.path)]
-    return Study(title, runs, arms, pairs, tasks, scored, results, comparison, True, notes)
+    spread = repetition_spread(scored) if scored.height else pl.DataFrame(schema=REPETITION_SCHEMA)
+    return Study(title, runs, arms, pairs, tasks, scored, results, comparison, True, notes, spread)
 
 
 def with_versions(results: pl.DataFrame, scored: pl.DataFrame) -> pl.DataFrame:

@@ -10,6 +10,7 @@ import polars as pl
 
 from edgeeval.report.findings import lower_is_better
 from edgeeval.report.study import ArmPair, Run, Study
+from edgeeval.scoring.metrics import per_item_means
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -224,6 +225,7 @@ def disagreements(scored: pl.DataFrame, baseline: str, candidate: str) -> pl.Dat
     keep = [c for c in DRILL_COLUMNS if c in scored.columns]
     if not scored.height or not {"task", "example_id"} <= set(keep):
         return pl.DataFrame()
+    scored = per_item_means(scored)  # an item asked several times: the share of its repetitions answered right
     parts = []
     for (task,), rows in scored.group_by("task", maintain_order=True):
         score = _score_column(rows)

@@ -95,7 +95,7 @@ def _unit_fields(model: PreparedModel, task: PreparedTask, unit: Unit) -> dict[s
     """What every record of a unit holds whatever the engine answered: whose, which task and example, the
     prompt as sent and what shaped it, and gold."""
     return {"model": model.name, "model_sha256": model.sha256, "task": task.run_name, "task_hash": task.hash,
-            "example_id": unit.example.id, "prompt_hash": unit.prompt_hash, "prompt": unit.prompt,
+            "example_id": unit.example.id, "repeat": unit.example.repeat, "prompt_hash": unit.prompt_hash, "prompt": unit.prompt,
             "gold": unit.example.gold, "options": unit.example.fields.get("options"),
             "truncation": unit.truncation, "retrieval": unit.retrieval, "created": now_iso()}
 

@@ -394,8 +394,8 @@ class RayExecutor:
             try:
                 for ref in actor.work.options(num_returns="streaming").remote(tasks[id(task)], units):
                     records: list[Record] = ray.get(ref)
-                    answered = {r.example_id for r in records}
-                    left = [u for u in left if u.example.id not in answered]
+                    answered = {r.unit_id for r in records}
+                    left = [u for u in left if u.example.unit_id not in answered]
                     events.put(("records", model, records))
             except ray.exceptions.RayTaskError:
                 chunks.give_back((task, left))

@@ -104,14 +104,15 @@ def prepare_task(project: Project, name: str, data_override: Path | None, limit:
     if max_tokens is not None:
         spec = spec.model_copy(update={"max_tokens": max_tokens})
     data_path = data_override if data_override is not None else root / spec.data.path
-    examples = load_examples(data_path, spec.data, spec.labels)
+    examples = load_examples(data_path, spec.data, spec.labels, spec.repeats)
     try:
         prompt = TaskPrompt(Path(user_template(spec, mode)), root=root)
     except TemplateError as exc:
         raise TemplateError(f"{path}: {exc}") from None
     shots, shots_sha = few_shot_turns(root, spec, prompt, examples)
-    if limit is not None:
-        examples = examples[:limit]
+    if limit is not None:  # the first `limit` items, with every repetition of each
+        first = set(list(dict.fromkeys(e.id for e in examples))[:limit])
+        examples = [e for e in examples if e.id in first]
     data_sha = sha256_file(data_path)
     # The few-shot file is part of every prompt, so it is part of the task's identity too.
     identity = data_sha if shots_sha is None else f"{data_sha}+{shots_sha}"

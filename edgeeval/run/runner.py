@@ -89,7 +89,8 @@ def task_manifest(task: PreparedTask) -> TaskEntry:
     few_shot = None if spec.few_shot is None else {**spec.few_shot.model_dump(), "sha256": task.few_shot_sha256}
     return TaskEntry(
         hash=task.hash, data=str(task.data_path), data_sha256=task.data_sha256,
-        format=spec.data.format, examples=len(task.examples), kind=spec.kind,
+        format=spec.data.format, examples=len({e.id for e in task.examples}), kind=spec.kind,
+        repeats=spec.repeats if spec.repeats > 1 else None,
         labels=spec.labels, metrics=spec.metrics, rouge_stemmer=spec.rouge_stemmer,
         max_tokens=spec.max_tokens, stop=spec.stop, prompt=task.template, few_shot=few_shot,
         context=spec.context.model_dump(), mode=cast(Mode, task.mode), name=spec.name,
@@ -166,7 +167,7 @@ def pending_units(store: RunStore, model: PreparedModel, plans, summary: RunSumm
     for task, units, _ in plans:
         latest = {r.key(): r for r in store.load(model.name, task.run_name)}  # the last record of a unit wins
         done = {key for key, r in latest.items() if not (retry_errors and r.error is not None)}
-        todo = [u for u in units if (model.sha256, task.hash, u.example.id, u.prompt_hash) not in done]
+        todo = [u for u in units if (model.sha256, task.hash, u.example.unit_id, u.prompt_hash) not in done]
         summary.skipped += len(units) - len(todo)
         pending.extend((task, unit) for unit in todo)
     return pending

@@ -100,8 +100,8 @@ def _complete(run_dir: Path) -> bool:
         return False
     for model, meta in manifest.models.items():
         for task, entry in manifest.tasks.items():
-            ids = {r.example_id for r in load_records(run_dir, model, task)
+            ids = {r.unit_id for r in load_records(run_dir, model, task)
                    if r.model_sha256 == meta.sha256 and r.task_hash == entry.hash}
-            if entry.examples is not None and len(ids) < entry.examples:
+            if entry.examples is not None and len(ids) < entry.examples * (entry.repeats or 1):
                 return False
     return True

@@ -29,6 +29,8 @@ class Record(BaseModel):
     task: str
     task_hash: str
     example_id: str
+    repeat: int | None = None
+    """Which repetition of its item, from 0 (a task with `repeats`); None for an item asked once."""
     prompt_hash: str
     prompt: str
     gold: str
@@ -85,8 +87,13 @@ class Record(BaseModel):
         """Why there is no answer, as one value (None for an answer)."""
         return None if self.error is None else Failure.of_message(self.error, self.error_kind)
 
+    @property
+    def unit_id(self) -> str:
+        """The item, and its repetition when it has one: what tells this unit apart from the others of its task."""
+        return self.example_id if self.repeat is None else f"{self.example_id}#{self.repeat}"
+
     def key(self) -> tuple[str, str, str, str]:
-        return (self.model_sha256, self.task_hash, self.example_id, self.prompt_hash)
+        return (self.model_sha256, self.task_hash, self.unit_id, self.prompt_hash)
 
 
 def failure_fields(failure: Failure | None) -> dict[str, Any]:
@@ -134,6 +141,8 @@ class TaskEntry(_Entry):
     mode: Literal["generate", "loglik"] = "generate"
     name: str | None = None
     examples: int | None = None
+    """Items (questions); with `repeats`, each is asked that many times."""
+    repeats: int | None = None
     data: str | None = None
     data_sha256: str | None = None
     format: str | None = None

@@ -141,17 +141,60 @@ def _macro_f1_statistic(frame: pl.DataFrame) -> IndexStatistic:
     return statistic
 
 
+# --- repetitions -------------------------------------------------------------------------------------
+
+ITEM_KEYS = ["model", "task", "example_id"]
+REPETITION_SCHEMA = {"model": pl.String, "task": pl.String, "metric": pl.String, "repeats": pl.Int64,
+                     "mean": pl.Float64, "sd": pl.Float64, "min": pl.Float64, "max": pl.Float64}
+
+
+def per_item_means(scored: pl.DataFrame) -> pl.DataFrame:
+    """One row per (model, task, item): the repetitions of an item (tasks with `repeats`) have their per-example
+    scores averaged, so `correct` becomes the share of repetitions answered right, and their other columns (the
+    answer text, gold) taken from the first repetition. Rows of items asked once pass unchanged, in order."""
+    if "repeat" not in scored.columns or not scored["repeat"].is_not_null().any():
+        return scored
+    numeric = [c for c, dtype in scored.schema.items()
+               if c not in (*ITEM_KEYS, "repeat") and (dtype.is_numeric() or dtype == pl.Boolean)]
+    aggregations = [pl.col(c).cast(pl.Float64).mean() if c in numeric else pl.col(c).first()
+                    for c in scored.columns if c not in (*ITEM_KEYS, "repeat")]
+    means = scored.group_by(ITEM_KEYS, maintain_order=True).agg(aggregations)
+    return means.with_columns(repeat=pl.lit(None, pl.Int64)).select(scored.columns)
+
+
+def repetition_spread(scored: pl.DataFrame) -> pl.DataFrame:
+    """For tasks with repeats: each metric computed on each repetition alone, then its mean, standard deviation,
+    minimum and maximum across the repetitions, per (model, task, metric)."""
+    if "repeat" not in scored.columns or not scored["repeat"].is_not_null().any():
+        return pl.DataFrame(schema=REPETITION_SCHEMA)
+    rows = []
+    repeated = scored.filter(pl.col("repeat").is_not_null())
+    for (model, task), group in repeated.group_by(["model", "task"], maintain_order=True):
+        for metric in task_metrics(group):
+            if metric_of(group, metric).form == "table":
+                continue
+            values = np.array([metric_statistic(metric, part)(np.arange(part.height))
+                               for _, part in group.group_by("repeat", maintain_order=True)], dtype=float)
+            rows.append((model, task, metric, values.size, float(values.mean()),
+                         float(values.std(ddof=1)) if values.size > 1 else float("nan"),
+                         float(values.min()), float(values.max())))
+    return pl.DataFrame(rows, schema=REPETITION_SCHEMA, orient="row")
+
+
 # --- summaries ---------------------------------------------------------------------------------------
 
 
 def summarize(scored: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
     """One row per (model, task, metric) with a seeded bootstrap CI and the item count; the metrics are
-    the task's own (column `metrics`, comma-separated; accuracy, invalid_rate, error_rate when absent)."""
+    the task's own (column `metrics`, comma-separated; accuracy, invalid_rate, error_rate when absent). The
+    items of a task with repeats are their repetitions' means (the confusion table counts every answer)."""
     _require_columns(scored, ("model", "task"))
     rows = []
     for (model, task), group in scored.group_by(["model", "task"], maintain_order=True):
+        items = per_item_means(group)
         for metric in task_metrics(group):
-            rows.extend(_summary_rows(model, task, metric, group, seed))
+            table = metric_of(group, metric).form == "table"
+            rows.extend(_summary_rows(model, task, metric, group if table else items, seed))
     return pl.DataFrame(rows, schema=SUMMARY_SCHEMA, orient="row")
 
 
@@ -199,6 +242,7 @@ def compare_pair(
     """Paired baseline-vs-candidate differences per (task, metric), with Holm within each metric."""
     _require_columns(scored, ("model", "task", "example_id"))
     _require_models(scored, (baseline, candidate))
+    scored = per_item_means(scored)  # repetitions of an item: the paired tests compare their means
     base = _model_rows(scored, baseline)
     cand = _model_rows(scored, candidate)
     # Inner join: an item only one model has cannot be paired; n_paired records how many could.

@@ -13,7 +13,7 @@ from edgeeval.retrieval.audit import COLUMNS as RETRIEVAL_COLUMNS
 from edgeeval.retrieval.audit import audit_columns
 from edgeeval.run.store import Manifest, TaskEntry, load_manifest, load_records
 
-RECORD_COLUMNS = ["model", "task", "example_id", "gold", "output", "error", "error_kind", "prompt", "options",
+RECORD_COLUMNS = ["model", "task", "example_id", "repeat", "gold", "output", "error", "error_kind", "prompt", "options",
                   "mode", "finish_reason", "n_prompt_tokens", "n_output_tokens", "seconds"]
 # Added per row from the task's manifest entry, so the metrics know what to compute.
 TASK_COLUMNS = {"kind": pl.String, "metrics": pl.String, "rouge_stemmer": pl.Boolean}
@@ -35,7 +35,7 @@ def load_current_records(run_dir: Path) -> tuple[Manifest, pl.DataFrame]:
             latest = {}
             for record in load_records(run_dir, model, task):  # every shard's file, oldest first
                 if record.model_sha256 == meta.sha256 and record.task_hash == entry.hash:
-                    latest[record.example_id] = record
+                    latest[record.example_id, -1 if record.repeat is None else record.repeat] = record
             # In example-id order, not the order records were written: shards, Ray workers and retries write
             # in other orders, and the paired bootstrap must draw the same items whichever wrote them.
             rows.extend(_row(latest[i].model_dump(), entry) for i in sorted(latest))

@@ -1,0 +1,91 @@
+"""Tasks that ask each item several times (`repeats`, LongHealth's shuffles and fresh distractors as CLUE does):
+each repetition its own unit and record, resumable; scores averaged per item before any paired test; the spread
+across repetitions in the report."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from edgeeval.run.store import read_records
+from edgeeval.scoring.metrics import compare_pair, per_item_means, repetition_spread, summarize
+
+from cli_support import run_cli
+from conftest import make_project
+
+
+def fake_run(project: Path, out: Path, *extra: str) -> int:
+    return run_cli(project, "run", "--pair", "test", "--task", "longhealth_t1", "--engine", "fake", "--quiet",
+                   "--models-dir", str(project.parent / "models"), "--out", str(out), *extra)
+
+
+def test_each_repetition_is_a_unit_of_its_own_and_a_run_resumes_them(tmp_path, capsys):
+    project = make_project(tmp_path)
+    out = tmp_path / "run"
+    assert fake_run(project, out, "--limit", "2") == 0
+    records = read_records(out / "records" / "bio-small" / "longhealth_t1.jsonl")
+    assert sorted((r.example_id, r.repeat) for r in records) == [(i, r) for i in ("patient_01-q1", "patient_01-q2")
+                                                                 for r in range(5)]
+    assert len({r.prompt_hash for r in records}) > 2  # the documents come in other orders
+    capsys.readouterr()
+    assert fake_run(project, out, "--limit", "3") == 0
+    # Both models: the third item's 5 repetitions each generated, the first two items' 10 each already done.
+    assert "10 examples generated, 20 already done" in capsys.readouterr().out
+    with open(out / "results.csv", newline="") as handle:
+        accuracy = [r for r in csv.DictReader(handle) if r["metric"] == "accuracy" and r["task"] == "longhealth_t1"]
+    assert accuracy and all(r["n"] == "3" for r in accuracy)  # items, each the mean of its 5 repetitions
+    report = (out / "report.md").read_text()
+    assert "Each item was asked 5 times; the figures above are per-item means" in report
+
+
+def scored_frame(flags: dict[str, list[list[int]]]) -> pl.DataFrame:
+    """model -> per item, the correctness of each repetition."""
+    rows = [{"model": model, "task": "t", "example_id": f"e{i}", "repeat": r, "gold": "A", "parsed": "A" if ok else "B",
+             "error": None, "kind": "multiple_choice", "metrics": "accuracy", "correct": bool(ok), "invalid": False,
+             "errored": False}
+            for model, items in flags.items() for i, item in enumerate(items) for r, ok in enumerate(item)]
+    return pl.DataFrame(rows)
+
+
+def test_scores_are_averaged_per_item_before_the_paired_test():
+    scored = scored_frame({"base": [[1, 1, 1], [0, 0, 0], [1, 1, 1], [1, 0, 1]],
+                           "cand": [[1, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]]})
+    items = per_item_means(scored)
+    assert items.height == 8 and items.filter(pl.col("model") == "base")["correct"].to_list() == \
+        pytest.approx([1, 0, 1, 2 / 3])
+    results = {(r["model"], r["metric"]): r for r in summarize(scored).iter_rows(named=True)}
+    assert results["base", "accuracy"]["value"] == pytest.approx((1 + 0 + 1 + 2 / 3) / 4)
+    assert results["base", "accuracy"]["n"] == 4
+    row = compare_pair(scored, "p", "base", "cand").row(0, named=True)
+    # Per-item means are not yes/no flags, so McNemar gives way to the paired permutation test.
+    assert row["test"] == "paired_permutation" and row["n_paired"] == 4
+    assert row["delta"] == pytest.approx((1 / 3 + 0 + 1 / 3 + 0) / 4 - (1 + 0 + 1 + 2 / 3) / 4)
+
+
+def test_the_spread_across_repetitions_is_each_repetition_on_its_own():
+    scored = scored_frame({"base": [[1, 1, 0], [0, 1, 0]]})
+    spread = repetition_spread(scored).row(0, named=True)
+    # repetition 0: 1/2, repetition 1: 2/2, repetition 2: 0/2
+    assert (spread["repeats"], spread["min"], spread["max"]) == (3, 0.0, 1.0)
+    assert spread["mean"] == pytest.approx(0.5) and spread["sd"] == pytest.approx(0.5)
+
+
+def test_items_asked_once_pass_unchanged():
+    scored = scored_frame({"base": [[1], [0]]}).with_columns(repeat=pl.lit(None, pl.Int64))
+    assert per_item_means(scored).equals(scored) and repetition_spread(scored).height == 0
+
+
+def test_repeats_need_a_format_that_varies_an_item(tmp_path):
+    from edgeeval.config.tasks import load_task
+    from edgeeval.errors import ConfigError
+
+    from conftest import ROOT
+
+    text = (ROOT / "benchmarks/clinical/mednli.toml").read_text().replace('answer_rule = "clue"',
+                                                                           'answer_rule = "clue"\nrepeats = 3')
+    (tmp_path / "mednli.toml").write_text(text)
+    with pytest.raises(ConfigError, match="format 'mednli' asks an item the same way every time"):
+        load_task(tmp_path / "mednli.toml")
