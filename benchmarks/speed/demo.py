@@ -274,27 +274,16 @@ def flash_attn_diagnostic(run: ModelRun, zero_shot: LoglikSection, ppl: Perplexi
 
 
 def rss_overhead(model: str, peak_mb: float, gguf_mb: float) -> RssSection:
-    """The loglik run's peak RSS less the GGUF and the KV cache (f16, LOGLIK_CTX cells)."""
-    kv = gguf_kv_bytes(model, LOGLIK_CTX) / 2**20
+    """The loglik run's peak RSS less the GGUF and the KV cache: f16, LOGLIK_CTX cells, every layer full size (as
+    with swa_full), as edgeeval's memory check estimates it."""
+    from edgeeval.config.gguf import read_gguf_metadata
+    from edgeeval.engine.memory import kv_cache_bytes
+
+    kv_bytes = kv_cache_bytes(read_gguf_metadata(model).metadata, LOGLIK_CTX)
+    if kv_bytes is None:
+        raise RuntimeError(f"{model}: its metadata does not give the KV cache's size")
+    kv = kv_bytes / 2**20
     return RssSection(peak_rss_mb=peak_mb, gguf_mb=gguf_mb, kv_cache_mb=kv, overhead_mb=peak_mb - gguf_mb - kv)
-
-
-def gguf_kv_bytes(model: str, n_ctx: int) -> int:
-    """Bytes of an f16 KV cache of n_ctx cells for this model (every layer full size, as with swa_full)."""
-    import gguf
-
-    reader = gguf.GGUFReader(model)
-    arch = reader.fields["general.architecture"].contents()
-
-    def field(key, default=None):
-        f = reader.fields.get(f"{arch}.{key}")
-        return f.contents() if f is not None else default
-
-    n_layer, n_embd, n_head = field("block_count"), field("embedding_length"), field("attention.head_count")
-    n_head_kv = field("attention.head_count_kv", n_head)
-    k_len = field("attention.key_length", n_embd // n_head)
-    v_len = field("attention.value_length", n_embd // n_head)
-    return n_ctx * n_layer * n_head_kv * (k_len + v_len) * 2
 
 
 # --- one sequence --------------------------------------------------------------------------------
