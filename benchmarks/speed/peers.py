@@ -1,5 +1,5 @@
 """llama.cpp's own tools as their users run them: built once from the llama.cpp inside the llama-cpp-python sdist
-(the same llama.cpp edgeeval runs), then run and read."""
+that pyproject.toml pins (the same llama.cpp edgeeval runs), then run and read."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import PEERS_DIR, PPL_ARGS
+from .common import PEERS_DIR, PPL_ARGS, ROOT
 from .inputs import Item, runner_prompts, task_spec
 from .processes import run_timed
 
 PEER_TOOLS = ["llama-perplexity", "llama-bench", "llama-batched-bench", "llama-speculative"]
-LLAMA_CPP_VERSION = "0.3.36"
 
 
 @dataclass(kw_only=True)
@@ -82,6 +81,21 @@ def peer_bin(name: str) -> Path:
     return PEERS_DIR / "llama.cpp" / "build" / "bin" / name
 
 
+def llama_cpp_python_pin() -> str:
+    """The llama-cpp-python version pyproject.toml's [project] dependencies pin (`llama-cpp-python==X`)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for requirement in dependencies:
+        pinned = re.fullmatch(r"llama-cpp-python\s*==\s*([^\s;,]+)", requirement.strip())
+        if pinned:
+            return pinned.group(1)
+    raise RuntimeError("pyproject.toml pins no llama-cpp-python version (llama-cpp-python==X)")
+
+
 def ensure_peers() -> None:
     """Build llama-perplexity, llama-bench, llama-batched-bench and llama-speculative from the llama.cpp inside the
     llama-cpp-python sdist (the same llama.cpp edgeeval runs), once, into PEERS_DIR."""
@@ -89,7 +103,7 @@ def ensure_peers() -> None:
         return
     src = PEERS_DIR / "llama.cpp"
     if not (src / "CMakeLists.txt").exists():
-        shutil.copytree(llama_cpp_sources(LLAMA_CPP_VERSION), src)
+        shutil.copytree(llama_cpp_sources(llama_cpp_python_pin()), src)
     print(f"building {', '.join(PEER_TOOLS)} in {src} (once; a few minutes)", file=sys.stderr)
     subprocess.run(["cmake", "-B", "build", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"], cwd=src, check=True,
                    stdout=subprocess.DEVNULL)
