@@ -1,13 +1,14 @@
-"""The speed benchmark's measuring children (`benchmarks/speed/run.py --child`). The suite never runs the
-benchmark itself, so these keep the children in step with the engine's API (the loglik child once broke
-unnoticed when OptionScore became a pydantic model) and hold the divergence profile's control to what its
-README says: decoding one token at a time through the profile's batch path is the plain computation, bit for
-bit, and on a float32 model a multi-token decode agrees with it to float precision."""
+"""The speed benchmark's measuring children (`benchmarks/speed/run.py --child`, in benchmarks/speed/children.py).
+The suite never runs the benchmark itself, so these keep the children in step with the engine's API (the loglik
+child once broke unnoticed when OptionScore became a pydantic model) and hold the divergence profile's control to
+what its README says: decoding one token at a time through the profile's batch path is the plain computation, bit
+for bit, and on a float32 model a multi-token decode agrees with it to float precision."""
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -21,11 +22,12 @@ PROMPT = "The patient is a 58-year-old man with three days of chest pain on exer
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("speed_run", ROOT / "benchmarks" / "speed" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark's parts these tests use, imported from the repository's root as run.py imports them."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.speed import children, demo, inputs
+
+    return SimpleNamespace(load_items=inputs.load_items, child_main=children.child_main,
+                           picks_like_perplexity=demo.picks_like_perplexity)
 
 
 def test_the_loglik_and_letter_children_measure_the_engine(bench, real_models):
