@@ -17,8 +17,11 @@ import pytest
 from edgeeval.config.models import load_models_config
 from edgeeval.config.tasks import ContextSpec, load_task
 from edgeeval.data.example import Example
+from edgeeval.engine import EngineSettings
+from edgeeval.engine.fake import FakeModel
 from edgeeval.errors import ConfigError
 from edgeeval.prompting.context import fit_example
+from edgeeval.prompting.token_budget import TokenCounter
 from edgeeval.run.planning import TASKS_DIR, plan_units, prepare_model, prepare_task, task_messages
 from edgeeval.run.store import read_records
 from edgeeval.types import ErrorKind
@@ -251,8 +254,18 @@ def small_window_models(n_ctx: int) -> str:
         'family = "biomedical"', f'family = "biomedical"\nn_ctx = {n_ctx}')
 
 
+def estimated_context(project: Path, task: str, rule: str, field: str) -> None:
+    """The task's [context] as an estimating rule (the built-in CLUE tasks count the model's own tokens)."""
+    import re
+
+    toml = project / TASKS_DIR / f"{task}.toml"
+    section = (f'[context]\npolicy = "truncate"\nfield = "{field}"\nrule = "{rule}"\nchars_per_token = 3.0\n')
+    toml.write_text(re.sub(r"\[context\]\n(?:[^\[\n][^\n]*\n)*", section, toml.read_text(), count=1))
+
+
 def test_truncation_drops_documents_and_is_recorded(tmp_path: Path) -> None:
     project = make_project(tmp_path, small_window_models(1024))
+    estimated_context(project, "longhealth_t2", "drop_documents", "documents")
     assert fake_run(project, tmp_path / "run", ["longhealth_t2"]) == 0
     records = read_records(tmp_path / "run" / "records" / "bio-small" / "longhealth_t2.jsonl")
     cut = [r for r in records if r.truncation]
@@ -268,6 +281,7 @@ def test_truncation_drops_documents_and_is_recorded(tmp_path: Path) -> None:
 
 def test_prompt_that_cannot_fit_is_an_error_record_not_a_generation(tmp_path: Path) -> None:
     project = make_project(tmp_path, small_window_models(256))
+    estimated_context(project, "medisumqa", "drop_middle", "discharge_summary")
     assert fake_run(project, tmp_path / "run", ["medisumqa"]) == 0
     records = read_records(tmp_path / "run" / "records" / "bio-small" / "medisumqa.jsonl")
     assert records and all(r.output is None and r.error.startswith("prompt_too_long") for r in records)
@@ -332,9 +346,10 @@ def test_a_medisumqa_answer_from_the_discharge_instructions_is_not_in_the_prompt
 def test_a_tasks_reply_cue_starts_the_assistant_turn(project_dir: Path, name: str, cue: str) -> None:
     """As CLUE sends it: the prompt ends with the chat template's assistant turn and then the cue."""
     project = load_models_config(project_dir / "models.toml", models_dir=str(project_dir.parent / "models"))
+    words = TokenCounter(FakeModel("fake.gguf", EngineSettings()))
     task = prepare_task(project, name, None, 2)
-    units, _ = plan_units(prepare_model(project, "general-small"), task)
+    units, _ = plan_units(prepare_model(project, "general-small"), task, words)
     assert units and all(u.prompt.endswith("<|im_start|>assistant\n" + cue) for u in units)
-    loglik_free = prepare_task(project, "mednli", None, 2)
-    assert all(u.prompt.endswith("<|im_start|>assistant\n") for u in plan_units(prepare_model(project, "general-small"),
-                                                                               loglik_free)[0])
+    no_cue = prepare_task(project, "mednli", None, 2)
+    assert all(u.prompt.endswith("<|im_start|>assistant\n")
+               for u in plan_units(prepare_model(project, "general-small"), no_cue, words)[0])

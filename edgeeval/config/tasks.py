@@ -31,19 +31,30 @@ class ContextSpec(Frozen):
 
     policy: Literal["skip", "truncate"] = "skip"
     """'skip': send the prompt whole; one the model's tokenizer finds too long is recorded as a
-    `prompt_too_long` error. 'truncate': cut `field` by `rule` until the prompt fits (estimated)."""
+    `prompt_too_long` error. 'truncate': cut by `rule` until the prompt fits."""
     field: str | None = None
-    """truncate: the template variable that is cut (the long documents, never the question)."""
-    rule: Literal["drop_middle", "drop_documents"] = "drop_middle"
-    """'drop_middle': keep the head and the tail of a text field, drop its middle. 'drop_documents': the
-    field is a list of documents; drop the least relevant ones, then cut the last kept one's tail."""
+    """truncate: the template variable that is cut (the long documents, never the question); every rule but
+    keep_right cuts one."""
+    rule: Literal["drop_middle", "drop_documents", "fill_documents", "keep_right"] = "drop_middle"
+    """By an estimate from characters: 'drop_middle' keeps the head and the tail of a text field, drops its middle;
+    'drop_documents' drops the least relevant of a list of documents, then cuts the last kept one's tail.
+    By the model's own tokens, as the study did: 'fill_documents' (CLUE's LongHealth) puts the documents in
+    rank order as long as the prompt stays within `max_prompt_tokens`, cuts the first that does not fit to the
+    tokens left and leaves out the rest; 'keep_right' (CLUE's TGI server) keeps the rightmost tokens of a whole
+    prompt longer than the window leaves for it."""
+    max_prompt_tokens: int | None = Field(default=None, ge=1, le=1_048_576)
+    """fill_documents: the prompt's cap in the model's tokens (CLUE's LongHealth: 8,140), never more than the window
+    leaves (the context length less max_tokens)."""
     chars_per_token: float = Field(default=3.0, gt=0.5, le=10.0)
-    """The token estimate: characters per token (lower is more cautious; English prose runs 3.5-4.5)."""
+    """The estimate of drop_middle and drop_documents: characters per token (lower is more cautious; English prose
+    runs 3.5-4.5)."""
 
     @model_validator(mode="after")
     def _field_for_truncate(self) -> "ContextSpec":
-        if self.policy == "truncate" and not self.field:
-            raise ValueError("policy 'truncate' needs 'field' (the template variable to cut)")
+        if self.policy == "truncate" and not self.field and self.rule != "keep_right":
+            raise ValueError(f"policy 'truncate' with rule '{self.rule}' needs 'field' (the template variable to cut)")
+        if self.max_prompt_tokens is not None and self.rule != "fill_documents":
+            raise ValueError("'max_prompt_tokens' applies to rule 'fill_documents' only")
         return self
 
 

@@ -52,6 +52,9 @@ class EngineSettings:
     n_draft: int = 8
     """Most tokens drafted per step: verifying 8 costs little more than generating one where decoding is
     bound by memory bandwidth (models of a billion parameters and more on a CPU)."""
+    vocab_only: bool = False
+    """Load only the model's vocabulary (no weights, no context, seconds to load): the planner's tokenizer for the
+    context rules that count the model's own tokens."""
     backend: Backend = "llama"
     """'llama' (llama.cpp) or 'fake' (the deterministic stand-in used by tests; no model is read)."""
     fake_delay_s: float = 0.0
@@ -202,6 +205,15 @@ class Engine(Protocol):
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """One unit-length vector per text (retrieval's 'embedding' retriever). Raises EngineError."""
+        ...
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """How many tokens each text is to this model, its start token included where it adds one (as the study's
+        `tokenizer.encode` counted them)."""
+        ...
+
+    def token_slice(self, text: str, start: int | None, end: int | None) -> str:
+        """The text of tokens [start:end] of `text`, tokenized as `count_tokens` does (Python's slice rules)."""
         ...
 
     def close(self) -> None: ...

@@ -98,6 +98,14 @@ class FakeModel:
         log_total = math.log(sum(math.exp(x) for x in scores))
         return {letter: score - log_total for letter, score in zip(letters, scores)}
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """A fake token is a word."""
+        return [len(text.split()) for text in texts]
+
+    def token_slice(self, text: str, start: int | None, end: int | None) -> str:
+        """Each word with the white space after it, so a slice keeps the text's own spacing."""
+        return "".join(re.findall(r"\S+\s*", text)[start:end])
+
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Unit-length bag-of-words vectors (each lower-cased word hashed into one of 64 dimensions, with
         the model's name): texts that share words are near, so retrieval tests can tell a match."""

@@ -173,8 +173,24 @@ def _op_embed(model: Model, request: dict[str, Any]) -> dict[str, Any]:
         return _error_reply(_as_engine_error(exc))
 
 
+def _op_count_tokens(model: Model, request: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return {"counts": model.count_tokens(request["texts"])}
+    except Exception as exc:  # noqa: BLE001
+        return _error_reply(_as_engine_error(exc))
+
+
+def _op_token_slice(model: Model, request: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return {"text": model.token_slice(request["text"], request["start"], request["end"])}
+    except Exception as exc:  # noqa: BLE001
+        return _error_reply(_as_engine_error(exc))
+
+
 # Operations besides `generate`: each takes the request and returns the reply to send.
 _OPS = {
+    "count_tokens": _op_count_tokens,
+    "token_slice": _op_token_slice,
     "embed": _op_embed,
     "generate_many": _op_generate_many,
     "loglikelihood_many": _op_loglikelihood_many,
@@ -194,7 +210,8 @@ class WorkerEngine:
         self._conn: Connection[Any, Any] | None = None
         self._info: dict[str, Any] = {}
         # A context too large for this machine is refused here, before llama.cpp allocates it.
-        check_context_fits(self.model_path, read_gguf_metadata(self.model_path).metadata, self.settings.n_ctx)
+        if not self.settings.vocab_only:
+            check_context_fits(self.model_path, read_gguf_metadata(self.model_path).metadata, self.settings.n_ctx)
         self._start()
 
     def _start(self) -> None:
@@ -288,6 +305,22 @@ class WorkerEngine:
             raise _reply_error(reply)
         vectors: list[list[float]] = reply["vectors"]
         return vectors
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """The model's own token counts (the planner's tokenizer); raises EngineError."""
+        reply = self._request_with_retry({"op": "count_tokens", "texts": list(texts)}, "tokenizing")
+        if "error" in reply:
+            raise _reply_error(reply)
+        counts: list[int] = reply["counts"]
+        return counts
+
+    def token_slice(self, text: str, start: int | None, end: int | None) -> str:
+        reply = self._request_with_retry({"op": "token_slice", "text": text, "start": start, "end": end},
+                                         "tokenizing")
+        if "error" in reply:
+            raise _reply_error(reply)
+        sliced: str = reply["text"]
+        return sliced
 
     def _request_with_retry(self, request: dict[str, Any], what: str) -> dict[str, Any]:
         """One request, retried once on a fresh worker after a native crash (in safe mode if

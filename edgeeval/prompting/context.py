@@ -32,6 +32,7 @@ def fit_example(example: Example, policy: ContextSpec, budget: int, render: Rend
     refuses, and records, a cut prompt that turns out too long after all."""
     if policy.policy == "skip":
         return Fitted(example)
+    assert policy.rule in ("drop_middle", "drop_documents"), "the token rules are token_budget.py's"
     estimate = estimate_tokens(render(example), policy)
     if estimate <= budget:
         return Fitted(example)
@@ -63,12 +64,12 @@ def _drop_documents(example: Example, policy: ContextSpec, budget: int, render: 
     """Drop the least relevant documents (highest rank) until the prompt fits; if the most relevant one
     alone is still too long, keep its head."""
     assert policy.field is not None  # fit_example found it among the example's fields
-    documents = _documents(example, policy.field)
+    documents = documents_of(example, policy.field)
     kept = sorted(documents, key=lambda d: d["rank"])
     candidate, estimate = example, before
     while len(kept) > 1 and estimate > budget:
         kept.pop()
-        candidate = _with_field(example, policy.field, [d for d in documents if d in kept])
+        candidate = with_field(example, policy.field, [d for d in documents if d in kept])
         estimate = estimate_tokens(render(candidate), policy)
     dropped = len(documents) - len(kept)
     if estimate <= budget:
@@ -93,7 +94,7 @@ def _shorten(example: Example, policy: ContextSpec, budget: int, render: Render,
         keep -= math.ceil((estimate - budget) * policy.chars_per_token) + len(_marker(length)) + 8
         if keep <= 0:
             return None
-        candidate = _with_field(example, policy.field, cut(keep))
+        candidate = with_field(example, policy.field, cut(keep))
         estimate = estimate_tokens(render(candidate), policy)
         if estimate <= budget:
             return candidate, estimate, keep
@@ -113,15 +114,16 @@ def _marker(dropped: int) -> str:
     return f"\n[... {dropped} characters left out to fit the context window ...]\n"
 
 
-def _documents(example: Example, field: str) -> list[dict[str, Any]]:
+def documents_of(example: Example, field: str) -> list[dict[str, Any]]:
     documents = example.fields[field]
     if not isinstance(documents, list) or not all(isinstance(d, dict) and "rank" in d and "text" in d
                                                   for d in documents):
-        raise TemplateError(f"context rule drop_documents needs {field!r} to be a list of {{text, rank}} documents")
+        raise TemplateError(f"context rules drop_documents and fill_documents need {field!r} to be a list of "
+                            "{text, rank} documents")
     return documents
 
 
-def _with_field(example: Example, field: str, value: Any) -> Example:
+def with_field(example: Example, field: str, value: Any) -> Example:
     return example.model_copy(update={"fields": {**example.fields, field: value}})
 
 

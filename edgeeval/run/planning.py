@@ -19,8 +19,8 @@ from edgeeval.data.formats import load_examples
 from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError, DataError, TemplateError
 from edgeeval.prompting.chat import ChatTemplate, load_chat_template, prompt_hash
-from edgeeval.prompting.context import fit_example
 from edgeeval.prompting.prompts import AnswerTemplate, TaskPrompt
+from edgeeval.prompting.token_budget import TokenCounter, fit, keep_right, needs_tokenizer, require
 from edgeeval.retrieval.arm import prepare_retrieval
 from edgeeval.retrieval.augment import Retrieval, query_text, user_message
 from edgeeval.types import Failure
@@ -213,7 +213,10 @@ class Unit:
     """A retrieval arm's audit: the passages shown (ids, sources, scores), a hash of their text, leaks."""
 
 
-def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bool]:
+def plan_units(model: PreparedModel, task: PreparedTask,
+               tokens: TokenCounter | None = None) -> tuple[list[Unit], bool]:
+    """Every example's unit: its prompt (fitted to the window by the task's context policy; `tokens`, the model's
+    tokenizer, for the rules that count its tokens), the prompt's hash, and what loglik mode scores."""
     units, folded = [], False
     budget = model.n_ctx - task.spec.max_tokens
     # The start of the assistant's reply, sent with the prompt: loglik's answer prefix, or the task's cue.
@@ -231,18 +234,21 @@ def plan_units(model: PreparedModel, task: PreparedTask) -> tuple[list[Unit], bo
 
     for example in task.examples:
         hits, audit = _passages(model, task, example, budget, render)
-        fitted = fit_example(example, task.spec.context, budget, lambda ex: render(ex, hits))
+        fitted = fit(example, task.spec.context, budget, lambda ex: render(ex, hits), tokens)
         text, was_folded = build_prompt(model.chat, messages(fitted.example, hits))
         text += reply_start
+        truncation = fitted.truncation
+        if needs_tokenizer(task.spec.context) and task.spec.context.rule == "keep_right":
+            text, truncation = keep_right(text, budget, require(tokens, task.spec.context))
         folded = folded or was_folded
         if task.mode == "loglik":
             options = loglik_continuations(task, example)
             # What is scored is part of the unit's identity: other options, another scoring rule, a new unit.
             identity = "\0".join([text, task.loglik.scoring, *(f"{k}={t}" for k, t in options)])
-            units.append(Unit(example, text, prompt_hash(identity), fitted.truncation, fitted.failure, options,
+            units.append(Unit(example, text, prompt_hash(identity), truncation, fitted.failure, options,
                               retrieval=audit))
         else:
-            units.append(Unit(example, text, prompt_hash(text), fitted.truncation, fitted.failure, retrieval=audit))
+            units.append(Unit(example, text, prompt_hash(text), truncation, fitted.failure, retrieval=audit))
     return units, folded
 
 

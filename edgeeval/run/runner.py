@@ -18,6 +18,7 @@ from edgeeval import kinds
 from edgeeval.config.models import Project
 from edgeeval.engine import Engine, EngineSettings
 from edgeeval.engine.machine import machine_info
+from edgeeval.prompting.token_budget import TokenCounter, needs_tokenizer
 from edgeeval.run.answering import answer, engine_calls, parallel_for, speculative_for
 from edgeeval.run.planning import PreparedModel, PreparedTask, Unit, plan_units, prepare_model
 from edgeeval.run.shard import Shard, write_status
@@ -128,7 +129,7 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
         manifest.tasks.update({t.run_name: task_manifest(t) for t in tasks})
         # Every model's prompts are rendered before any inference, so a template that fails on
         # the candidate does not wait for hours of baseline work to say so.
-        all_plans = [[(task, *plan_units(model, task)) for task in tasks] for model in prepared]
+        all_plans = [plan_model(model, tasks, settings, engine_factory) for model in prepared]
         for model in prepared:  # the passages are in the prompts: an embedding retriever's worker can go
             if model.retrieval is not None:
                 model.retrieval.close()
@@ -158,6 +159,21 @@ def run_models(project: Project, pair_name: str, models: list[str], tasks: list[
             write_status(out_dir, shard, "finished", planned,
                          {"generated": summary.done, "errors": summary.errors, "wall_seconds": round(summary.seconds, 2)})
     return summary
+
+
+def plan_model(model: PreparedModel, tasks: list[PreparedTask], settings: EngineSettings,
+               engine_factory: EngineFactory) -> list[tuple[PreparedTask, list[Unit], bool]]:
+    """Every task's units for one model. A task whose context rule counts the model's own tokens gets them from a
+    worker that loads the model's vocabulary only (seconds, no weights), stopped once the prompts are planned."""
+    engine = None
+    if any(needs_tokenizer(task.spec.context) for task in tasks):
+        engine = engine_factory(model.path, replace(settings, n_ctx=model.n_ctx, vocab_only=True))
+    try:
+        tokens = TokenCounter(engine) if engine is not None else None
+        return [(task, *plan_units(model, task, tokens)) for task in tasks]
+    finally:
+        if engine is not None:
+            engine.close()
 
 
 def pending_units(store: RunStore, model: PreparedModel, plans, summary: RunSummary,
