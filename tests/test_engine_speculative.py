@@ -74,7 +74,7 @@ def greedy_tokens(model, prompts, max_tokens, ignore_eos=True) -> dict[tuple[int
     answers = {}
     for prompt in prompts:
         tokens = model.tokenize(prompt)
-        model._feed_prompt(tokens)
+        model.feed_prompt(tokens)
         answers[tuple(tokens)] = model._speculative_loop(tokens, max_tokens, [], ignore_eos, Nothing(), 0.0).generated
     return answers
 

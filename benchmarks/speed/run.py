@@ -210,7 +210,7 @@ def child_speculative(model, spec: dict) -> dict:
             # times below are generation only for both models (as llama-speculative's "decoded" figure).
             model.draft.generate("x", 1, [])
             t0 = time.perf_counter()
-            model.draft._feed_prompt(model.tokenize(prompt))
+            model.draft.feed_prompt(model.tokenize(prompt))
             draft_prompt_s = time.perf_counter() - t0
         runs = {}
         for method in (("none", spec["method"]) if i % 2 == 0 else (spec["method"], "none")):
@@ -234,23 +234,23 @@ def child_divergence(model, spec: dict) -> dict:
     for prompt in spec["prompts"]:
         tokens = model.tokenize(prompt)
         model.generate("x", 1, [])
-        model._feed_prompt(tokens)
+        model.feed_prompt(tokens)
         plain, chosen = [], []
         for _ in range(spec["max_tokens"]):
-            row = model._row(-1).copy()
+            row = model.logits(-1).copy()
             plain.append(row)
             chosen.append(int(np.argmax(row)))
             if model.is_end(chosen[-1]):
                 break
-            model._decode_one_sequence([chosen[-1]])
+            model.append_tokens([chosen[-1]])
         model.generate("x", 1, [])
-        model._feed_prompt(tokens)
-        batched = [model._row(-1).copy()]
+        model.feed_prompt(tokens)
+        batched = [model.logits(-1).copy()]
         forced = chosen[:-1]
         for begin in range(0, len(forced), spec["chunk"]):
             part = forced[begin : begin + spec["chunk"]]
-            model._decode_every_row(part)  # the engine's verification decode
-            batched += [model._row(index).copy() for index in range(len(part))]
+            model.append_every_row(part)  # the engine's verification decode
+            batched += [model.logits(index).copy() for index in range(len(part))]
         positions = []
         for i, (a_row, b_row) in enumerate(zip(plain, batched)):
             top2 = np.partition(a_row, -2)[-2:]

@@ -186,7 +186,7 @@ class LlamaModel:
         if len(tokens) >= self.n_ctx:
             return Generation.failed(ErrorKind.PROMPT_TOO_LONG, _too_long(len(tokens), self.n_ctx),
                                      n_prompt_tokens=len(tokens), seconds=time.perf_counter() - start)
-        reused = self._feed_prompt(tokens)
+        reused = self.feed_prompt(tokens)
         drafter = self._drafter(speculative)
         if drafter is not None:
             slot = self._speculative_loop(tokens, max_tokens, stop, ignore_eos, drafter, start)
@@ -222,12 +222,12 @@ class LlamaModel:
         slot = _Slot(index=0, seq=_PREFIX_SEQ, tokens=tokens, fed=len(tokens),
                      room=min(max_tokens, self.n_ctx - len(tokens)), started=started,
                      ignore_eos=ignore_eos, drafter=drafter)
-        done = slot.accept(int(np.argmax(self._row(-1))), self, max_tokens, stop)
+        done = slot.accept(int(np.argmax(self.logits(-1))), self, max_tokens, stop)
         while not done:
             draft = slot.propose(self.settings.n_draft, max_tokens)
             base = len(self._cached)
-            self._decode_every_row([slot.last, *draft])
-            taken, done = slot.verify(draft, [self._row(i) for i in range(len(draft) + 1)], self, max_tokens, stop)
+            self.append_every_row([slot.last, *draft])
+            taken, done = slot.verify(draft, [self.logits(i) for i in range(len(draft) + 1)], self, max_tokens, stop)
             keep = base + 1 + taken
             if keep < len(self._cached):
                 L.llama_memory_seq_rm(self.memory, _PREFIX_SEQ, keep, -1)
@@ -255,17 +255,17 @@ class LlamaModel:
             raise EngineError(ErrorKind.EMPTY_CONTEXT, "nothing to condition the letters on")
         if len(context) >= self.n_ctx:
             raise EngineError(ErrorKind.PROMPT_TOO_LONG, _too_long(len(context), self.n_ctx))
-        self._feed_prompt(context)
-        logprobs, _ = _log_softmax_at(self._row(-1), letter_tokens)
+        self.feed_prompt(context)
+        logprobs, _ = _log_softmax_at(self.logits(-1), letter_tokens)
         return {letter: float(lp) for letter, lp in zip(letters, logprobs)}
 
-    def _feed_prompt(self, tokens: list[int]) -> int:
+    def feed_prompt(self, tokens: list[int]) -> int:
         """Decode the prompt on the prefix sequence, keeping the longest prefix already in the
         cache (the last token is always decoded, for its logits); returns tokens reused."""
         self._drop_working_sequences()
         keep = self._trim_prefix(tokens, len(tokens) - 1)
         for begin in range(keep, len(tokens), self.n_batch):
-            self._decode_one_sequence(tokens[begin : begin + self.n_batch])
+            self.append_tokens(tokens[begin : begin + self.n_batch])
         self.counters["prompt_tokens"] += len(tokens)
         self.counters["prompt_tokens_decoded"] += len(tokens) - keep
         return keep
@@ -275,7 +275,7 @@ class LlamaModel:
         self._drop_working_sequences()
         keep = self._trim_prefix(tokens, len(tokens))
         for begin in range(keep, len(tokens), self.n_batch):
-            self._decode_one_sequence(tokens[begin : begin + self.n_batch])
+            self.append_tokens(tokens[begin : begin + self.n_batch])
         return keep
 
     def _trim_prefix(self, tokens: list[int], limit: int) -> int:
@@ -288,14 +288,14 @@ class LlamaModel:
         self._cached = self._cached[:keep]
         return keep
 
-    def _decode_one_sequence(self, chunk: list[int]) -> None:
+    def append_tokens(self, tokens: list[int]) -> None:
         """Append tokens to the prefix sequence; logits are kept for the last one."""
-        arr = (L.llama_token * len(chunk))(*chunk)
-        self._llama_decode(L.llama_batch_get_one(arr, len(chunk)), len(chunk))
-        self._cached.extend(chunk)
+        arr = (L.llama_token * len(tokens))(*tokens)
+        self._llama_decode(L.llama_batch_get_one(arr, len(tokens)), len(tokens))
+        self._cached.extend(tokens)
 
-    def _decode_every_row(self, tokens: list[int]) -> None:
-        """Append tokens to the prefix sequence in one decode, keeping the logits of every one (`_row(i)`):
+    def append_every_row(self, tokens: list[int]) -> None:
+        """Append tokens to the prefix sequence in one decode, keeping the logits of every one (`logits(i)`):
         how a draft is verified."""
         batch = self.batch
         assert batch is not None, "model closed"
@@ -323,7 +323,7 @@ class LlamaModel:
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc} on a batch of {n_tokens} tokens")
 
-    def _row(self, index: int) -> np.ndarray:
+    def logits(self, index: int) -> np.ndarray:
         return self._row_of(self.ctx, index)
 
     def _row_of(self, ctx: Any, index: int) -> np.ndarray:
@@ -339,7 +339,7 @@ class LlamaModel:
         n_out = 0
         room = self.n_ctx - n_prompt
         while True:
-            token = int(np.argmax(self._row(-1)))
+            token = int(np.argmax(self.logits(-1)))
             if not ignore_eos and L.llama_vocab_is_eog(self.vocab, token):
                 return out.decode("utf-8", errors="replace"), n_out, "stop"
             out += self.piece(token)
@@ -353,7 +353,7 @@ class LlamaModel:
                 return out.decode("utf-8", errors="replace"), n_out, "length"
             if n_out >= room:
                 return out.decode("utf-8", errors="replace"), n_out, "context"
-            self._decode_one_sequence([token])
+            self.append_tokens([token])
 
     def _drop_working_sequences(self) -> None:
         if self._working_used:
@@ -468,7 +468,7 @@ class LlamaModel:
                 runs.popleft()
         self._llama_decode(batch.raw_for_decode(), batch.n)
         for index, run, offset in outputs:
-            run.consume(offset, self._row(index))
+            run.consume(offset, self.logits(index))
 
     # --- batched generation -------------------------------------------------------------------
 
