@@ -3,7 +3,7 @@ greedy choice agrees, whatever is drafted (all right, none right, some), whereve
 the end of the answer (a stop string, end of turn, max_tokens), one sequence or batched.
 
 The exact checks run on a float32 model, where a batch of k+1 tokens and one token at a time agree to
-float precision; on the quantized demo models they may differ at near-ties (see engine/llama.py)."""
+float precision; on the quantized demo models they may differ at near-ties (see engine/llama_context.py)."""
 
 from __future__ import annotations
 
@@ -73,8 +73,8 @@ def greedy_tokens(model, prompts, max_tokens, ignore_eos=True) -> dict[tuple[int
     answers = {}
     for prompt in prompts:
         tokens = model.tokenize(prompt)
-        model._feed_prompt(tokens)
-        answers[tuple(tokens)] = model._speculative_loop(tokens, max_tokens, [], ignore_eos, Nothing(), 0.0).generated
+        model.feed_prompt(tokens)
+        answers[tuple(tokens)] = model.generator.speculative_loop(tokens, max_tokens, [], ignore_eos, Nothing(), 0.0).generated
     return answers
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from edgeeval.config.models import load_models_config
 from edgeeval.config.tasks import ContextSpec
 from edgeeval.data.example import Example
@@ -116,3 +118,32 @@ def test_the_keep_right_rule_cuts_the_start_of_a_long_prompt(tmp_path: Path):
     # The conversation's start (the system text) went; its end, the question and the reply cue, stayed.
     assert all("<|im_start|>system" not in u.prompt and u.prompt.endswith("Answer: ") for u in units)
     assert all(WORDS.count(u.prompt) == 300 - 200 - 1 for u in units)
+
+
+@pytest.mark.real_model
+def test_a_longhealth_prompt_is_filled_to_the_cap_in_a_real_models_tokens(tmp_path: Path, real_models):
+    """SmolLM2's own tokenizer (a vocabulary-only worker): the whole prompt stays within the cap, and the last
+    document is cut by its tokens."""
+    import re
+
+    from edgeeval.engine.worker import WorkerEngine
+
+    from conftest import ROOT, make_project
+
+    project_dir = make_project(tmp_path, (ROOT / "models.toml").read_text())
+    toml = project_dir / "benchmarks/clinical/longhealth_t2.toml"
+    toml.write_text(re.sub(r"max_prompt_tokens = \d+", "max_prompt_tokens = 700", toml.read_text()))
+    project = load_models_config(project_dir / "models.toml")
+    model = prepare_model(project, "smollm2-135m-instruct")
+    engine = WorkerEngine(model.path, EngineSettings(n_ctx=model.n_ctx, vocab_only=True, n_threads=1))
+    try:
+        tokens = TokenCounter(engine)
+        units, _ = plan_units(model, prepare_task(project, "longhealth_t2", None, 2), tokens)
+        assert units and all(u.failure is None for u in units)
+        assert all(engine.count_tokens([u.prompt])[0] <= 700 for u in units)
+        cut = [u for u in units if u.truncation and u.truncation["last_document_cut_to_tokens"]]
+        assert cut, [u.truncation for u in units]
+        for unit in cut:
+            assert 690 <= unit.truncation["tokens"] <= 700 and unit.truncation["cap_tokens"] == 700
+    finally:
+        engine.close()

@@ -7,12 +7,9 @@ near-ties in quantized kernels, which round differently for a batch of k+1 token
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from edgeeval.engine.llama import LlamaModel
 
 DRAFT_P_MIN = 0.75
 """A draft model stops drafting where its top token's probability is below this: a token it is unsure of
@@ -30,6 +27,26 @@ class Drafter(Protocol):
     def propose(self, history: list[int], n: int) -> list[int]:
         """Up to n tokens likely to follow `history` (prompt + answer so far); may be empty."""
         ...
+
+
+class DraftTarget(Protocol):
+    """What drafting uses of a model (a LlamaModel): its prefix sequence and its vocabulary."""
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    @property
+    def n_vocab(self) -> int: ...
+
+    def feed_prompt(self, tokens: list[int]) -> int: ...
+
+    def logits(self, index: int) -> np.ndarray: ...
+
+    def append_tokens(self, tokens: list[int]) -> None: ...
+
+    def is_end(self, token: int) -> bool: ...
+
+    def token_text(self, token: int) -> bytes: ...
 
 
 class PromptLookup:
@@ -72,8 +89,8 @@ class DraftModel:
 
     name = "draft"
 
-    def __init__(self, model: LlamaModel, p_min: float | None = None):
-        self.model = model  # a LlamaModel
+    def __init__(self, model: DraftTarget, p_min: float | None = None):
+        self.model = model
         self.p_min = DRAFT_P_MIN if p_min is None else p_min
 
     def propose(self, history: list[int], n: int) -> list[int]:
@@ -82,17 +99,17 @@ class DraftModel:
         model = self.model
         if len(history) + n >= model.n_ctx:
             return []
-        model._feed_prompt(history)
+        model.feed_prompt(history)
         out: list[int] = []
         while True:
-            row = model._row(-1)
+            row = model.logits(-1)
             token = int(np.argmax(row))
             if model.is_end(token) or _top_probability(row) < self.p_min:
                 break
             out.append(token)
             if len(out) >= n:
                 break
-            model._decode_one_sequence([token])
+            model.append_tokens([token])
         return out
 
 
@@ -101,7 +118,7 @@ def _top_probability(row: np.ndarray) -> float:
     return 1.0 / float(np.exp(row.astype(np.float64) - top).sum())
 
 
-def vocabulary_mismatch(target: LlamaModel, draft: LlamaModel) -> str | None:
+def vocabulary_mismatch(target: DraftTarget, draft: DraftTarget) -> str | None:
     """Why `draft` cannot draft for `target` (another token count, or a token spelled differently), or None."""
     if target.n_vocab != draft.n_vocab:
         return f"{target.n_vocab} tokens vs {draft.n_vocab}"

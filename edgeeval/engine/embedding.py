@@ -1,0 +1,83 @@
+"""Embeddings for retrieval: the mean over a text's tokens of the model's last hidden state, in a context
+of their own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import llama_cpp as L
+import numpy as np
+
+from edgeeval.engine import EngineError, EngineSettings
+from edgeeval.engine.llama_context import Batch, Counters, new_context, timed_decode
+from edgeeval.engine.tokens import Vocabulary
+from edgeeval.types import ErrorKind
+
+
+class Embedder:
+    """Embeds texts with a loaded model; its context is made on the first call and kept."""
+
+    def __init__(self, model: Any, settings: EngineSettings, vocabulary: Vocabulary, counters: Counters):
+        self.model = model
+        self.settings = settings
+        self.vocabulary = vocabulary
+        self.counters = counters
+        self._made: tuple[Any, Batch, int] | None = None
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One unit-length vector per text: the mean over its tokens of the model's last hidden state
+        (llama.cpp's MEAN pooling), each text cut to its first `n_tokens()` tokens. Texts are
+        decoded several at a time, each as its own sequence, in a context of their own."""
+        ctx, batch, n_tokens = self._context()
+        n_embd = L.llama_model_n_embd(self.model)
+        vectors: list[list[float]] = []
+        pending = [self.vocabulary.tokenize(text)[:n_tokens] or [self.vocabulary.bos()] for text in texts]
+        start = 0
+        while start < len(pending):
+            L.llama_memory_clear(L.llama_get_memory(ctx), True)
+            batch.clear()
+            group = 0
+            while start + group < len(pending) and group < batch.n_seq_max:
+                tokens = pending[start + group]
+                if batch.n + len(tokens) > batch.capacity:
+                    break
+                first = batch.add(tokens, 0, [group])
+                for index in range(first, first + len(tokens)):
+                    batch.want_logits(index)
+                group += 1
+            status = timed_decode(ctx, batch.raw_for_decode(), self.counters)
+            if status != 0:
+                raise EngineError(ErrorKind.ENGINE, f"llama_decode returned {status} while embedding")
+            for seq in range(group):
+                row = L.llama_get_embeddings_seq(ctx, seq)
+                if not row:
+                    raise EngineError(ErrorKind.ENGINE, "llama.cpp returned no pooled embedding")
+                vector = np.ctypeslib.as_array(row, shape=(n_embd,)).astype(np.float64)
+                norm = float(np.linalg.norm(vector))
+                vectors.append((vector / norm if norm > 0 else vector).tolist())
+            self.counters["prompt_tokens"] += sum(len(t) for t in pending[start:start + group])
+            start += group
+        return vectors
+
+    def n_tokens(self) -> int:
+        """The most tokens of a text that `embed` reads (the rest is cut)."""
+        return min(self.settings.n_ctx, self.settings.n_batch)
+
+    def _context(self) -> tuple[Any, Batch, int]:
+        """A context made for embeddings (MEAN pooling, every token an output): the sequences of one
+        decode share its cells and each lies whole in one micro-batch."""
+        if self._made is None:
+            n_tokens = self.n_tokens()
+            n_seq = min(16, max(1, self.settings.n_seq_max))
+            ctx = new_context(self.model, self.settings, n_ctx=n_tokens, n_batch=n_tokens, n_ubatch=n_tokens,
+                              n_seq_max=n_seq, n_outputs=n_tokens, unified=True, flash_attn=False, embeddings=True)
+            if not ctx:
+                raise EngineError(ErrorKind.ENGINE, f"llama.cpp could not create an embedding context of {n_tokens} tokens")
+            self._made = (ctx, Batch(n_tokens, n_seq), n_tokens)
+        return self._made
+
+    def close(self) -> None:
+        if self._made is not None:
+            L.llama_free(self._made[0])
+            self._made[1].free()
+            self._made = None
