@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from edgeeval.config.models import load_models_config
+from edgeeval.engine import EngineSettings
+from edgeeval.engine.fake import FakeModel
+from edgeeval.prompting.token_budget import TokenCounter
 from edgeeval.retrieval.corpus import Passage, load_passages
 from edgeeval.retrieval.index import open_bm25, tokenize
 from edgeeval.retrieval.leakage import is_near_duplicate
@@ -141,7 +144,8 @@ def test_documents_are_chunked_with_overlap_and_jsonl_corpora_read_like_medrag(t
 
 def plan(project: Path, model: str, task: str = "case_challenges", mode: str = "generate"):
     config = load_models_config(project / "models.toml", str(project.parent / "models"))
-    return plan_units(prepare_model(config, model), prepare_task(config, task, None, None, mode=mode))[0]
+    words = TokenCounter(FakeModel("fake.gguf", EngineSettings()))  # the fake models' tokenizer: a word a token
+    return plan_units(prepare_model(config, model), prepare_task(config, task, None, None, mode=mode), words)[0]
 
 
 def test_passages_come_before_the_question_and_only_in_its_turn(rag_project):
