@@ -94,8 +94,12 @@ def cmd_run(args, pairs: list[str] | None = None, tasks: list[str] | None = None
               f"{time.perf_counter() - started:.1f} s{rate}")
     # A shard's report would be partial, and shards finishing together would write it at once.
     if shard is not None:
-        print(f"shard {shard} done; when every shard has finished: edgeeval report {out}")
+        print(f"shard {shard} done; when every shard has finished: edgeeval report {out} (or the same run command "
+              "without --shard, which also computes the metrics that need a model of their own, as BERTScore)")
         return 0
+    from edgeeval.run.bertscore import score_run as compute_bertscores
+
+    compute_bertscores(project, out, settings, engine_factory(args.engine), progress=not args.quiet)
     report = build_report(out, seed=args.seed, no_text=args.no_text)
     print(f"report: {report.resolve()}")
     return 0

@@ -168,3 +168,68 @@ def write_tiny_f32_llama(tokenizer_from: Path, path: Path, seed: int = 0) -> Pat
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+BERT_WORDS = ["the", "patient", "has", "fever", "cough", "and", "pain", "what", "is", "dose", "of", "metformin",
+              "side", "effects", "can", "i", "take", "ibuprofen", "with", "warfarin", "?", ".", ","]
+
+
+def write_tiny_bert(path: Path, seed: int = 0) -> Path:
+    """A 2-layer BERT encoder with random float32 weights and a small WordPiece vocabulary, written as llama.cpp's
+    converter writes a BERT model (word-initial pieces marked with '▁'): enough to run BERTScore's encoder path."""
+    import gguf
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *("\u2581" + w for w in BERT_WORDS), "s", "ing"]
+    n_vocab, n_embd, n_head, n_ff, n_layer, n_pos = len(vocab), 32, 4, 64, 2, 128
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_name("tiny-bert")
+    writer.add_context_length(n_pos)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_layer_norm_eps(1e-12)
+    writer.add_causal_attention(False)
+    writer.add_pooling_type(gguf.PoolingType.MEAN)
+    writer.add_file_type(0)
+    writer.add_tokenizer_model("bert")
+    writer.add_token_list(vocab)
+    writer.add_token_types([3 if t.startswith("[") else 1 for t in vocab])  # control tokens, normal pieces
+    writer.add_token_type_count(2)
+    writer.add_unk_token_id(1)
+    writer.add_pad_token_id(0)
+    writer.add_sep_token_id(3)
+    writer.add_mask_token_id(4)
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(3)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_add_sep_token(True)
+    rng = np.random.default_rng(seed)
+
+    def weight(*shape: int, scale: float = 0.2) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    ones, zeros = np.ones(n_embd, dtype=np.float32), np.zeros(n_embd, dtype=np.float32)
+    writer.add_tensor("token_embd.weight", weight(n_vocab, n_embd, scale=1.0))
+    writer.add_tensor("token_types.weight", weight(2, n_embd, scale=0.1))
+    writer.add_tensor("position_embd.weight", weight(n_pos, n_embd, scale=0.1))
+    writer.add_tensor("token_embd_norm.weight", ones)
+    writer.add_tensor("token_embd_norm.bias", zeros)
+    for i in range(n_layer):
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(n_embd, n_embd))
+            writer.add_tensor(f"blk.{i}.{name}.bias", zeros)
+        writer.add_tensor(f"blk.{i}.attn_output_norm.weight", ones)
+        writer.add_tensor(f"blk.{i}.attn_output_norm.bias", zeros)
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(n_ff, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_up.bias", np.zeros(n_ff, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff))
+        writer.add_tensor(f"blk.{i}.ffn_down.bias", zeros)
+        writer.add_tensor(f"blk.{i}.layer_output_norm.weight", ones)
+        writer.add_tensor(f"blk.{i}.layer_output_norm.bias", zeros)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

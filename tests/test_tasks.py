@@ -193,8 +193,12 @@ def test_fake_run_reports_every_declared_metric(full_run, name: str) -> None:
                 assert any(m.startswith("confusion_") for m in metrics)
             else:
                 assert metric in metrics
+    # BERTScore without an encoder, UMLS-F1 always: reported as not computed (no value, n = 0), and not compared.
+    not_computed = {r["metric"] for r in results if r["n"] == "0"}
+    assert not_computed <= {"bertscore_f1", "umls_f1"}
+    assert all(r["value"].lower() in ("nan", "") for r in results if r["metric"] in not_computed)
     compared = {r["metric"]: r for r in read_csv(out / "comparison.csv") if r["task"] == name}
-    assert set(compared) == set(spec.metrics) - {"error_rate", "confusion"}
+    assert set(compared) == set(spec.metrics) - {"error_rate", "confusion"} - not_computed
     for metric, row in compared.items():
         assert row["test"] in ("mcnemar_exact", "paired_permutation")
         assert 0.0 <= float(row["p_value"]) <= 1.0 and float(row["p_holm"]) >= float(row["p_value"])

@@ -107,11 +107,24 @@ class PairSpec(Frozen):
     description: str = ""
 
 
+class ScoringSpec(Frozen):
+    """How some metrics are computed with a model of their own (models.toml's [scoring] table)."""
+
+    bertscore_model: str | None = None
+    """The models.toml entry of an encoder GGUF (a BERT model converted with llama.cpp's converter, e.g. SciBERT
+    or Bio_ClinicalBERT as CLUE used) that computes BERTScore for the summary tasks, from its last layer. None:
+    BERTScore is reported as not computed."""
+    bertscore_idf: bool = False
+    """Weigh each token by its inverse document frequency over the task's references (bert-score's `idf=True`;
+    CLUE used the default, False)."""
+
+
 class ModelsConfig(Frozen):
     """The whole models.toml."""
 
     models: dict[str, ModelSpec]
     pairs: dict[str, PairSpec] = {}
+    scoring: ScoringSpec = ScoringSpec()
 
 
 class Project(Frozen):
@@ -149,6 +162,10 @@ def load_models_config(path: Path, models_dir: str | None = None, tasks_dirs: tu
             if target not in config.models:
                 known = ", ".join(config.models)
                 raise ConfigError(f"{path}: pair '{name}' {role} '{target}' is not a model in this file (models: {known})")
+    encoder = config.scoring.bertscore_model
+    if encoder is not None and (encoder not in config.models or config.models[encoder].retrieval is not None):
+        raise ConfigError(f"{path}: scoring.bertscore_model '{encoder}' is not a plain model entry of this file "
+                          f"(models: {', '.join(n for n, s in config.models.items() if s.retrieval is None)})")
     chosen = models_dir or os.environ.get(MODELS_DIR_ENV) or DEFAULT_MODELS_DIR
     return Project(config_path=path, root=path.parent, models_dir=Path(chosen).expanduser(), config=config,
                    tasks_dirs=tuple(tasks_dirs))

@@ -52,6 +52,9 @@ class EngineSettings:
     n_draft: int = 8
     """Most tokens drafted per step: verifying 8 costs little more than generating one where decoding is
     bound by memory bandwidth (models of a billion parameters and more on a CPU)."""
+    embeddings_only: bool = False
+    """Load the model for its embeddings only (an encoder such as BERTScore's): no generation context, which
+    an encoder-only model cannot have."""
     vocab_only: bool = False
     """Load only the model's vocabulary (no weights, no context, seconds to load): the planner's tokenizer for the
     context rules that count the model's own tokens."""
@@ -205,6 +208,11 @@ class Engine(Protocol):
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """One unit-length vector per text (retrieval's 'embedding' retriever). Raises EngineError."""
+        ...
+
+    def token_embeddings(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Per text: {tokens, special (the start and end tokens the model adds), vectors (each token's vector of
+        the last layer)}: what BERTScore matches. Raises EngineError."""
         ...
 
     def count_tokens(self, texts: list[str]) -> list[int]:

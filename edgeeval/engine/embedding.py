@@ -1,5 +1,5 @@
-"""Embeddings for retrieval: the mean over a text's tokens of the model's last hidden state, in a context
-of their own."""
+"""Embeddings: for retrieval, the mean over a text's tokens of the model's last hidden state; for BERTScore,
+every token's own vector of the last layer; each in a context of its own."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class Embedder:
         self.vocabulary = vocabulary
         self.counters = counters
         self._made: tuple[Any, Batch, int] | None = None
+        self._per_token: tuple[Any, Batch, int] | None = None
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """One unit-length vector per text: the mean over its tokens of the model's last hidden state
@@ -59,6 +60,34 @@ class Embedder:
             start += group
         return vectors
 
+    def token_vectors(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Per text, its tokens (cut to the first `n_tokens()`), which of them are the start and end tokens the
+        model adds (BERT's [CLS] and [SEP], which BERTScore does not weigh), and each token's vector of the last
+        layer (no pooling): what BERTScore matches. One text per decode, alone in the cache."""
+        ctx, batch, n_tokens = self._token_context()
+        n_embd = L.llama_model_n_embd(self.model)
+        special = {self.vocabulary.bos(), self.vocabulary.eos(), self.vocabulary.sep()} - {-1}
+        out = []
+        for text in texts:
+            tokens = self.vocabulary.tokenize(text)[:n_tokens] or [self.vocabulary.bos()]
+            L.llama_memory_clear(L.llama_get_memory(ctx), True)
+            batch.clear()
+            first = batch.add(tokens, 0, [0])
+            for index in range(first, first + len(tokens)):
+                batch.want_logits(index)
+            status = timed_decode(ctx, batch.raw_for_decode(), self.counters)
+            if status != 0:
+                raise EngineError(ErrorKind.ENGINE, f"llama_decode returned {status} while embedding tokens")
+            rows = []
+            for index in range(len(tokens)):
+                row = L.llama_get_embeddings_ith(ctx, index)
+                if not row:
+                    raise EngineError(ErrorKind.ENGINE, "llama.cpp returned no token embedding")
+                rows.append(np.ctypeslib.as_array(row, shape=(n_embd,)).astype(np.float64).tolist())
+            self.counters["prompt_tokens"] += len(tokens)
+            out.append({"tokens": tokens, "special": [t in special for t in tokens], "vectors": rows})
+        return out
+
     def n_tokens(self) -> int:
         """The most tokens of a text that `embed` reads (the rest is cut)."""
         return min(self.settings.n_ctx, self.settings.n_batch)
@@ -76,8 +105,22 @@ class Embedder:
             self._made = (ctx, Batch(n_tokens, n_seq), n_tokens)
         return self._made
 
+    def _token_context(self) -> tuple[Any, Batch, int]:
+        """A context for per-token vectors (no pooling), one sequence at a time, made once."""
+        if self._per_token is None:
+            n_tokens = self.n_tokens()
+            ctx = new_context(self.model, self.settings, n_ctx=n_tokens, n_batch=n_tokens, n_ubatch=n_tokens,
+                              n_seq_max=1, n_outputs=n_tokens, unified=True, flash_attn=False, embeddings=True,
+                              per_token=True)
+            if not ctx:
+                raise EngineError(ErrorKind.ENGINE, f"llama.cpp could not create a token-embedding context of {n_tokens} "
+                                  "tokens")
+            self._per_token = (ctx, Batch(n_tokens, 1), n_tokens)
+        return self._per_token
+
     def close(self) -> None:
-        if self._made is not None:
-            L.llama_free(self._made[0])
-            self._made[1].free()
-            self._made = None
+        for made in (self._made, self._per_token):
+            if made is not None:
+                L.llama_free(made[0])
+                made[1].free()
+        self._made = self._per_token = None

@@ -55,11 +55,14 @@ class LlamaModel:
         if settings.vocab_only:  # the planner's tokenizer: no weights, no context
             self.draft = None
             return
+        self.embedder = Embedder(self.model, settings, self.vocabulary, self.counters)
+        if settings.embeddings_only:  # an encoder: its embeddings' own contexts only
+            self.draft = None
+            return
         self.cache = PrefixCache(self.model, settings, self.max_outputs, self.n_vocab, self.counters)
         self.n_ctx = self.cache.n_ctx
         self.n_batch = self.cache.n_batch
         self.scorer = LoglikScorer(self.vocabulary, self.cache)
-        self.embedder = Embedder(self.model, settings, self.vocabulary, self.counters)
         self.draft = self._load_draft(path, settings) if settings.draft_model else None
         self.streams = Streams(self.model, self.vocabulary, self.cache)
         self.generator = Generator(self.vocabulary, self.cache, self.streams, self.draft)
@@ -156,6 +159,9 @@ class LlamaModel:
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         return self.embedder.embed(texts)
+
+    def token_embeddings(self, texts: list[str]) -> list[dict[str, Any]]:
+        return self.embedder.token_vectors(texts)
 
     def embedding_tokens(self) -> int:
         """The most tokens of a text that `embed` reads (the rest is cut)."""

@@ -58,11 +58,13 @@ def quiet_llama_log() -> None:
 
 
 def new_context(model: Any, settings: EngineSettings, *, n_ctx: int, n_batch: int, n_ubatch: int, n_seq_max: int,
-                n_outputs: int, unified: bool, flash_attn: bool | None = None, embeddings: bool = False) -> Any:
+                n_outputs: int, unified: bool, flash_attn: bool | None = None, embeddings: bool = False,
+                per_token: bool = False) -> Any:
     """A llama.cpp context for `model` with the settings' threads; a null pointer where llama.cpp could not
     make one (the caller says what it wanted). `unified`: one KV buffer for all sequences, so they can share
     cells; else one stream per sequence. `flash_attn`: None follows the settings (off by default, see the
-    module doc). `embeddings`: pooled embeddings (MEAN) instead of logits."""
+    module doc). `embeddings`: pooled embeddings (MEAN) instead of logits; with `per_token`, every token's
+    own vector of the last layer (no pooling)."""
     params = L.llama_context_default_params()
     params.n_ctx = n_ctx
     params.n_batch = n_batch
@@ -78,7 +80,7 @@ def new_context(model: Any, settings: EngineSettings, *, n_ctx: int, n_batch: in
     params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if use_flash else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
     if embeddings:
         params.embeddings = True
-        params.pooling_type = L.LLAMA_POOLING_TYPE_MEAN
+        params.pooling_type = L.LLAMA_POOLING_TYPE_NONE if per_token else L.LLAMA_POOLING_TYPE_MEAN
     params.no_perf = True
     return L.llama_init_from_model(model, params)
 

@@ -59,6 +59,12 @@ class Vocabulary:
     def bos(self) -> int:
         return int(L.llama_vocab_bos(self.vocab))
 
+    def eos(self) -> int:
+        return int(L.llama_vocab_eos(self.vocab))
+
+    def sep(self) -> int:
+        return int(L.llama_vocab_sep(self.vocab))
+
     def split_tokens(self, context: str, continuation: str) -> tuple[list[int], int]:
         """Tokens of context+continuation and where the continuation starts (lm-eval's way).
 

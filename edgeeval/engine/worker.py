@@ -173,6 +173,14 @@ def _op_embed(model: Model, request: dict[str, Any]) -> dict[str, Any]:
         return _error_reply(_as_engine_error(exc))
 
 
+def _op_token_embeddings(model: Model, request: dict[str, Any]) -> dict[str, Any]:
+    _maybe_inject_fault("\0".join(request["texts"]))
+    try:
+        return {"texts": model.token_embeddings(request["texts"])}
+    except Exception as exc:  # noqa: BLE001
+        return _error_reply(_as_engine_error(exc))
+
+
 def _op_count_tokens(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     try:
         return {"counts": model.count_tokens(request["texts"])}
@@ -190,6 +198,7 @@ def _op_token_slice(model: Model, request: dict[str, Any]) -> dict[str, Any]:
 # Operations besides `generate`: each takes the request and returns the reply to send.
 _OPS = {
     "count_tokens": _op_count_tokens,
+    "token_embeddings": _op_token_embeddings,
     "token_slice": _op_token_slice,
     "embed": _op_embed,
     "generate_many": _op_generate_many,
@@ -305,6 +314,14 @@ class WorkerEngine:
             raise _reply_error(reply)
         vectors: list[list[float]] = reply["vectors"]
         return vectors
+
+    def token_embeddings(self, texts: list[str]) -> list[dict[str, Any]]:
+        """Each text's tokens and their vectors of the last layer (BERTScore's encoder); raises EngineError."""
+        reply = self._request_with_retry({"op": "token_embeddings", "texts": list(texts)}, "embedding")
+        if "error" in reply:
+            raise _reply_error(reply)
+        embedded: list[dict[str, Any]] = reply["texts"]
+        return embedded
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """The model's own token counts (the planner's tokenizer); raises EngineError."""

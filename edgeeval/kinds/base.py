@@ -33,6 +33,11 @@ class Metric:
     ratio: Ratio | None = None
     lower_is_better: bool = False
     """Failure measures (invalid answers, engine errors, hallucinations): fewer is better."""
+    requires: str | None = None
+    """A per-example column that only some runs have (a score computed with a model of its own): where it is
+    missing the metric is reported as not computed, with `not_computed`, never as 0."""
+    not_computed: str = ""
+    """Why the metric is missing when `requires` is (the run's manifest may say more)."""
     test: PairedTest | None = "paired_permutation"
     """How the paired difference gets its p-value: an exact McNemar test on per-example yes/no flags (it falls
     back to the permutation test if the flags turn out not to be 0/1 of weight 1), a paired sign-flip

@@ -86,6 +86,15 @@ KIND = Kind(
           for name in ROUGE_TYPES),
         Metric("problem_f1", "F1 of the listed problems against the gold problem list",
                ratio=Ratio(number("problem_f1"))),
+        *(Metric(f"bertscore_{part}", f"BERTScore {part} against the reference, from an encoder's last layer through "
+                 "llama.cpp (CLUE used SciBERT's or Bio_ClinicalBERT's through bert-score: compare within a run)",
+                 ratio=Ratio(number(f"bertscore_{part}")), requires=f"bertscore_{part}",
+                 not_computed="no BERTScore encoder was named in models.toml ([scoring] bertscore_model)")
+          for part in ("precision", "recall", "f1")),
+        Metric("umls_f1", "F1 of the reply's UMLS concepts against the reference's (CLUE's UMLS-F1)",
+               ratio=Ratio(number("umls_f1")), requires="umls_f1",
+               not_computed="UMLS-F1 needs the UMLS licence and scispaCy's UMLS linker with its knowledge base, which "
+               "edgeeval does not ship"),
         *COMMON,
     ),
     parse=parse,

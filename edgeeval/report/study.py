@@ -184,8 +184,26 @@ def _assemble(title, runs, arms, pairs, tasks, scored, seed, notes) -> Study:
     comparisons = [compare_pair(scored, p.name, p.baseline, p.candidate, seed=seed) for p in pairs]
     comparison = pl.concat(comparisons) if comparisons else pl.DataFrame(schema=COMPARISON_SCHEMA)
     notes = notes + version_drift(runs) + [f"{note} ({run.name})" for run in runs for note in shard_gaps(run.path)]
+    notes += not_computed_notes(results, scored, runs)
     spread = repetition_spread(scored) if scored.height else pl.DataFrame(schema=REPETITION_SCHEMA)
     return Study(title, runs, arms, pairs, tasks, scored, results, comparison, True, notes, spread)
+
+
+def not_computed_notes(results: pl.DataFrame, scored: pl.DataFrame, runs: list[Run]) -> list[str]:
+    """One note per metric a task lists but the run could not compute (n = 0), saying why: the run's own reason
+    (its manifest's scoring entry) where it has one, else the metric's."""
+    missing = results.filter((pl.col("n") == 0) & pl.col("value").is_nan())
+    if not missing.height:
+        return []
+    task_kind = dict(scored.select("task", "kind").unique().iter_rows()) if "kind" in scored.columns else {}
+    reasons = {name: status.get("reason") for run in runs
+               for name, status in (run.manifest.get("scoring") or {}).items() if not status.get("computed")}
+    notes: dict[str, list[str]] = {}
+    for metric, task in missing.select("metric", "task").unique(maintain_order=True).iter_rows():
+        declared = kinds.metric(task_kind.get(task) or kinds.DEFAULT, metric)
+        reason = reasons.get(metric.split("_")[0]) or declared.not_computed or "its scores are missing"
+        notes.setdefault(f"{metric} not computed: {reason}", []).append(task)
+    return [f"{note} ({', '.join(tasks)})" for note, tasks in notes.items()]
 
 
 def with_versions(results: pl.DataFrame, scored: pl.DataFrame) -> pl.DataFrame:

@@ -184,6 +184,9 @@ class Manifest(_Entry):
     """Per model: what the engine reported (backend, llama.cpp system info, restarts, crashes, speed)."""
     invocations: list[dict[str, Any]] = []
     """One entry per `edgeeval run` that wrote here: when, how long, how many, with which arguments."""
+    scoring: dict[str, Any] = {}
+    """Metrics computed with a model of their own after the answers (BERTScore's encoder): which model, how, and
+    whether they were computed (scores/ in the run directory holds them)."""
     nodes: dict[str, dict[str, Any]] = {}
     """Per machine that answered (the names records carry in `node`): its CPU and llama.cpp system info."""
 
@@ -385,13 +388,26 @@ def load_records(root: Path, model: str, task: str) -> list[Record]:
     return sorted(records, key=lambda r: r.created)
 
 
+def current_records(root: Path, manifest: Manifest, model: str, task: str) -> list[Record]:
+    """The records of (model, task) that belong to the run's current model file and task definition (files may
+    also hold records of an older one), the last record of a unit winning when it was retried, in item order
+    (example id, then repetition): not the order records were written, which shards, Ray workers and retries
+    change, so the paired bootstrap draws the same items whichever wrote them."""
+    meta, entry = manifest.models[model], manifest.tasks[task]
+    latest = {}
+    for record in load_records(root, model, task):  # every shard's file, oldest first
+        if record.model_sha256 == meta.sha256 and record.task_hash == entry.hash:
+            latest[record.example_id, -1 if record.repeat is None else record.repeat] = record
+    return [latest[key] for key in sorted(latest)]
+
+
 def merge_manifests(current: Manifest | None, mine: Manifest) -> Manifest:
     """`mine` written over `current` without losing what other writers added: their models, tasks, pairs,
     engine entries, nodes and invocations stay; this writer's entries replace theirs of the same name."""
     if current is None:
         return mine
     merged = mine.model_copy(deep=True)
-    for name in ("pairs", "tasks", "models", "engine", "nodes"):
+    for name in ("pairs", "tasks", "models", "engine", "nodes", "scoring"):
         setattr(merged, name, {**getattr(current, name), **getattr(mine, name)})
     merged.invocations = current.invocations + [i for i in mine.invocations if i not in current.invocations]
     return merged

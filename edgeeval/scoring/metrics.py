@@ -171,7 +171,7 @@ def repetition_spread(scored: pl.DataFrame) -> pl.DataFrame:
     repeated = scored.filter(pl.col("repeat").is_not_null())
     for (model, task), group in repeated.group_by(["model", "task"], maintain_order=True):
         for metric in task_metrics(group):
-            if metric_of(group, metric).form == "table":
+            if metric_of(group, metric).form == "table" or not computed(metric, group):
                 continue
             values = np.array([metric_statistic(metric, part)(np.arange(part.height))
                                for _, part in group.group_by("repeat", maintain_order=True)], dtype=float)
@@ -198,6 +198,13 @@ def summarize(scored: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=SUMMARY_SCHEMA, orient="row")
 
 
+def computed(name: str, frame: pl.DataFrame) -> bool:
+    """Whether the frame has what the metric is computed from (a metric whose scores come from a model of their
+    own, as BERTScore's, is not computed where the run has none: reported as such, never as 0)."""
+    requires = metric_of(frame, name).requires
+    return requires is None or (requires in frame.columns and frame[requires].is_not_null().any())
+
+
 def task_metrics(group: pl.DataFrame) -> list[str]:
     declared = group["metrics"].drop_nulls() if "metrics" in group.columns else pl.Series([], dtype=pl.String)
     return declared[0].split(",") if declared.len() else list(DEFAULT_METRICS)
@@ -206,6 +213,8 @@ def task_metrics(group: pl.DataFrame) -> list[str]:
 def _summary_rows(model: str, task: str, metric: str, group: pl.DataFrame, seed: int) -> list[tuple]:
     if metric_of(group, metric).form == "table":
         return confusion_rows(model, task, group, seed)
+    if not computed(metric, group):
+        return [(model, task, metric, math.nan, math.nan, math.nan, 0)]
     statistic = metric_statistic(metric, group)
     value, low, high = stats.bootstrap_ci(np.arange(group.height), statistic, seed=seed)
     return [(model, task, metric, value, low, high, group.height)]
@@ -257,7 +266,7 @@ def compare_pair(
         arms = [task_keys.join(rows_, on=["task", "example_id"], how="left", maintain_order="left")
                 for rows_ in (base.filter(pl.col("task") == task), cand.filter(pl.col("task") == task))]
         for metric in task_metrics(both):
-            if metric_of(both, metric).test is not None:
+            if metric_of(both, metric).test is not None and computed(metric, arms[0]) and computed(metric, arms[1]):
                 rows.append(_compare_metric(arms[0], arms[1], pair, task, metric, seed))
     table = pl.DataFrame(rows, schema=COMPARISON_SCHEMA, orient="row")
     return _add_holm(table)

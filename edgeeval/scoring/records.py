@@ -11,7 +11,8 @@ from edgeeval.errors import DataError
 from edgeeval.kinds.base import best_option
 from edgeeval.retrieval.audit import COLUMNS as RETRIEVAL_COLUMNS
 from edgeeval.retrieval.audit import audit_columns
-from edgeeval.run.store import Manifest, TaskEntry, load_manifest, load_records
+from edgeeval.run.score_cache import bertscore_key, read_bertscores
+from edgeeval.run.store import Manifest, Record, TaskEntry, current_records, load_manifest
 
 RECORD_COLUMNS = ["model", "task", "example_id", "repeat", "gold", "output", "error", "error_kind", "prompt", "options",
                   "mode", "finish_reason", "n_prompt_tokens", "n_output_tokens", "seconds"]
@@ -19,6 +20,7 @@ RECORD_COLUMNS = ["model", "task", "example_id", "repeat", "gold", "output", "er
 TASK_COLUMNS = {"kind": pl.String, "metrics": pl.String, "rouge_stemmer": pl.Boolean}
 PARSED_COLUMNS = {"parsed": pl.String, "parsed_lenient": pl.String, "unoffered_choice": pl.String,
                   "truncated": pl.Boolean}
+BERTSCORE_COLUMNS = {"bertscore_precision": pl.Float64, "bertscore_recall": pl.Float64, "bertscore_f1": pl.Float64}
 
 
 def load_current_records(run_dir: Path) -> tuple[Manifest, pl.DataFrame]:
@@ -30,22 +32,38 @@ def load_current_records(run_dir: Path) -> tuple[Manifest, pl.DataFrame]:
     if manifest is None:
         raise DataError(f"{run_dir} is not an edgeeval run directory (no manifest.json)")
     rows: list[dict] = []
-    for model, meta in manifest.models.items():
+    bertscores = BertScores(run_dir, manifest)
+    for model in manifest.models:
         for task, entry in manifest.tasks.items():
-            latest = {}
-            for record in load_records(run_dir, model, task):  # every shard's file, oldest first
-                if record.model_sha256 == meta.sha256 and record.task_hash == entry.hash:
-                    latest[record.example_id, -1 if record.repeat is None else record.repeat] = record
-            # In example-id order, not the order records were written: shards, Ray workers and retries write
-            # in other orders, and the paired bootstrap must draw the same items whichever wrote them.
-            rows.extend(_row(latest[i].model_dump(), entry) for i in sorted(latest))
+            rows.extend({**_row(record.model_dump(), entry), **bertscores.columns(task, record)}
+                        for record in current_records(run_dir, manifest, model, task))
     if not rows:
         return manifest, pl.DataFrame(schema={c: pl.Utf8 for c in ("model", "task", "example_id", "gold")})
     schema = {**{c: None for c in RECORD_COLUMNS if c != "options"}, **TASK_COLUMNS, **PARSED_COLUMNS,
-              **RETRIEVAL_COLUMNS}
+              **RETRIEVAL_COLUMNS, **BERTSCORE_COLUMNS}
     frame = pl.DataFrame([{c: r.get(c) for c in schema} for r in rows],
-                         schema_overrides={**TASK_COLUMNS, **PARSED_COLUMNS, **RETRIEVAL_COLUMNS})
+                         schema_overrides={**TASK_COLUMNS, **PARSED_COLUMNS, **RETRIEVAL_COLUMNS, **BERTSCORE_COLUMNS})
     return manifest, frame
+
+
+class BertScores:
+    """The BERTScores the run computed (edgeeval.run.bertscore), looked up per answer; none when it computed none
+    (the metric is then reported as not computed, never as 0)."""
+
+    def __init__(self, run_dir: Path, manifest: Manifest):
+        self.status = manifest.scoring.get("bertscore") or {}
+        self.cache = read_bertscores(run_dir) if self.status.get("computed") else {}
+
+    def columns(self, task: str, record: Record) -> dict[str, float | None]:
+        scorer = (self.status.get("scorers") or {}).get(task)
+        if not self.status.get("computed") or scorer is None:
+            return {}
+        if record.error is not None or not (record.output or "").strip():
+            return dict.fromkeys(BERTSCORE_COLUMNS, 0.0)  # no answer scores 0, as an empty summary's ROUGE
+        key = bertscore_key(record.model, task, record.example_id, record.repeat, (record.output or "").strip(),
+                            record.gold, scorer, bool(self.status.get("idf")))
+        found = self.cache.get(key)
+        return {} if found is None else dict(zip(BERTSCORE_COLUMNS, found))
 
 
 def _row(record: dict, task: TaskEntry) -> dict:
