@@ -95,8 +95,8 @@ class LlamaModel:
 
     # --- tokens -------------------------------------------------------------------------------
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.vocabulary.tokenize(text)
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.vocabulary.tokenize(text, add_special)
 
     def piece(self, token: int) -> bytes:
         return self.vocabulary.piece(token)

@@ -16,15 +16,17 @@ class Vocabulary:
         self.vocab = vocab
         self.n_tokens: int = L.llama_vocab_n_tokens(vocab)
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """`text`'s tokens, with the start token the model adds (unless `add_special` is False: a piece that
+        follows other tokens); special tokens written as text (a chat template's markers) become themselves."""
         data = text.encode("utf-8")
         capacity = len(data) + 16
         buf = (L.llama_token * capacity)()
-        n = L.llama_tokenize(self.vocab, data, len(data), buf, capacity, True, True)
+        n = L.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
         if n < 0:
             capacity = -n
             buf = (L.llama_token * capacity)()
-            n = L.llama_tokenize(self.vocab, data, len(data), buf, capacity, True, True)
+            n = L.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
         return list(buf[:n])
 
     def detokenize(self, tokens: list[int]) -> str:
@@ -66,17 +68,24 @@ class Vocabulary:
         return int(L.llama_vocab_sep(self.vocab))
 
     def split_tokens(self, context: str, continuation: str) -> tuple[list[int], int]:
-        """Tokens of context+continuation and where the continuation starts (lm-eval's way).
+        """Tokens of context+continuation and where the continuation starts: the context always as it is
+        tokenized alone (as the prompt is, in generation), the continuation after it.
 
-        The two are tokenized together so that a merge across the boundary comes out as the model
-        would see it; the split is at the length of the context tokenized alone. Trailing spaces
-        of the context belong to the continuation (" B" is one token, "B" after " " is not)."""
+        Trailing spaces of the context belong to the continuation (" B" is one token, "B" after " " is
+        not). The two are tokenized together, as lm-evaluation-harness does, so the continuation's tokens are
+        the ones the model would write after the context. Where the tokenizer merges across the boundary
+        (',' after 'fever,' makes ',,' one token; 'nephr' + 'itis'), lm-eval's split leaves the continuation
+        no token, and it scores the option a free log-probability of 0; here the context keeps its own tokens
+        and the continuation is tokenized alone after them, so every option is scored from the same context,
+        by at least one token of its own."""
         spaces = len(context) - len(context.rstrip(" "))
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
+        own = self.tokenize(context)
         whole = self.tokenize(context + continuation)
-        start = min(len(self.tokenize(context)), len(whole))
-        return whole, start
+        if whole[:len(own)] == own:
+            return whole, len(own)
+        return own + self.tokenize(continuation, add_special=False), len(own)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
