@@ -174,13 +174,15 @@ BERT_WORDS = ["the", "patient", "has", "fever", "cough", "and", "pain", "what", 
               "side", "effects", "can", "i", "take", "ibuprofen", "with", "warfarin", "?", ".", ","]
 
 
-def write_tiny_bert(path: Path, seed: int = 0) -> Path:
-    """A 2-layer BERT encoder with random float32 weights and a small WordPiece vocabulary, written as llama.cpp's
-    converter writes a BERT model (word-initial pieces marked with '▁'): enough to run BERTScore's encoder path."""
+def write_tiny_bert(path: Path, seed: int = 0, n_layer: int = 2) -> Path:
+    """A BERT encoder (2 layers by default) with random float32 weights and a small WordPiece vocabulary, written as
+    llama.cpp's converter writes a BERT model (word-initial pieces marked with '▁'): enough to run BERTScore's
+    encoder path. The weights are drawn layer after layer, so a model with fewer layers and the same seed is the
+    first layers of one with more."""
     import gguf
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *("\u2581" + w for w in BERT_WORDS), "s", "ing"]
-    n_vocab, n_embd, n_head, n_ff, n_layer, n_pos = len(vocab), 32, 4, 64, 2, 128
+    n_vocab, n_embd, n_head, n_ff, n_pos = len(vocab), 32, 4, 64, 128
     writer = gguf.GGUFWriter(str(path), "bert")
     writer.add_name("tiny-bert")
     writer.add_context_length(n_pos)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +151,35 @@ def test_score_run_without_bertscore_tasks_does_nothing(tmp_path):
     project = load_models_config(project_dir / "models.toml", models_dir=str(tmp_path / "models"))
     assert score_run(project, out, EngineSettings(backend="fake"), WorkerEngine) is None
     assert not (out / BERTSCORE_FILE).exists()
+
+
+@pytest.mark.real_model
+def test_an_encoder_cut_to_its_first_layers_is_the_smaller_encoder(tmp_path):
+    """scripts/encoder_layers.py keeps the first N layers (bert-score reads a model's layer N; llama.cpp gives the
+    last): a 2-layer encoder cut to 1 gives, token by token, the vectors of the 1-layer encoder with the same
+    weights, and the vectors differ from the uncut model's."""
+    root = Path(__file__).resolve().parent.parent
+    two, one = write_tiny_bert(tmp_path / "two.gguf"), write_tiny_bert(tmp_path / "one.gguf", n_layer=1)
+    cut = tmp_path / "cut.gguf"
+    done = subprocess.run([sys.executable, str(root / "scripts" / "encoder_layers.py"), str(two), str(cut), "--layers",
+                           "1"], capture_output=True, text=True)
+    assert done.returncode == 0 and "1 of 2 layers" in done.stdout, done.stderr
+    texts = ["fever and cough", "the patient has renal failure"]
+    vectors = {}
+    for name, path in (("two", two), ("one", one), ("cut", cut)):
+        engine = WorkerEngine(path, EngineSettings(n_ctx=512, n_batch=512, n_ubatch=512, embeddings_only=True,
+                                                   n_threads=1))
+        try:
+            vectors[name] = engine.token_embeddings(texts)
+        finally:
+            engine.close()
+    for cut_text, one_text, two_text in zip(vectors["cut"], vectors["one"], vectors["two"]):
+        assert cut_text["tokens"] == one_text["tokens"] == two_text["tokens"]
+        np.testing.assert_allclose(cut_text["vectors"], one_text["vectors"], rtol=0, atol=1e-6)
+        assert np.abs(np.asarray(cut_text["vectors"]) - np.asarray(two_text["vectors"])).max() > 0.1
+    again = subprocess.run([sys.executable, str(root / "scripts" / "encoder_layers.py"), str(two), str(cut), "--layers",
+                            "1"], capture_output=True, text=True)
+    assert again.returncode != 0 and "exists already" in again.stderr  # never overwrites a file
+    too_many = subprocess.run([sys.executable, str(root / "scripts" / "encoder_layers.py"), str(two),
+                               str(tmp_path / "x.gguf"), "--layers", "3"], capture_output=True, text=True)
+    assert too_many.returncode != 0 and "has 2 layers; --layers must be 1 to 2" in too_many.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from tqdm import tqdm
@@ -24,6 +25,8 @@ ENCODER_TOKENS = 512
 """A BERT encoder reads at most 512 tokens; a longer text is cut (bert-score cuts it too)."""
 REQUEST = 32
 """Texts per request to the encoder's worker (the progress bar moves by this much)."""
+SCORER_VERSION = 2
+"""Bumped when the scores of the same texts change (2: references stripped too, as bert-score strips them)."""
 
 EngineFactory = Callable[[Path, EngineSettings], Engine]
 
@@ -52,7 +55,7 @@ def score_run(project: Project, run_dir: Path, settings: EngineSettings, engine_
                    for task, records in answers.items()}
         pending = _pending(run_dir, answers, scorers, idf)
         if pending:
-            _score(run_dir, pending, engine_factory(path, _encoder_settings(settings)), sha, idf, progress)
+            _score(run_dir, pending, engine_factory(path, encoder_settings(settings)), sha, idf, progress)
         status = {"computed": True, "model": encoder, "path": str(path), "sha256": sha, "architecture":
                   info.architecture, "backend": settings.backend, "layer": "last (llama.cpp)", "idf": idf,
                   "max_tokens": ENCODER_TOKENS,
@@ -64,7 +67,8 @@ def score_run(project: Project, run_dir: Path, settings: EngineSettings, engine_
     return status
 
 
-def _encoder_settings(settings: EngineSettings) -> EngineSettings:
+def encoder_settings(settings: EngineSettings) -> EngineSettings:
+    """The run's engine settings as an encoder needs them: one 512-token window, per-token vectors only."""
     return replace(settings, n_ctx=ENCODER_TOKENS, n_batch=ENCODER_TOKENS, n_ubatch=ENCODER_TOKENS,
                    embeddings_only=True, speculative="none", draft_model=None, vocab_only=False)
 
@@ -78,7 +82,7 @@ def _answered(run_dir: Path, manifest: Manifest, task: str) -> list[Record]:
 def scorer_id(encoder_sha: str, backend: str, idf: bool, references: list[str]) -> str:
     """What scores depend on besides the texts: the encoder file and what ran it (the tests' fake engine stands in
     for llama.cpp), and with idf the task's set of references."""
-    base = f"{encoder_sha}+{backend}"
+    base = f"v{SCORER_VERSION}:{encoder_sha}+{backend}"
     return base if not idf else f"{base}+idf:{_digest(list(dict.fromkeys(references)))}"
 
 
@@ -99,6 +103,18 @@ def _pending(run_dir: Path, answers: dict[str, list[Record]], scorers: dict[str,
     return pending
 
 
+def score_pairs(engine: Engine, pairs: Sequence[tuple[str, str]], references: Sequence[str] | None = None,
+                progress: bool = False) -> list[tuple[float, float, float]]:
+    """(precision, recall, F1) of each (candidate, reference) pair, the texts prepared as bert-score prepares them
+    (stripped; an encoder reads at most 512 tokens); with `references`, idf weights over them (the task's every
+    reference, as bert-score computes idf from its reference list)."""
+    pairs = [(candidate.strip(), reference.strip()) for candidate, reference in pairs]
+    documents = [r.strip() for r in references] if references is not None else []
+    embedded = _embed(engine, list(dict.fromkeys([*documents, *(t for pair in pairs for t in pair)])), progress)
+    weights = idf_weights([embedded[r] for r in documents]) if references is not None else None
+    return [bertscore(embedded[c], embedded[r], weights, len(documents)) for c, r in pairs]
+
+
 @dataclass(frozen=True)
 class Pending:
     task: str
@@ -115,14 +131,11 @@ def _digest(texts: list[str]) -> str:
 def _score(run_dir: Path, pending: list[Pending], engine: Engine, encoder_sha: str, idf: bool,
            progress: bool) -> None:
     try:
-        texts = list(dict.fromkeys(t for p in pending for t in (*p.references, *(c for _, c, _ in p.items))))
-        embedded = _embed(engine, texts, progress)
         for part in pending:
-            weights = idf_weights([embedded[r] for r in part.references]) if idf else None
+            scores = score_pairs(engine, [(candidate, record.gold) for _, candidate, record in part.items],
+                                 part.references if idf else None, progress)
             entries = []
-            for key, candidate, record in part.items:
-                precision, recall, f1 = bertscore(embedded[candidate], embedded[record.gold], weights,
-                                                  len(part.references))
+            for (key, candidate, record), (precision, recall, f1) in zip(part.items, scores):
                 entries.append({"key": key, "model": record.model, "task": part.task, "example_id": record.example_id,
                                 "repeat": record.repeat, "precision": precision, "recall": recall, "f1": f1,
                                 "encoder_sha256": encoder_sha, "idf": idf})
