@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from edgeeval.config.gguf import read_gguf_metadata
 from edgeeval.engine import EngineError, EngineSettings, Generation, OptionScore
@@ -138,61 +138,48 @@ def _reply_error(reply: dict[str, Any]) -> EngineError:
     return EngineError(ErrorKind(reply["error"]["kind"]), reply["error"]["detail"])
 
 
-def _op_generate_many(model: Model, request: dict[str, Any]) -> dict[str, Any]:
-    _maybe_inject_fault("\0".join(request["prompts"]))
+def _answered(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The op's reply, or the error it raised as an error reply (the worker goes on to the next request)."""
     try:
-        results = model.generate_many(request["prompts"], request["max_tokens"], request["stop"],
-                                      n_parallel=request.get("n_parallel"), speculative=request.get("speculative"))
-        return {"generations": [result.to_wire() for result in results]}
+        return call()
     except Exception as exc:  # noqa: BLE001
         return _error_reply(_as_engine_error(exc))
+
+
+def _op_generate_many(model: Model, request: dict[str, Any]) -> dict[str, Any]:
+    _maybe_inject_fault("\0".join(request["prompts"]))
+    return _answered(lambda: {"generations": [result.to_wire() for result in model.generate_many(
+        request["prompts"], request["max_tokens"], request["stop"], n_parallel=request.get("n_parallel"),
+        speculative=request.get("speculative"))]})
 
 
 def _op_loglikelihood_many(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     _maybe_inject_fault("\0".join(context + "\0" + "\0".join(options) for context, options in request["items"]))
-    try:
-        scores = model.loglikelihood_many([(c, list(o)) for c, o in request["items"]])
-    except Exception as exc:  # noqa: BLE001
-        return _error_reply(_as_engine_error(exc))
-    return {"scores": [[score.to_wire() for score in item] for item in scores]}
+    return _answered(lambda: {"scores": [[score.to_wire() for score in item] for item in model.loglikelihood_many(
+        [(c, list(o)) for c, o in request["items"]])]})
 
 
 def _op_letter_logprobs(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     _maybe_inject_fault(request["prompt"])
-    try:
-        return {"logprobs": model.letter_logprobs(request["prompt"], request["letters"])}
-    except Exception as exc:  # noqa: BLE001
-        return _error_reply(_as_engine_error(exc))
+    return _answered(lambda: {"logprobs": model.letter_logprobs(request["prompt"], request["letters"])})
 
 
 def _op_embed(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     _maybe_inject_fault("\0".join(request["texts"]))
-    try:
-        return {"vectors": model.embed(request["texts"])}
-    except Exception as exc:  # noqa: BLE001
-        return _error_reply(_as_engine_error(exc))
+    return _answered(lambda: {"vectors": model.embed(request["texts"])})
 
 
 def _op_token_embeddings(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     _maybe_inject_fault("\0".join(request["texts"]))
-    try:
-        return {"texts": model.token_embeddings(request["texts"])}
-    except Exception as exc:  # noqa: BLE001
-        return _error_reply(_as_engine_error(exc))
+    return _answered(lambda: {"texts": model.token_embeddings(request["texts"])})
 
 
 def _op_count_tokens(model: Model, request: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return {"counts": model.count_tokens(request["texts"])}
-    except Exception as exc:  # noqa: BLE001
-        return _error_reply(_as_engine_error(exc))
+    return _answered(lambda: {"counts": model.count_tokens(request["texts"])})
 
 
 def _op_token_slice(model: Model, request: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return {"text": model.token_slice(request["text"], request["start"], request["end"])}
-    except Exception as exc:  # noqa: BLE001
-        return _error_reply(_as_engine_error(exc))
+    return _answered(lambda: {"text": model.token_slice(request["text"], request["start"], request["end"])})
 
 
 # Operations besides `generate`: each takes the request and returns the reply to send.
