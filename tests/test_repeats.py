@@ -5,16 +5,20 @@ across repetitions in the report."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import polars as pl
 import pytest
 
+from edgeeval.data.longhealth import DocumentSelection, load_longhealth
 from edgeeval.run.store import read_records
 from edgeeval.scoring.metrics import compare_pair, per_item_means, repetition_spread, summarize
 
 from cli_support import run_cli
-from conftest import make_project
+from conftest import ROOT, make_project
+
+SAMPLE = ROOT / "benchmarks" / "clinical" / "data" / "longhealth_sample.json"
 
 
 def fake_run(project: Path, out: Path, *extra: str) -> int:
@@ -29,7 +33,8 @@ def test_each_repetition_is_a_unit_of_its_own_and_a_run_resumes_them(tmp_path, c
     records = read_records(out / "records" / "bio-small" / "longhealth_t1.jsonl")
     assert sorted((r.example_id, r.repeat) for r in records) == [(i, r) for i in ("patient_01-q1", "patient_01-q2")
                                                                  for r in range(5)]
-    assert len({r.prompt_hash for r in records}) > 2  # the documents come in other orders
+    for item in ("patient_01-q1", "patient_01-q2"):  # five repetitions, five document orders
+        assert len({r.prompt_hash for r in records if r.example_id == item}) == 5
     capsys.readouterr()
     assert fake_run(project, out, "--limit", "3") == 0
     # Both models: the third item's 5 repetitions each generated, the first two items' 10 each already done.
@@ -89,3 +94,34 @@ def test_repeats_need_a_format_that_varies_an_item(tmp_path):
     (tmp_path / "mednli.toml").write_text(text)
     with pytest.raises(ConfigError, match="format 'mednli' asks an item the same way every time"):
         load_task(tmp_path / "mednli.toml")
+
+
+def test_each_task1_repetition_shows_the_patients_documents_in_an_order_of_its_own():
+    """CLUE's five shuffles of task 1: every question of the bundled sample (three documents a patient, so six
+    orders) is asked five times, each time in another order, always with all of its patient's documents."""
+    examples = load_longhealth(SAMPLE, DocumentSelection("patient"), repeats=5)
+    by_item: dict[str, list] = {}
+    for example in examples:
+        by_item.setdefault(example.id, []).append(example)
+    assert len(by_item) == 10 and all(len(reps) == 5 for reps in by_item.values())
+    for reps in by_item.values():
+        orders = [tuple(d["text"] for d in r.fields["documents"]) for r in reps]
+        assert len(set(orders)) == 5
+        assert len({frozenset(order) for order in orders}) == 1  # the same documents, reordered
+    # Without repetitions the loader shows what it always showed: repetition draws leave a single asking alone.
+    once = load_longhealth(SAMPLE, DocumentSelection("patient"))
+    assert [e.repeat for e in once] == [None] * 10
+
+
+def test_with_fewer_orders_than_repetitions_some_repeat(tmp_path):
+    """Two documents have two orders: five repetitions show both, and then repeat them (no endless redrawing)."""
+    data = json.loads(SAMPLE.read_text())
+    key = next(iter(data))
+    patient = data[key]
+    first_two = dict(list(patient["texts"].items())[:2])
+    questions = [dict(q, answer_location={k: v for k, v in (q.get("answer_location") or {}).items() if k in first_two})
+                 for q in patient["questions"][:1]]
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps({key: {"texts": first_two, "questions": questions}}))
+    reps = load_longhealth(path, DocumentSelection("patient"), repeats=5)
+    assert len({tuple(d["text"] for d in r.fields["documents"]) for r in reps}) == 2

@@ -28,6 +28,9 @@ class DocumentSelection:
     unanswerable_option: str | None = None
 
 
+REDRAWS = 64
+"""How often a repetition is drawn again when it would show what an earlier one showed (enough to find the
+orders left of a few documents; beyond, a repeat stays, as when there are fewer orders than repetitions)."""
 _ANSWER_KEYS = ("answer_a", "answer_b", "answer_c", "answer_d", "answer_e")
 _LETTERS = "ABCDEFGHIJ"
 
@@ -40,7 +43,9 @@ def load_longhealth(path: Path, selection: DocumentSelection, repeats: int = 1) 
     Which documents: see DocumentSelection. Distractors are other patients' documents, chosen and the
     shown order shuffled by hashing the example id (and the repetition), so every run shows the same prompts,
     and each repetition another order and, for tasks 2 and 3, other distractors: CLUE's five shuffles of task 1
-    and five runs of tasks 2 and 3, drawn from a seed instead of Python's unseeded random."""
+    and five runs of tasks 2 and 3, drawn from a seed instead of Python's unseeded random. A repetition that
+    would show a question's documents exactly as an earlier one did is drawn again (from the next seed), so
+    the repetitions are distinct wherever the documents allow it (three documents have six orders)."""
     patients = read_json(path)
     if not isinstance(patients, dict) or not patients:
         raise DataError(f"{path}: top level is {kind_name(patients)}; expected {LONGHEALTH}")
@@ -49,12 +54,12 @@ def load_longhealth(path: Path, selection: DocumentSelection, repeats: int = 1) 
         raise DataError(f"{path}: documents '{selection.documents}' needs distractors >= 1")
     library = [(key, text_id, text) for key, (texts, _) in records.items() for text_id, text in texts.items()]
     repetitions: list[int | None] = [None] if repeats == 1 else list(range(repeats))
-    examples = [
-        _example(path, key, number, question, texts, library, selection, repeat)
-        for key, (texts, questions) in records.items()
-        for number, question in enumerate(questions, 1)
-        for repeat in repetitions
-    ]
+    examples = []
+    for key, (texts, questions) in records.items():
+        for number, question in enumerate(questions, 1):
+            shown: set[tuple[str, ...]] = set()  # what this question's repetitions have shown so far
+            examples.extend(_example(path, key, number, question, texts, library, selection, repeat, shown)
+                            for repeat in repetitions)
     if not examples:
         raise DataError(f"{path}: no questions (expected {LONGHEALTH})")
     check_unique_ids(path, examples)
@@ -80,7 +85,8 @@ def _patient(path: Path, key: str, value: Any) -> tuple[dict[str, str], list[Any
 
 
 def _example(path: Path, key: str, number: int, question: Any, texts: dict[str, str],
-             library: list[tuple[str, str, str]], selection: DocumentSelection, repeat: int | None) -> Example:
+             library: list[tuple[str, str, str]], selection: DocumentSelection, repeat: int | None,
+             shown: set[tuple[str, ...]]) -> Example:
     source = f"{path}: patient {show(key)} question {number}"
     if not isinstance(question, dict):
         raise DataError(f"{source}: expected an object, got {kind_name(question)} ({LONGHEALTH})")
@@ -94,6 +100,11 @@ def _example(path: Path, key: str, number: int, question: Any, texts: dict[str, 
     answer_ids = _answer_ids(question, texts, source)
     seed = example_id if repeat is None else f"{example_id}#{repeat}"
     documents = _documents(seed, key, texts, answer_ids, library, selection, source)
+    for draw in range(1, REDRAWS + 1):
+        if _shown(documents) not in shown:
+            break
+        documents = _documents(f"{seed}+{draw}", key, texts, answer_ids, library, selection, source)
+    shown.add(_shown(documents))
     fields = {"question": required_text(question, ("question",), source, LONGHEALTH), "options": options,
               "documents": documents}
     return Example(id=example_id, fields=fields, gold=gold, source=source, repeat=repeat)
@@ -148,6 +159,10 @@ def _documents(seed: str, key: str, texts: dict[str, str], answer_ids: list[str]
     ranked: list[dict[str, Any]] = [{"text": text_of[doc], "rank": rank, "key": doc} for rank, doc in enumerate(chosen)]
     shown = sorted(ranked, key=lambda d: _hash(seed, "order", *d["key"]))
     return [{"text": d["text"], "rank": d["rank"]} for d in shown]
+
+
+def _shown(documents: list[dict[str, Any]]) -> tuple[str, ...]:
+    return tuple(d["text"] for d in documents)
 
 
 def _hash(*parts: str) -> str:
