@@ -54,7 +54,7 @@ def load_longhealth(path: Path, selection: DocumentSelection, repeats: int = 1) 
         raise DataError(f"{path}: documents '{selection.documents}' needs distractors >= 1")
     library = [(key, text_id, text) for key, (texts, _) in records.items() for text_id, text in texts.items()]
     repetitions: list[int | None] = [None] if repeats == 1 else list(range(repeats))
-    examples = []
+    examples: list[Example] = []
     for key, (texts, questions) in records.items():
         for number, question in enumerate(questions, 1):
             shown: set[tuple[str, ...]] = set()  # what this question's repetitions have shown so far
