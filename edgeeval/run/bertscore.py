@@ -6,9 +6,9 @@ and why, and the report shows it so, never as 0."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Callable
 
 from tqdm import tqdm
