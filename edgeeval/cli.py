@@ -17,6 +17,7 @@ from edgeeval.config.locations import BUILTIN_CONFIG, STARTER_ROOT, ConfigChoice
 from edgeeval.config.model_files import resolve_model_path
 from edgeeval.config.models import Project, load_models_config
 from edgeeval.config.tasks import load_task
+from edgeeval.data.permute import Permutation
 from edgeeval.engine import EngineSettings
 from edgeeval.engine.machine import usable_cpus
 from edgeeval.errors import ConfigError, EdgeevalError
@@ -73,7 +74,9 @@ def cmd_run(args, pairs: list[str] | None = None, tasks: list[str] | None = None
         raise ConfigError(f"--data names task(s) not being run: {', '.join(sorted(unknown))}")
     parallel = parse_parallel(args.parallel)
     draft = resolve_draft(project, args.draft) if getattr(args, "draft", None) else None
-    prepared = [prepare_task(project, t, overrides.get(t), args.limit, args.max_tokens, args.mode) for t in tasks]
+    permute = Permutation.parse(args.permute) if getattr(args, "permute", None) else None
+    prepared = [prepare_task(project, t, overrides.get(t), args.limit, args.max_tokens, args.mode, permute)
+                for t in tasks]
     out = Path(args.out) if args.out else Path("runs") / "+".join(pairs)
     settings = EngineSettings(n_threads=args.threads, seed=args.seed, backend=args.engine,
                               speculative=args.speculative, draft_model=draft, use_extra_bufts=REPACK[args.repack],
@@ -190,7 +193,15 @@ def cmd_compare(args) -> int:
     from edgeeval.report import build_comparison, default_compare_dir
 
     out = Path(args.out) if args.out else default_compare_dir()
-    report = build_comparison([Path(d) for d in args.run_dirs], out, seed=args.seed, no_text=args.no_text)
+    matches = {}
+    for given in args.match:
+        first, sep, other = given.partition("=")
+        if not sep or not first or not other:
+            raise ConfigError(f"--match {given!r}: expected FIRST=OTHER (a model of the first run, then its name in "
+                              "the others)")
+        matches[first] = other
+    report = build_comparison([Path(d) for d in args.run_dirs], out, seed=args.seed, no_text=args.no_text,
+                              matches=matches)
     print(f"report: {report.resolve()}\nhtml: {report.with_name('report.html').resolve()}")
     return 0
 
@@ -284,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="generate: answers are generated and parsed (default); loglik: multiple-choice and "
                          "label tasks score every option by its log-probability, nothing is generated "
                          "(results go under TASK@loglik)")
+    running.add_argument("--permute", metavar="cyclic[:K]",
+                         help="ask every multiple-choice (or label) item under K cyclic rotations of its options "
+                              "(K: its number of options by default); the report then shows accuracy over rotations, "
+                              "consistency, position bias and, in loglik mode, PriDe-debiased accuracy")
     running.add_argument("--parallel", default="auto", metavar="N",
                          help="generate: decode N prompts together (continuous batching; faster on larger "
                          "models, answers may differ from one-at-a-time in the last bits, see docs/engine.md); "
@@ -351,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", help="where to write the comparison (default: ./compare-<timestamp>)")
     compare.add_argument("--seed", type=int, default=0, help="seed for the bootstrap")
     compare.add_argument("--no-text", action="store_true", help="leave every prompt and answer text out")
+    compare.add_argument("--match", action="append", default=[], metavar="FIRST=OTHER",
+                         help="model FIRST of the first run is model OTHER in the others (e.g. its Q8_0 copy under "
+                              "another name); by default a model is matched by its name, then by its `reference`")
     compare.set_defaults(func=cmd_compare)
     return parser
 

@@ -268,3 +268,28 @@ def test_the_checks_catch_an_external_reference(browser, report_html, tmp_path):
     opened = Page(browser, open_page)
     browser.wait_until(lambda: "https://cdn.example.org/logo.png" in opened.requests())
     assert "https://cdn.example.org/logo.png" in opened.requests()
+
+
+def test_the_option_order_section_draws_a_position_plot_per_permuted_arm(browser, tmp_path):
+    """A run with --permute (fake engine, loglik): every (model, task) gets its plot of the answers at each position
+    beside gold's, in a page that still loads nothing."""
+    from cli_support import run_cli
+    from conftest import make_project
+
+    project = make_project(tmp_path)
+    out = tmp_path / "permuted"
+    assert run_cli(project, "run", "--pair", "test", "--task", "medqa", "--engine", "fake", "--quiet", "--mode", "loglik",
+                   "--permute", "cyclic", "--models-dir", str(project.parent / "models"), "--out", str(out)) == 0
+    page = Page(browser, out / "report.html")
+    assert page.errors() == [] and page.requests() == []
+    plots = page.js("""Array.from(document.querySelectorAll('#robustness svg.bars')).map(s => {
+        const box = s.getBoundingClientRect();
+        return {id: s.id, bars: s.querySelectorAll('g.bar rect').length, title: s.querySelector('title').textContent,
+                width: box.width, height: box.height}; })""")
+    assert all(p["id"].startswith("positions--") for p in plots) and len({p["id"] for p in plots}) == len(plots)
+    assert len(plots) == 2 and all(p["bars"] == 10 for p in plots)  # five positions: answers and gold at each
+    assert all("answers at each position" in p["title"] and p["width"] > 600 and p["height"] > 150 for p in plots)
+    nav = page.js("Array.from(document.querySelectorAll('nav a')).map(a => a.textContent)")
+    assert "Option order" in nav
+    rows = page.js("document.querySelectorAll('#robustness table.sortable tbody tr').length")
+    assert rows == 4  # two models in the chosen-letter table, two in the rotations table

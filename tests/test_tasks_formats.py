@@ -81,7 +81,9 @@ def test_pubmedqa_sample() -> None:
 def test_mednli_sample_and_shots() -> None:
     examples = load("mednli", DATA / "mednli_sample.jsonl")
     assert len(examples) == 12 and {e.gold for e in examples} == {"entailment", "contradiction", "neutral"}
-    assert set(examples[0].fields) == {"sentence1", "sentence2"}
+    # The task's labels come along in order, for a template that lists them (--permute rotates that order).
+    assert set(examples[0].fields) == {"sentence1", "sentence2", "labels"}
+    assert examples[0].fields["labels"] == ["entailment", "contradiction", "neutral"]
     shots = load("mednli", DATA / "mednli_fewshot.jsonl")
     assert [s.gold for s in shots] == ["entailment", "contradiction", "neutral"]
 

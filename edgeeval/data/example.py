@@ -30,6 +30,10 @@ class Example(BaseModel):
     repeat: int | None = None
     """Which repetition of its item this is, from 0 (a task with `repeats`: LongHealth asks each question with
     its documents shuffled, or other distractors, several times); None for an item asked once."""
+    rotation: int | None = None
+    """Under `--permute`: which cyclic rotation of the item's options this example shows (then also `repeat`)."""
+    option_order: tuple[str, ...] | None = None
+    """Under `--permute`: the original option key (letter, or label) shown at each position, in order."""
 
     @property
     def unit_id(self) -> str:

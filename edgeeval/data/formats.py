@@ -104,7 +104,9 @@ def _checked_label(example: Example, labels: Sequence[str]) -> Example:
         raise DataError(
             f"{example.source}: label {brief(example.gold)} is not one of the task's labels ({', '.join(labels)})"
         )
-    return example if label == example.gold else example.model_copy(update={"gold": label})
+    # The labels in their order, for a template that lists them (`--permute` rotates that order).
+    fields = example.fields if "labels" in example.fields else {**example.fields, "labels": list(labels)}
+    return example.model_copy(update={"gold": label, "fields": fields})
 
 
 def _finish(path: Path, examples: list[Example]) -> list[Example]:

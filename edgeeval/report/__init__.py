@@ -23,12 +23,14 @@ def build_report(run_dir: Path, seed: int = 0, no_text: bool = False, out_dir: P
     return write_study(without_text(study) if no_text else study, out_dir or run_dir)
 
 
-def build_comparison(run_dirs: list[Path], out_dir: Path, seed: int = 0, no_text: bool = False) -> Path:
-    """The same models across several runs side by side, written into `out_dir`; returns report.md."""
+def build_comparison(run_dirs: list[Path], out_dir: Path, seed: int = 0, no_text: bool = False,
+                     matches: dict[str, str] | None = None) -> Path:
+    """The same models across several runs side by side, written into `out_dir`; returns report.md. `matches`:
+    a model of the first run -> its name in the other runs (another entry, as a requantized copy)."""
     for run_dir in run_dirs:
         if not (run_dir / "manifest.json").is_file():
             raise EdgeevalError(f"{run_dir} is not an edgeeval run directory (no manifest.json)")
-    study = study_from_runs(run_dirs, seed=seed)
+    study = study_from_runs(run_dirs, seed=seed, matches=matches)
     return write_study(without_text(study) if no_text else study, out_dir)
 
 

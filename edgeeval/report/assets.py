@@ -46,6 +46,7 @@ th[aria-sort="descending"] button::after { content: " ▼"; color: var(--ink); }
 .verdict { font-weight: 600; min-width: 9rem; }
 .favours-candidate { color: var(--cand); }
 .favours-baseline { color: var(--base); }
+td.flagged { color: var(--base); font-weight: 600; }
 .no-difference { color: var(--muted); }
 .legend { display: flex; flex-wrap: wrap; gap: 1.2rem; font-size: 0.95rem; margin: 0.2rem 0 1rem; }
 .swatch { display: inline-block; width: 0.9rem; height: 0.9rem; vertical-align: -0.1rem; margin-right: 0.3rem; }

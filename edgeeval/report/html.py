@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import re
 from html import escape
 
 import polars as pl
@@ -14,16 +13,18 @@ import polars as pl
 from edgeeval.report.assets import CSS, SCRIPT
 from edgeeval.report.findings import (favours, headline, is_hallucination_measure, quality_metric, significant_findings,
                                       tally_pair, verdict)
+from edgeeval.report.html_parts import minus, num, section, slug, table, td
 from edgeeval.report.published import INTRO as PUBLISHED_INTRO
 from edgeeval.report.published import direction_rows, direction_text, inside_text, no_rows_note, published_rows
 from edgeeval.report.retrieval import INTRO as RETRIEVAL_INTRO
 from edgeeval.report.retrieval import retrieval_rows, sources_text
+from edgeeval.report.robustness import robustness_section
 from edgeeval.report.study import ArmPair, Study
 from edgeeval.report.svg import (ARM_COLOURS, FAVOURS_BASELINE, FAVOURS_CANDIDATE, NO_DIFFERENCE, Bar, ForestRow,
                                  bar_chart, forest_plot)
 from edgeeval.report.views import (arm_with_family, arms_with_results, confusion_table, disagreements, fmt, fmt_ci,
-                                   fmt_p, metric_label, model_facts, pair_rows, plain_results, run_facts, side_names,
-                                   task_scoring, tasks_in)
+                                   fmt_p, metric_label, model_facts, pair_rows, plain_results, repetition_note, run_facts,
+                                   side_names, task_scoring, tasks_in)
 
 DRILL_LIMIT = 300
 """Disagreements shown per pair and task (discordant ones first); records.parquet has them all."""
@@ -35,7 +36,8 @@ PROMPT_CHARS = 6000
 
 def render_html(study: Study) -> str:
     sections = [_findings(study), _forest_plots(study), _headline_tables(study), _model_bars(study),
-                _task_sections(study), _published(study), _retrieval(study), _drill_down(study), _run_summary(study),
+                _task_sections(study), robustness_section(study), _published(study), _retrieval(study),
+                _drill_down(study), _run_summary(study),
                 _reading_notes()]
     return _page(study, "\n".join(sections))
 
@@ -48,6 +50,7 @@ def _page(study: Study, body: str) -> str:
     nav = "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label in (
         ("findings", "Findings"), ("forest", "Forest plot"), ("comparison", "Paired comparison"),
         ("models", "Per model"), ("tasks", "Per task"), ("published", "Published"),
+        *((("robustness", "Option order"),) if robustness_section(study) else ()),
         *((("retrieval", "Retrieval"),) if retrieval_rows(study) else ()),
         ("disagreements", "Disagreements"), ("run", "Run"),
         ("method", "Method")))
@@ -73,48 +76,6 @@ def _subtitle(study: Study) -> str:
     finished = ", ".join(f["finished"] for f in facts)
     versions = ", ".join(sorted({f"edgeeval {f['edgeeval']}" for f in facts}))
     return f"{arms} · {len(tasks_in(study))} task(s) · finished {finished} · {versions}"
-
-
-NUMERIC = ' class="num"'
-_SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def slug(*names: str) -> str:
-    """An id for an anchor; a short hash keeps names that differ only in odd characters apart."""
-    joined = "--".join(names)
-    clean = _SLUG_UNSAFE.sub("-", joined)
-    return clean if clean == joined else f"{clean}-{hashlib.sha1(joined.encode()).hexdigest()[:6]}"
-
-
-def _section(anchor: str, title: str, content: str) -> str:
-    return f'<section id="{anchor}">\n<h2>{escape(title)}</h2>\n{content}\n</section>'
-
-
-def _table(header: list[tuple[str, bool]], rows: list[list[str]], cls: str = "sortable") -> str:
-    """header: (label, numeric); rows hold ready-made <td> elements."""
-    sortable = cls == "sortable"
-    head = "".join(f'<th scope="col"{NUMERIC if num else ""}>'
-                   + (f'<button type="button">{escape(label)}</button>' if sortable else escape(label)) + "</th>"
-                   for label, num in header)
-    body = "\n".join("<tr>" + "".join(cells) + "</tr>" for cells in rows)
-    return (f'<div class="table-wrap"><table class="{cls}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n'
-            "</tbody>\n</table></div>")
-
-
-def _td(text, cls: str = "") -> str:
-    attr = f' class="{cls}"' if cls else ""
-    return f"<td{attr}>{escape(str(text))}</td>"
-
-
-def _num(value, shown: str | None = None) -> str:
-    missing = value is None or (isinstance(value, float) and math.isnan(value))
-    sort = "" if missing else repr(float(value))
-    text = shown if shown is not None else fmt(value)
-    return f'<td class="num" data-v="{sort}">{escape(_minus(text))}</td>'
-
-
-def _minus(text: str) -> str:
-    return text.replace("-", "−")
 
 
 def _discordant_cell(row: dict, href: str) -> str:
@@ -151,7 +112,7 @@ def _findings(study: Study) -> str:
                "gold labels, parsed answers and whether they were correct.")
     cards.append(f'<p class="privacy">{escape(privacy)} This file loads nothing from anywhere: no scripts, '
                  "fonts or images from outside, enforced by its Content-Security-Policy.</p>")
-    return _section("findings", "Findings", "\n".join(cards))
+    return section("findings", "Findings", "\n".join(cards))
 
 
 def _scoreboard(study: Study, pair: ArmPair, rows: pl.DataFrame) -> str:
@@ -168,7 +129,7 @@ def _scoreboard(study: Study, pair: ArmPair, rows: pl.DataFrame) -> str:
         cls = {"candidate": "favours-candidate", "baseline": "favours-baseline"}.get(favours(r) or "", "no-difference")
         arrow = "▲" if r["delta"] > 0 else "▼" if r["delta"] < 0 else "="
         tiles.append(f'<li class="{cls}"><a href="#{slug("task", task)}"><span aria-hidden="true">{arrow}</span> '
-                     f"{escape(task)}<br><small>{escape(metric)} {escape(_minus(fmt(r['delta'])))}, "
+                     f"{escape(task)}<br><small>{escape(metric)} {escape(minus(fmt(r['delta'])))}, "
                      f"p (Holm) {escape(fmt_p(r['p_holm']))}: {escape(verdict(r, base, cand))}</small></a></li>")
     return f'<ul class="scoreboard">{"".join(tiles)}</ul>' if tiles else ""
 
@@ -176,21 +137,21 @@ def _scoreboard(study: Study, pair: ArmPair, rows: pl.DataFrame) -> str:
 def _run_summary(study: Study) -> str:
     facts = [run_facts(run) for run in study.runs]
     labels = list(facts[0]) if facts else []
-    runs = _table([("", False)] + [(run.name, False) for run in study.runs],
-                  [[f'<th scope="row">{escape(label)}</th>'] + [_td(f[label], "mono" if label == "llama.cpp" else "")
+    runs = table([("", False)] + [(run.name, False) for run in study.runs],
+                  [[f'<th scope="row">{escape(label)}</th>'] + [td(f[label], "mono" if label == "llama.cpp" else "")
                                                                 for f in facts] for label in labels], cls="facts")
     model_labels = list(model_facts({}))
-    models = _table([("model", False)] + [(label, label == "size (MB)") for label in model_labels],
-                    [[_td(arm)] + [_td(value, "mono hash" if key == "sha256" else ("num" if key == "size (MB)" else ""))
+    models = table([("model", False)] + [(label, label == "size (MB)") for label in model_labels],
+                    [[td(arm)] + [td(value, "mono hash" if key == "sha256" else ("num" if key == "size (MB)" else ""))
                                    for key, value in model_facts(meta.meta).items()]
                      for arm, meta in study.arms.items()])
-    tasks = _table([("task", False), ("kind", False), ("answers", False), ("examples", True), ("metrics", False),
+    tasks = table([("task", False), ("kind", False), ("answers", False), ("examples", True), ("metrics", False),
                     ("data", False), ("data sha256", False), ("task hash", False)],
-                   [[_td(name), _td(t.get("kind", "–")), _td(task_scoring(t)), _num(t.get("examples")),
-                     _td(", ".join(t.get("metrics", []))), _td(str(t.get("data", "")).rsplit("/", 1)[-1], "mono"),
-                     _td(t.get("data_sha256", "–"), "mono hash"), _td(t.get("hash", "–"), "mono")]
+                   [[td(name), td(t.get("kind", "–")), td(task_scoring(t)), num(t.get("examples")),
+                     td(", ".join(t.get("metrics", []))), td(str(t.get("data", "")).rsplit("/", 1)[-1], "mono"),
+                     td(t.get("data_sha256", "–"), "mono hash"), td(t.get("hash", "–"), "mono")]
                     for name, t in study.tasks.items()])
-    return _section("run", "Run: models, machine, versions", f"{runs}\n<h3>Models</h3>\n{models}\n"
+    return section("run", "Run: models, machine, versions", f"{runs}\n<h3>Models</h3>\n{models}\n"
                                                            f"<h3>Tasks</h3>\n{tasks}")
 
 
@@ -202,10 +163,10 @@ def _headline_tables(study: Study) -> str:
         for r in pair_rows(study, pair).iter_rows(named=True):
             drill = f"#{slug('dis', pair.name, r['task'])}"
             rows.append([
-                f'<td><a href="#{slug("task", r["task"])}">{escape(r["task"])}</a></td>', _td(r["metric"]),
-                _verdict_cell(r, base, cand), _num(r["baseline"]), _num(r["candidate"]),
-                _num(r["delta"], fmt_ci(r["delta"], r["ci_low"], r["ci_high"])), _num(r["p_value"], fmt_p(r["p_value"])),
-                _num(r["p_holm"], fmt_p(r["p_holm"])), _num(r["n_paired"]), _discordant_cell(r, drill)])
+                f'<td><a href="#{slug("task", r["task"])}">{escape(r["task"])}</a></td>', td(r["metric"]),
+                _verdict_cell(r, base, cand), num(r["baseline"]), num(r["candidate"]),
+                num(r["delta"], fmt_ci(r["delta"], r["ci_low"], r["ci_high"])), num(r["p_value"], fmt_p(r["p_value"])),
+                num(r["p_holm"], fmt_p(r["p_holm"])), num(r["n_paired"]), _discordant_cell(r, drill)])
         header = [("task", False), ("metric", False), ("verdict", False), (base, True), (cand, True),
                   ("delta [95% CI]", True), ("p", True), ("p (Holm)", True), ("n", True), ("b / c", True)]
         parts.append(f"<h3>{escape(pair.name)}: {escape(base)} vs {escape(cand)}</h3>\n"
@@ -213,8 +174,8 @@ def _headline_tables(study: Study) -> str:
                      f"<strong>{escape(pair.candidate)}</strong>; delta = candidate − baseline; b / c = discordant "
                      "examples (only the baseline / only the candidate has it right, or invalid). Click a column "
                      "heading to sort, a task for its details, b / c for its examples.</p>\n"
-                     + _table(header, rows))
-    return _section("comparison", "Paired comparison", "\n".join(parts) or "<p>No paired results.</p>")
+                     + table(header, rows))
+    return section("comparison", "Paired comparison", "\n".join(parts) or "<p>No paired results.</p>")
 
 
 def _forest_plots(study: Study) -> str:
@@ -231,7 +192,7 @@ def _forest_plots(study: Study) -> str:
                                               f"difference, {cand} − {base}", f"{base} higher", f"{cand} higher",
                                               "difference [95% CI] · p (Holm)")
                      + _forest_legend(base, cand) + "</figure>")
-    return _section("forest", "Forest plot of paired differences", "\n".join(parts) or "<p>No paired results.</p>")
+    return section("forest", "Forest plot of paired differences", "\n".join(parts) or "<p>No paired results.</p>")
 
 
 def _ordered(rows: pl.DataFrame) -> pl.DataFrame:
@@ -250,7 +211,7 @@ def _forest_row(r: dict, base: str, cand: str) -> ForestRow:
     tooltip = (f"{r['task']}, {r['metric']}: {base} {fmt(r['baseline'])}, {cand} {fmt(r['candidate'])}, "
                f"difference {note}; n = {r['n_paired']}; {verdict(r, base, cand)}")
     return ForestRow(metric_label(r["metric"]), r["task"], r["delta"], r["ci_low"], r["ci_high"],
-                     _minus(note), colour, side is not None, tooltip, f"#{slug('task', r['task'])}")
+                     minus(note), colour, side is not None, tooltip, f"#{slug('task', r['task'])}")
 
 
 def _forest_legend(base: str, cand: str) -> str:
@@ -265,7 +226,7 @@ def _forest_legend(base: str, cand: str) -> str:
 def _model_bars(study: Study) -> str:
     arms = arms_with_results(study)
     if not arms:
-        return _section("models", "Per-model results", "<p>No results yet.</p>")
+        return section("models", "Per-model results", "<p>No results yet.</p>")
     metrics = plain_results(study.results)["metric"].unique(maintain_order=True).to_list()
     quality = [m for m in metrics if not is_hallucination_measure(m)]
     failures = [m for m in metrics if is_hallucination_measure(m)]
@@ -275,7 +236,7 @@ def _model_bars(study: Study) -> str:
         if group:
             parts.append(f"<h3>{escape(heading)}</h3>")
             parts += [f"<figure>{_metric_chart(study, metric, arms)}</figure>" for metric in group]
-    return _section("models", "Per-model results", "\n".join(parts))
+    return section("models", "Per-model results", "\n".join(parts))
 
 
 def _metric_chart(study: Study, metric: str, arms: list[str]) -> str:
@@ -305,26 +266,25 @@ def _task_sections(study: Study) -> str:
         results = plain_results(study.results).filter(pl.col("task") == task)
         values = {(r["model"], r["metric"]): r for r in results.iter_rows(named=True)}
         metrics = results["metric"].unique(maintain_order=True).to_list()
-        table = _table([("metric", False)] + [(f"{arm} [95% CI]", True) for arm in arms],
-                       [[_td(m)] + [_result_cell(values.get((a, m))) for a in arms] for m in metrics])
-        table += _repetitions(study, task) + "".join(_confusion(study, arm, task) for arm in arms)
+        shown = table([("metric", False)] + [(f"{arm} [95% CI]", True) for arm in arms],
+                       [[td(m)] + [_result_cell(values.get((a, m))) for a in arms] for m in metrics])
+        shown += _repetitions(study, task) + "".join(_confusion(study, arm, task) for arm in arms)
         parts.append(f'<article id="{slug("task", task)}"><h3>{escape(task)}</h3>'
                      f'<p class="task-meta">{escape(meta.get("kind", "–"))}, {escape(str(meta.get("examples", "–")))} '
                      f'examples, task hash <span class="mono">{escape(str(meta.get("hash", "–")))}</span></p>'
-                     f"{table}{_task_pairs(study, task)}</article>")
-    return _section("tasks", "Per task", "\n".join(parts) or "<p>No tasks.</p>")
+                     f"{shown}{_task_pairs(study, task)}</article>")
+    return section("tasks", "Per task", "\n".join(parts) or "<p>No tasks.</p>")
 
 
 def _repetitions(study: Study, task: str) -> str:
     rows = study.repetitions.filter(pl.col("task") == task)
     if not rows.height:
         return ""
-    note = (f"<p>Each item was asked {rows['repeats'][0]} times; the figures above are per-item means. Across the "
-            "repetitions, each computed on its own:</p>")
-    return note + _table([("metric", False), ("model", False), ("mean", True), ("sd", True), ("min", True),
+    note = f"<p>{escape(repetition_note(study, task, rows['repeats'][0]))}</p>"
+    return note + table([("metric", False), ("model", False), ("mean", True), ("sd", True), ("min", True),
                           ("max", True)],
-                         [[_td(r["metric"]), _td(r["model"]), _num(r["mean"]), _num(r["sd"]), _num(r["min"]),
-                           _num(r["max"])] for r in rows.iter_rows(named=True)])
+                         [[td(r["metric"]), td(r["model"]), num(r["mean"]), num(r["sd"]), num(r["min"]),
+                           num(r["max"])] for r in rows.iter_rows(named=True)])
 
 
 def _confusion(study: Study, arm: str, task: str) -> str:
@@ -334,20 +294,20 @@ def _confusion(study: Study, arm: str, task: str) -> str:
     rows = [[f'<th scope="row">{escape(gold)}</th>'] + [_heat_cell(cells.get((gold, a))) for a in answers]
             for gold in golds]
     return (f"<h4>{escape(arm)}: answers given (columns) per gold answer (rows), as shares of the row</h4>"
-            + _table([("gold ↓ answer →", False)] + [(a, True) for a in answers], rows, cls="confusion"))
+            + table([("gold ↓ answer →", False)] + [(a, True) for a in answers], rows, cls="confusion"))
 
 
 def _heat_cell(share: float | None) -> str:
     """A share shaded in five steps, so the table reads as a picture (classes: the page allows no inline style)."""
     if share is None or math.isnan(share):
-        return _td("–", "num")
+        return td("–", "num")
     return f'<td class="num heat-{round(share * 5)}" data-v="{share!r}">{escape(fmt(share, 2))}</td>'
 
 
 def _result_cell(row: dict | None) -> str:
     if row is None:
-        return _td("–", "num")
-    return _num(row["value"], fmt_ci(row["value"], row["ci_low"], row["ci_high"]))
+        return td("–", "num")
+    return num(row["value"], fmt_ci(row["value"], row["ci_low"], row["ci_high"]))
 
 
 def _task_pairs(study: Study, task: str) -> str:
@@ -355,46 +315,46 @@ def _task_pairs(study: Study, task: str) -> str:
     for pair in study.pairs:
         base, cand = side_names(study, pair)
         for r in pair_rows(study, pair).filter(pl.col("task") == task).iter_rows(named=True):
-            rows.append([_td(pair.name), _td(r["metric"]),
-                         _num(r["delta"], fmt_ci(r["delta"], r["ci_low"], r["ci_high"])),
-                         _num(r["p_value"], fmt_p(r["p_value"])), _num(r["p_holm"], fmt_p(r["p_holm"])),
-                         _td(r["test"]), _discordant_cell(r, f'#{slug("dis", pair.name, task)}'),
+            rows.append([td(pair.name), td(r["metric"]),
+                         num(r["delta"], fmt_ci(r["delta"], r["ci_low"], r["ci_high"])),
+                         num(r["p_value"], fmt_p(r["p_value"])), num(r["p_holm"], fmt_p(r["p_holm"])),
+                         td(r["test"]), _discordant_cell(r, f'#{slug("dis", pair.name, task)}'),
                          _verdict_cell(r, base, cand)])
     if not rows:
         return ""
-    return _table([("pair", False), ("metric", False), ("delta [95% CI]", True), ("p", True), ("p (Holm)", True),
+    return table([("pair", False), ("metric", False), ("delta [95% CI]", True), ("p", True), ("p (Holm)", True),
                    ("test", False), ("b / c", True), ("verdict", False)], rows)
 
 
 def _published(study: Study) -> str:
     rows, directions = published_rows(study), direction_rows(study)
     if not rows:
-        return _section("published", "Against the published study",
+        return section("published", "Against the published study",
                         f"<p>{escape(PUBLISHED_INTRO)}</p><p>{escape(no_rows_note(study))}</p>")
-    table = _table([("task", False), ("metric", False), ("model", False), ("published as", False), ("published", True),
+    shown = table([("task", False), ("metric", False), ("model", False), ("published as", False), ("published", True),
                     ("this run [95% CI]", True), ("published inside CI", False)],
-                   [[_td(r.task), _td(r.metric), _td(r.arm), _td(r.reference), _num(r.published, fmt(r.published)),
-                     _num(r.value, fmt_ci(r.value, r.ci_low, r.ci_high)), _td(inside_text(r))] for r in rows])
+                   [[td(r.task), td(r.metric), td(r.arm), td(r.reference), num(r.published, fmt(r.published)),
+                     num(r.value, fmt_ci(r.value, r.ci_low, r.ci_high)), td(inside_text(r))] for r in rows])
     if directions:
-        table += "<p>Each pair's difference (candidate − baseline), published and here:</p>" + _table(
+        shown += "<p>Each pair's difference (candidate − baseline), published and here:</p>" + table(
             [("pair", False), ("task", False), ("metric", False), ("published delta", True),
              ("delta here [95% CI]", True), ("p (Holm)", True), ("direction", False)],
-            [[_td(r.pair), _td(r.task), _td(r.metric), _num(r.published_delta, fmt(r.published_delta)),
-              _num(r.delta, fmt_ci(r.delta, r.ci_low, r.ci_high)), _num(r.p_holm, fmt_p(r.p_holm)),
-              _td(direction_text(r))] for r in directions])
-    return _section("published", "Against the published study", f"<p>{escape(PUBLISHED_INTRO)}</p>{table}")
+            [[td(r.pair), td(r.task), td(r.metric), num(r.published_delta, fmt(r.published_delta)),
+              num(r.delta, fmt_ci(r.delta, r.ci_low, r.ci_high)), num(r.p_holm, fmt_p(r.p_holm)),
+              td(direction_text(r))] for r in directions])
+    return section("published", "Against the published study", f"<p>{escape(PUBLISHED_INTRO)}</p>{shown}")
 
 
 def _retrieval(study: Study) -> str:
     rows = retrieval_rows(study)
     if not rows:
         return ""
-    table = _table([("arm", False), ("task", False), ("items", True), ("passages per item", True),
+    shown = table([("arm", False), ("task", False), ("items", True), ("passages per item", True),
                     ("passage tokens per item (est.)", True), ("best passage from", False), ("leakage guard", False)],
-                   [[_td(r.arm), _td(r.task), _num(r.items, str(r.items)), _num(r.mean_passages, fmt(r.mean_passages, 2)),
-                     _num(r.mean_passage_tokens, fmt(r.mean_passage_tokens, 0)), _td(sources_text(r)), _td(r.leak_note)]
+                   [[td(r.arm), td(r.task), num(r.items, str(r.items)), num(r.mean_passages, fmt(r.mean_passages, 2)),
+                     num(r.mean_passage_tokens, fmt(r.mean_passage_tokens, 0)), td(sources_text(r)), td(r.leak_note)]
                     for r in rows])
-    return _section("retrieval", "Retrieval", f"<p>{escape(RETRIEVAL_INTRO)}</p>{table}")
+    return section("retrieval", "Retrieval", f"<p>{escape(RETRIEVAL_INTRO)}</p>{shown}")
 
 
 def _drill_down(study: Study) -> str:
@@ -418,7 +378,7 @@ def _drill_down(study: Study) -> str:
             parts += [_example(r, pair, study.has_text) for r in rows.head(DRILL_LIMIT).iter_rows(named=True)]
             if rows.height > DRILL_LIMIT:
                 parts.append(f"<p>… and {rows.height - DRILL_LIMIT} more in records.parquet.</p>")
-    return _section("disagreements", "Where the models disagree", "\n".join(parts))
+    return section("disagreements", "Where the models disagree", "\n".join(parts))
 
 
 def _answer_span(row: dict, suffix: str, limit: int | None = None) -> str:
@@ -497,4 +457,4 @@ def _reading_notes() -> str:
         "(sign-flip) test and have no b / c. p (Holm) adjusts each metric across the tasks of a pair; a verdict "
         "needs p (Holm) &lt; 0.05.</li>"
         "<li>Per-model intervals are percentile bootstrap intervals over examples.</li></ul>")
-    return _section("method", "How to read this report", text)
+    return section("method", "How to read this report", text)

@@ -9,8 +9,10 @@ from edgeeval.report.published import INTRO as PUBLISHED_INTRO
 from edgeeval.report.published import direction_rows, direction_text, inside_text, no_rows_note, published_rows
 from edgeeval.report.retrieval import INTRO as RETRIEVAL_INTRO
 from edgeeval.report.retrieval import retrieval_rows, sources_text
+from edgeeval.report.robustness import (DRIFT_INTRO, INTRO, ROTATION_INTRO, distribution_text, flag_text,
+                                        verdict_summary, verdict_text)
 from edgeeval.report.study import Study
-from edgeeval.report.views import (arm_with_family, arms_with_results, confusion_table, disagreements,
+from edgeeval.report.views import (arm_with_family, repetition_note, arms_with_results, confusion_table, disagreements,
                                    discordant_counts, fmt, fmt_ci, fmt_p, model_facts, pair_rows, plain_results,
                                    run_facts, side_names, task_scoring, tasks_in)
 
@@ -39,7 +41,7 @@ def render_markdown(study: Study) -> str:
         lines += _pair_summary(study, pair)
     if not study.pairs:
         lines += ["", "## Paired comparison", "", "No pair has records for both models yet."]
-    lines += _per_task(study) + _published(study) + _retrieval(study) + _disagreements(study)
+    lines += _per_task(study) + _robustness(study) + _published(study) + _retrieval(study) + _disagreements(study)
     lines += ["", "## How to read this report", "", READING_NOTE, ""]
     return "\n".join(lines)
 
@@ -69,6 +71,40 @@ def _retrieval(study: Study) -> list[str]:
          "leakage guard"],
         [[r.arm, r.task, str(r.items), fmt(r.mean_passages, 2), fmt(r.mean_passage_tokens, 0), sources_text(r),
           r.leak_note] for r in rows])
+
+
+def _robustness(study: Study) -> list[str]:
+    found, lines = study.robustness, []
+    if not found.empty:
+        lines += ["", "## Option order and drift", "", INTRO, ""] + _table(
+            ["model", "task", "readable answers", "most chosen", "its share", "gold's share there", "chi-square", "p",
+             "choices", "share at each position (gold's)"],
+            [[r["model"], r["task"], str(r["answers"]), r["top"] or "–", fmt(r["top_share"]), fmt(r["gold_top_share"]),
+              fmt(r["chi_square"], 2), fmt_p(r["p_value"]), flag_text(r), distribution_text(found.positions, r["model"], r["task"])]
+             for r in found.bias.iter_rows(named=True)])
+    if found.rotations.height:
+        lines += ["", "### Rotations of the options", "", ROTATION_INTRO, ""] + _table(
+            ["model", "task", "rotations", "items", "accuracy over rotations", "accuracy, original order", "consistency",
+             "RStd", "PriDe items", "raw", "debiased", "gain", "calibration items"],
+            [[r["model"], r["task"], str(r["rotations"]), str(r["items"]), fmt(r["accuracy"]),
+              fmt(r["accuracy_original_order"]), fmt(r["consistency"]), fmt(r["rstd"]), str(r["pride_items"] or "–"),
+              fmt(r["pride_raw"]), fmt(r["pride_debiased"]), fmt(r["pride_gain"]), r["calibration"] or "– (generate mode)"]
+             for r in found.rotations.iter_rows(named=True)])
+    if study.drift.height:
+        lines += ["", "### Drift between runs", "", DRIFT_INTRO, ""] + _table(
+            ["model across runs", "task", "answers paired", "right → wrong", "wrong → right", "McNemar p",
+             "accuracy before", "after", "agreement", "KL mean", "KL p95", "KL max", "same best option"],
+            [[r["pair"], r["task"], str(r["n"]), str(r["right_to_wrong"] if r["right_to_wrong"] is not None else "–"),
+              str(r["wrong_to_right"] if r["wrong_to_right"] is not None else "–"), fmt_p(r["p_mcnemar"]),
+              fmt(r["accuracy_before"]), fmt(r["accuracy_after"]), fmt(r["agreement"]), fmt(r["kl_mean"], 4),
+              fmt(r["kl_p95"], 4), fmt(r["kl_max"], 4), fmt(r["same_top"])] for r in study.drift.iter_rows(named=True)])
+    if study.verdicts.height:
+        lines += ["", "### Does each verdict hold?", "", verdict_summary(study.verdicts), ""] + _table(
+            ["pair", "task", "metric", "runs", "delta", "delta, other run", "p (Holm)", "p (Holm), other run", "verdict"],
+            [[r["pair"], r["task"], r["metric"], f"{r['first_run']} → {r['other_run']}", fmt(r["delta_first"]),
+              fmt(r["delta_other"]), fmt_p(r["p_holm_first"]), fmt_p(r["p_holm_other"]), verdict_text(r)]
+             for r in study.verdicts.iter_rows(named=True)])
+    return lines
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -141,8 +177,7 @@ def _repetitions(study: Study, task: str) -> list[str]:
     rows = study.repetitions.filter(pl.col("task") == task)
     if not rows.height:
         return []
-    return ["", f"Each item was asked {rows['repeats'][0]} times; the figures above are per-item means. Across "
-            "the repetitions, each computed on its own:", ""] + _table(
+    return ["", repetition_note(study, task, rows['repeats'][0]), ""] + _table(
         ["metric", "model", "mean", "sd", "min", "max"],
         [[r["metric"], r["model"], fmt(r["mean"]), fmt(r["sd"]), fmt(r["min"]), fmt(r["max"])]
          for r in rows.iter_rows(named=True)])

@@ -13,13 +13,15 @@ from edgeeval.errors import EdgeevalError
 from edgeeval.run.shard import shard_gaps
 from edgeeval.scoring.metrics import (COMPARISON_SCHEMA, REPETITION_SCHEMA, SUMMARY_SCHEMA, compare_pair,
                                       holm_per_metric, repetition_spread, score_records, summarize)
+from edgeeval.scoring.drift import DRIFT_SCHEMA, VERDICT_SCHEMA, drift, verdicts
 from edgeeval.scoring.records import load_current_records
+from edgeeval.scoring.robustness import Robustness, robustness
 
 # Record columns that hold patient or model text; --no-text drops them, and any other string column
 # not named in SAFE_STRING_COLUMNS.
 TEXT_COLUMNS = ("prompt", "output", "options")
 SAFE_STRING_COLUMNS = frozenset({"model", "task", "example_id", "gold", "parsed", "error", "error_kind", "finish_reason",
-                                 "kind", "metrics", "unoffered_choice"})
+                                 "kind", "metrics", "unoffered_choice", "answer_original"})
 # Gold and parsed answers are kept under --no-text only for tasks whose answers are labels (an option
 # letter, "entailment", ICD codes) and only when short; never a reference summary or a free-text answer.
 LABEL_KINDS = frozenset(name for name, kind in kinds.KINDS.items() if kind.short_answers)
@@ -73,6 +75,12 @@ class Study:
     notes: list[str] = field(default_factory=list)
     repetitions: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=REPETITION_SCHEMA))
     """For tasks asked several times per item: each metric's spread across the repetitions."""
+    robustness: Robustness = field(default_factory=lambda: robustness(pl.DataFrame()))
+    """Option order: positions answered against gold's, the chosen-letter test, rotations (--permute), PriDe."""
+    drift: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=DRIFT_SCHEMA))
+    """`compare`: per model matched across runs and task, flips, agreement and KL divergence."""
+    verdicts: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=VERDICT_SCHEMA))
+    """`compare`: whether each pair's verdict (sign, Holm significance) is the same in every run."""
 
     def family(self, arm: str) -> str:
         """'general', 'biomedical' (models.toml), or '' when unknown."""
@@ -106,9 +114,11 @@ def _one_family(study: Study) -> Study:
     return replace(study, comparison=holm_per_metric(study.comparison), notes=study.notes + [note])
 
 
-def study_from_runs(run_dirs: list[Path], seed: int = 0) -> Study:
+def study_from_runs(run_dirs: list[Path], seed: int = 0, matches: dict[str, str] | None = None) -> Study:
     """Several runs of the same models side by side: every arm against the first run's arm of the
-    same model, and each run's own pairs; examples are paired on their ids within each task."""
+    same model, and each run's own pairs; examples are paired on their ids within each task. A model is the
+    same across runs by `matches` (first run's model -> the other runs' model), else by its entry name, else by
+    its `reference` (the published study's name for it, when one model of the other run has it)."""
     tasks: dict[str, dict]
     runs, frames, arms, tasks = [], [], {}, {}
     for name, path in zip(run_labels(run_dirs), run_dirs):
@@ -123,9 +133,27 @@ def study_from_runs(run_dirs: list[Path], seed: int = 0) -> Study:
         for task, meta in run.manifest.get("tasks", {}).items():
             tasks.setdefault(task, meta)
     scored = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-    pairs = _cross_run_pairs(runs) + _within_run_pairs(runs)
+    across = _cross_run_pairs(runs, matches or {})
+    pairs = across + _within_run_pairs(runs)
     title = "edgeeval comparison of " + ", ".join(run.name for run in runs)
-    return _assemble(title, runs, arms, pairs, tasks, scored, seed, _task_drift(runs))
+    study = _assemble(title, runs, arms, pairs, tasks, scored, seed, _task_drift(runs))
+    present = set(scored["model"].unique().to_list()) if scored.height else set()
+    moved = [drift(scored, p.name, p.baseline, p.candidate) for p in across if {p.baseline, p.candidate} <= present]
+    held = verdicts(study.comparison, _repeated_pairs(runs))
+    changed = [f"the verdict changes between runs: pair {r['pair']}, {r['task']}, {r['metric']}: delta "
+               f"{r['delta_first']:+.3f} (p Holm {r['p_holm_first']:.3g}) in {r['first_run']}, {r['delta_other']:+.3f} "
+               f"(p Holm {r['p_holm_other']:.3g}) in {r['other_run']}" for r in held.filter(~pl.col("holds")).iter_rows(named=True)]
+    return replace(study, drift=pl.concat(moved) if moved else study.drift, verdicts=held,
+                   notes=changed + study.notes)
+
+
+def _repeated_pairs(runs: list[Run]) -> dict[str, list[tuple[str, str]]]:
+    """Each pair name that several runs hold: [(run, the pair's label in the comparison)], first run first."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for run in runs:
+        for name in run.manifest.get("pairs", {}):
+            found.setdefault(name, []).append((run.name, f"{run.name}:{name}"))
+    return {name: where for name, where in found.items() if len(where) > 1}
 
 
 def run_labels(run_dirs: list[Path]) -> list[str]:
@@ -140,13 +168,31 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
     return [str(p) for p in resolved]
 
 
-def _cross_run_pairs(runs: list[Run]) -> list[ArmPair]:
+def _cross_run_pairs(runs: list[Run], matches: dict[str, str]) -> list[ArmPair]:
     first, pairs = runs[0], []
+    for name in matches:
+        if name not in first.manifest.get("models", {}):
+            raise EdgeevalError(f"--match {name}=...: the first run ({first.name}) has no model '{name}' "
+                                f"(models: {', '.join(first.manifest.get('models', {})) or 'none'})")
     for run in runs[1:]:
         for model in _model_order(first.manifest):
-            if model in run.manifest.get("models", {}):
-                pairs.append(ArmPair(f"{model}: {first.name} vs {run.name}", f"{first.name}:{model}", f"{run.name}:{model}"))
+            other = _same_model(first.manifest["models"][model], model, run, matches)
+            if other is not None:
+                shown = model if other == model else f"{model} → {other}"
+                pairs.append(ArmPair(f"{shown}: {first.name} vs {run.name}", f"{first.name}:{model}", f"{run.name}:{other}"))
     return pairs
+
+
+def _same_model(meta: dict, model: str, run: Run, matches: dict[str, str]) -> str | None:
+    """The model of `run` that is `model` of the first run: named by --match, the same entry name, or the one model
+    with the same `reference`."""
+    models = run.manifest.get("models", {})
+    if model in matches:
+        return matches[model] if matches[model] in models else None
+    if model in models:
+        return model
+    same = [name for name, other in models.items() if meta.get("reference") and other.get("reference") == meta["reference"]]
+    return same[0] if len(same) == 1 else None
 
 
 def _model_order(manifest: dict) -> list[str]:
@@ -186,7 +232,8 @@ def _assemble(title, runs, arms, pairs, tasks, scored, seed, notes) -> Study:
     notes = notes + version_drift(runs) + [f"{note} ({run.name})" for run in runs for note in shard_gaps(run.path)]
     notes += not_computed_notes(results, scored, runs)
     spread = repetition_spread(scored) if scored.height else pl.DataFrame(schema=REPETITION_SCHEMA)
-    return Study(title, runs, arms, pairs, tasks, scored, results, comparison, True, notes, spread)
+    return Study(title, runs, arms, pairs, tasks, scored, results, comparison, True, notes, spread,
+                 robustness(scored, seed=seed))
 
 
 def not_computed_notes(results: pl.DataFrame, scored: pl.DataFrame, runs: list[Run]) -> list[str]:

@@ -258,3 +258,12 @@ def _disagreeing(joined: pl.DataFrame, has_correct: bool, has_parsed: bool, scor
     gap = (pl.col("score_c") - pl.col("score")).abs() if score else pl.lit(0.0)
     return (joined.with_columns(discordant=discordant, gap=gap).filter(differs)
             .sort(["discordant", "gap", "example_id"], descending=[True, True, False]).drop("gap"))
+
+
+def repetition_note(study, task: str, repeats: int) -> str:
+    """What the per-repetition table under a task's results shows: repetitions, or rotations of the options."""
+    permute = (study.tasks.get(task) or {}).get("permute")
+    asked = (f"under {repeats} cyclic rotations of its options (--permute {permute})" if permute
+             else f"{repeats} times")
+    return (f"Each item was asked {asked}; the figures above are per-item means. Across the "
+            f"{'rotations' if permute else 'repetitions'}, each computed on its own:")

@@ -97,6 +97,8 @@ def _unit_fields(model: PreparedModel, task: PreparedTask, unit: Unit) -> dict[s
     return {"model": model.name, "model_sha256": model.sha256, "task": task.run_name, "task_hash": task.hash,
             "example_id": unit.example.id, "repeat": unit.example.repeat, "prompt_hash": unit.prompt_hash, "prompt": unit.prompt,
             "gold": unit.example.gold, "options": unit.example.fields.get("options"),
+            "rotation": unit.example.rotation,
+            "option_order": list(unit.example.option_order) if unit.example.option_order is not None else None,
             "truncation": unit.truncation, "retrieval": unit.retrieval, "created": now_iso()}
 
 

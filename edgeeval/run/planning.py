@@ -15,7 +15,8 @@ from edgeeval.config.model_files import checked_model_file
 from edgeeval.config.models import Project
 from edgeeval.config.tasks import LoglikSpec, TaskSpec, load_task, task_hash
 from edgeeval.data.example import Example
-from edgeeval.data.formats import load_examples
+from edgeeval.data.formats import FORMATS, load_examples
+from edgeeval.data.permute import Permutation, rotate_examples
 from edgeeval.engine import EngineSettings
 from edgeeval.errors import ConfigError, DataError, TemplateError
 from edgeeval.prompting.chat import ChatTemplate, load_chat_template, prompt_hash
@@ -42,6 +43,8 @@ class PreparedTask:
     few_shot_sha256: str | None = None
     mode: str = "generate"
     """'generate' (answers generated, then parsed) or 'loglik' (options scored by log-probability)."""
+    permute: str | None = None
+    """'cyclic' or 'cyclic:K' when every item is asked under rotations of its options (--permute); else None."""
 
     @property
     def template(self) -> str:
@@ -92,7 +95,8 @@ MODES = ("generate", "loglik")
 
 
 def prepare_task(project: Project, name: str, data_override: Path | None, limit: int | None,
-                 max_tokens: int | None = None, mode: str = "generate") -> PreparedTask:
+                 max_tokens: int | None = None, mode: str = "generate",
+                 permute: Permutation | None = None) -> PreparedTask:
     found = task_file(project, name)
     path, root = found.path, found.folder.root
     spec = load_task(path)
@@ -110,6 +114,8 @@ def prepare_task(project: Project, name: str, data_override: Path | None, limit:
     except TemplateError as exc:
         raise TemplateError(f"{path}: {exc}") from None
     shots, shots_sha = few_shot_turns(root, spec, prompt, examples)
+    if permute is not None:
+        examples = permuted(spec, path, prompt, examples, permute)
     if limit is not None:  # the first `limit` items, with every repetition of each
         first = set(list(dict.fromkeys(e.id for e in examples))[:limit])
         examples = [e for e in examples if e.id in first]
@@ -120,7 +126,28 @@ def prepare_task(project: Project, name: str, data_override: Path | None, limit:
     if mode != "generate":
         assert spec.loglik is not None  # checked above: mode is 'loglik'
         digest = hashlib.sha256(f"{digest}\0{mode}\0{spec.loglik.model_dump_json()}".encode()).hexdigest()[:16]
-    return PreparedTask(spec, digest, data_path, data_sha, examples, prompt, tuple(shots), shots_sha, mode)
+    if permute is not None:  # other prompts, other answers: a permuted task is another task
+        digest = hashlib.sha256(f"{digest}\0permute={permute.label}".encode()).hexdigest()[:16]
+    return PreparedTask(spec, digest, data_path, data_sha, examples, prompt, tuple(shots), shots_sha, mode,
+                        permute.label if permute is not None else None)
+
+
+def permuted(spec: TaskSpec, path: Path, prompt: TaskPrompt, examples: list[Example],
+             permute: Permutation) -> list[Example]:
+    """The task's examples under every rotation of their options (edgeeval.data.permute), for the kinds whose
+    answer is one of a fixed set shown in the prompt: multiple choice (the options) and labels (the template's
+    `labels`). A label task whose prompt does not list `labels` would be asked the same way every time: refused."""
+    kind = kinds.get(spec.kind)
+    if not (kind.lettered or kind.uses_labels) or FORMATS[spec.data.format].load_repeated is not None:
+        raise ConfigError(f"task '{spec.name}' ({path}): --permute rotates the options of multiple-choice and label "
+                          f"tasks; this one is {spec.kind}" + (f" in format '{spec.data.format}', whose repetitions "
+                          "already shuffle its documents" if kind.lettered else ""))
+    rotated = rotate_examples(examples, permute, spec.labels if kind.uses_labels else ())
+    if kind.uses_labels and rotated and len({prompt.render(e) for e in rotated if e.id == rotated[0].id}) < 2:
+        raise ConfigError(f"task '{spec.name}' ({path}): its prompt template ({spec.prompt}) does not list the labels "
+                          "from the variable `labels`, so every rotation would ask the same question; --permute needs "
+                          "a template that shows them in order, e.g. {{ labels | join(', ') }}")
+    return rotated
 
 
 def user_template(spec: TaskSpec, mode: str) -> str:
@@ -257,7 +284,8 @@ def loglik_continuations(task: PreparedTask, example: Example) -> tuple[tuple[st
     loglik_options = kinds.get(task.spec.kind).loglik_options
     assert loglik_options is not None  # TaskSpec refuses a [loglik] section for a kind without one
     try:
-        return loglik_options(task.loglik.scoring, task.spec.labels, example.fields.get("options") or {})
+        labels = example.fields.get("labels") or task.spec.labels  # a permuted label task: in the order shown
+        return loglik_options(task.loglik.scoring, labels, example.fields.get("options") or {})
     except ValueError as exc:
         raise DataError(f"{example.source}: example {example.id} {exc}") from None
 

@@ -102,6 +102,7 @@ def _complete(run_dir: Path) -> bool:
         for task, entry in manifest.tasks.items():
             ids = {r.unit_id for r in load_records(run_dir, model, task)
                    if r.model_sha256 == meta.sha256 and r.task_hash == entry.hash}
-            if entry.examples is not None and len(ids) < entry.examples * (entry.repeats or 1):
+            expected = entry.units if entry.units is not None else (entry.examples or 0) * (entry.repeats or 1)
+            if entry.examples is not None and len(ids) < expected:
                 return False
     return True

@@ -36,6 +36,11 @@ class Record(BaseModel):
     gold: str
     options: dict[str, str] | None = None
     """Multiple choice: the options offered ({letter: text}), so scoring needs no data file."""
+    rotation: int | None = None
+    """Under `--permute`: which cyclic rotation of the item's options was shown (`repeat` is the same number)."""
+    option_order: list[str] | None = None
+    """Under `--permute`: the original option key (letter or label) shown at each position, in order; maps an
+    answer back to the option it names."""
     output: str | None
     """The raw generated text; None when `error` is set."""
     error: str | None = None
@@ -143,6 +148,10 @@ class TaskEntry(_Entry):
     examples: int | None = None
     """Items (questions); with `repeats`, each is asked that many times."""
     repeats: int | None = None
+    permute: str | None = None
+    """'cyclic' or 'cyclic:K' when every item was asked under rotations of its options (--permute)."""
+    units: int | None = None
+    """Examples asked in all (items times their repetitions or rotations), where that is not examples × repeats."""
     data: str | None = None
     data_sha256: str | None = None
     format: str | None = None

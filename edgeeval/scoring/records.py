@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from edgeeval import kinds
+from edgeeval.data.permute import original_key
 from edgeeval.errors import DataError
 from edgeeval.kinds.base import best_option
 from edgeeval.retrieval.audit import COLUMNS as RETRIEVAL_COLUMNS
@@ -14,12 +15,17 @@ from edgeeval.retrieval.audit import audit_columns
 from edgeeval.run.score_cache import bertscore_key, read_bertscores
 from edgeeval.run.store import Manifest, Record, TaskEntry, current_records, load_manifest
 
-RECORD_COLUMNS = ["model", "task", "example_id", "repeat", "gold", "output", "error", "error_kind", "prompt", "options",
+RECORD_COLUMNS = ["model", "task", "example_id", "repeat", "rotation", "gold", "output", "error", "error_kind", "prompt", "options",
                   "mode", "finish_reason", "n_prompt_tokens", "n_output_tokens", "seconds"]
 # Added per row from the task's manifest entry, so the metrics know what to compute.
 TASK_COLUMNS = {"kind": pl.String, "metrics": pl.String, "rouge_stemmer": pl.Boolean}
 PARSED_COLUMNS = {"parsed": pl.String, "parsed_lenient": pl.String, "unoffered_choice": pl.String,
                   "truncated": pl.Boolean}
+# Where the answer and gold stood among the options shown (multiple choice and label tasks), the option the answer
+# names under a rotation (--permute), and loglik's per-option scores in the order shown: position bias and PriDe.
+POSITION_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
+    "rotation": pl.Int64, "answer_position": pl.Int64, "gold_position": pl.Int64, "n_options": pl.Int64,
+    "answer_original": pl.String, "option_logprobs": pl.List(pl.Float64), "option_keys": pl.List(pl.String)}
 BERTSCORE_COLUMNS = {"bertscore_precision": pl.Float64, "bertscore_recall": pl.Float64, "bertscore_f1": pl.Float64}
 
 
@@ -39,10 +45,9 @@ def load_current_records(run_dir: Path) -> tuple[Manifest, pl.DataFrame]:
                         for record in current_records(run_dir, manifest, model, task))
     if not rows:
         return manifest, pl.DataFrame(schema={c: pl.Utf8 for c in ("model", "task", "example_id", "gold")})
-    schema = {**{c: None for c in RECORD_COLUMNS if c != "options"}, **TASK_COLUMNS, **PARSED_COLUMNS,
-              **RETRIEVAL_COLUMNS, **BERTSCORE_COLUMNS}
-    frame = pl.DataFrame([{c: r.get(c) for c in schema} for r in rows],
-                         schema_overrides={**TASK_COLUMNS, **PARSED_COLUMNS, **RETRIEVAL_COLUMNS, **BERTSCORE_COLUMNS})
+    typed: dict[str, pl.DataType | type[pl.DataType]] = {**TASK_COLUMNS, **PARSED_COLUMNS, **POSITION_COLUMNS, **RETRIEVAL_COLUMNS, **BERTSCORE_COLUMNS}
+    schema = {**{c: None for c in RECORD_COLUMNS if c != "options"}, **typed}
+    frame = pl.DataFrame([{c: r.get(c) for c in schema} for r in rows], schema_overrides=typed)
     return manifest, frame
 
 
@@ -78,7 +83,26 @@ def _row(record: dict, task: TaskEntry) -> dict:
     return {**record, "kind": kind.name, "metrics": ",".join(task.metrics) or None,
             "rouge_stemmer": task.rouge_stemmer, "parsed": parsed, "parsed_lenient": lenient,
             "unoffered_choice": unoffered, "truncated": record.get("truncation") is not None,
-            **audit_columns(record.get("retrieval"))}
+            **position_columns(record, kind, task.labels, parsed), **audit_columns(record.get("retrieval"))}
+
+
+def position_columns(record: dict, kind: kinds.Kind, labels: list[str], parsed: str | None) -> dict:
+    """For a kind whose answer is one of the options shown (multiple choice, labels): the positions (from 0) of the
+    answer and of gold among them, their number, the original option the answer names (through the record's
+    `option_order` under a rotation), and in loglik mode each option's score (the one that decides) in that order."""
+    if not (kind.lettered or kind.uses_labels):
+        return {}
+    order = record.get("option_order")
+    shown = list(record.get("options") or {}) if kind.lettered else list(order or labels)
+    if not shown:
+        return {}
+    scores = record.get("scores") if record.get("mode") == "loglik" else None
+    field = "mean_logprob" if record.get("normalization") == "mean" else "logprob"
+    logprobs = [float(scores[key][field]) for key in shown] if scores and all(k in scores for k in shown) else None
+    return {"answer_position": shown.index(parsed) if parsed in shown else None,
+            "gold_position": shown.index(record["gold"]) if record["gold"] in shown else None,
+            "n_options": len(shown), "option_logprobs": logprobs, "option_keys": shown,
+            "answer_original": original_key(parsed, shown, order) if order else parsed}
 
 
 def parse_answer(record: dict, kind: str, labels: list[str], rule: str = "lenient", prefix: str = "") -> str | None:

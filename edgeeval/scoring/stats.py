@@ -31,6 +31,54 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, (2 * tail) / (1 << n))
 
 
+def chi_square(table: np.ndarray) -> float:
+    """Pearson's chi-square statistic of a contingency table (rows x columns of counts); columns with no count
+    at all are left out, and a table with fewer than two columns left is 0."""
+    table = np.asarray(table, dtype=float)
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or table.sum() == 0:
+        return 0.0
+    expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
+    return float(((table - expected) ** 2 / expected).sum())
+
+
+def homogeneity_test(first: Sequence[int], second: Sequence[int], n_categories: int,
+                     n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """(chi-square, p): do two samples of category codes (0 .. n_categories-1) come from one distribution? The
+    statistic is Pearson's chi-square of their 2 x K table of counts; p is the share of `n_resamples` seeded
+    random splits of the pooled codes into samples of the same sizes with a statistic at least as large (a
+    permutation test, valid at any count, where the chi-square distribution is not: a few dozen answers over
+    five letters), with the observed split counted (so p is never 0)."""
+    a, b = np.asarray(first, dtype=np.intp), np.asarray(second, dtype=np.intp)
+    if a.size == 0 or b.size == 0:
+        return (math.nan, math.nan)
+    observed = chi_square(np.stack([np.bincount(a, minlength=n_categories), np.bincount(b, minlength=n_categories)]))
+    pooled = np.concatenate([a, b])
+    totals = np.bincount(pooled, minlength=n_categories)
+    rng = np.random.default_rng(seed)
+    at_least, done = 0, 0
+    block = max(1, _BLOCK_ELEMENTS // max(1, a.size * n_categories))
+    while done < n_resamples:
+        rows = min(block, n_resamples - done)
+        shuffled = rng.permuted(np.broadcast_to(pooled, (rows, pooled.size)), axis=1)
+        counts = (shuffled[:, : a.size, None] == np.arange(n_categories)).sum(axis=1)  # rows x K: the first sample
+        at_least += int((_split_chi_square(counts, totals, a.size) >= observed - 1e-9).sum())
+        done += rows
+    return (observed, (at_least + 1) / (n_resamples + 1))
+
+
+def _split_chi_square(first: np.ndarray, totals: np.ndarray, n_first: int) -> np.ndarray:
+    """chi_square of [first; totals - first] for every row of `first` at once (the margins are the same for all)."""
+    used = totals > 0
+    if used.sum() < 2:
+        return np.zeros(first.shape[0])
+    first, totals = first[:, used].astype(float), totals[used].astype(float)
+    n = totals.sum()
+    expected_first, expected_second = n_first * totals / n, (n - n_first) * totals / n
+    return (((first - expected_first) ** 2 / expected_first).sum(axis=1)
+            + (((totals - first) - expected_second) ** 2 / expected_second).sum(axis=1))
+
+
 def paired_bootstrap(
     baseline: np.ndarray,
     candidate: np.ndarray,
