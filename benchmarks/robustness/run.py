@@ -54,8 +54,8 @@ def edgeeval(*args: str) -> float:
     return time.perf_counter() - started
 
 
-def run_pair(pair: str, mode: str, out: Path, threads: int, config: Path | None = None) -> float:
-    extra = ["--config", str(config)] if config else []
+def run_pair(pair: str, mode: str, out: Path, threads: int, config: Path | None = None, limit: int | None = None) -> float:
+    extra = (["--config", str(config)] if config else []) + (["--limit", str(limit)] if limit else [])
     return edgeeval("run", "--pair", pair, *[a for t in TASKS for a in ("--task", t)], "--mode", mode,
                     "--permute", "cyclic", "--threads", str(threads), "--quiet", "--out", str(out), *extra)
 
@@ -64,14 +64,17 @@ def records(frame: pl.DataFrame) -> list[dict]:
     return json.loads(frame.write_json())
 
 
-def bias_stage(work: Path, threads: int, pairs: list[str]) -> dict:
+def bias_stage(work: Path, threads: int, pairs: list[str], limits: dict[tuple[str, str], int]) -> dict:
+    """`limits`: (pair, mode) -> the first N items of each task only (the 1.5B generating every rotation of every
+    item takes the better part of an hour on two cores)."""
     found: dict = {"runs": [], "bias": [], "rotations": [], "accuracy": []}
     for pair in pairs:
         for mode in MODES:
-            out = work / f"bias-{pair}-{mode}"
-            seconds = run_pair(pair, mode, out, threads)
+            limit = limits.get((pair, mode))
+            out = work / (f"bias-{pair}-{mode}" + (f"-limit{limit}" if limit else ""))
+            seconds = run_pair(pair, mode, out, threads, limit=limit)
             study = study_from_run(out)
-            found["runs"].append({"pair": pair, "mode": mode, "run_dir": str(out), "seconds": round(seconds, 1),
+            found["runs"].append({"pair": pair, "mode": mode, "limit": limit, "run_dir": str(out), "seconds": round(seconds, 1),
                                   "units": study.scored.height})
             found["bias"] += records(study.robustness.bias)
             found["rotations"] += records(study.robustness.rotations.drop("prior"))
@@ -102,7 +105,8 @@ def variant_config(work: Path, kind: str, path: Path) -> Path:
     return folder / "models.toml"
 
 
-def drift_stage(work: Path, threads: int, quantize: Path, baseline_runs: dict[str, Path]) -> dict:
+def drift_stage(work: Path, threads: int, quantize: Path, baseline_runs: dict[str, Path],
+                modes: tuple[str, ...] = MODES) -> dict:
     project = load_models_config(ROOT / "models.toml")
     source = resolve_model_path(project, DRIFTED)
     found: dict = {"variants": {}, "drift": [], "verdicts": [], "notes": []}
@@ -110,7 +114,7 @@ def drift_stage(work: Path, threads: int, quantize: Path, baseline_runs: dict[st
         path = requantize(quantize, source, kind, work)
         found["variants"][kind] = {"path": str(path), "bytes": path.stat().st_size}
     found["variants"]["Q4_K_M"] = {"path": str(source), "bytes": source.stat().st_size}
-    for mode in MODES:
+    for mode in modes:
         runs = [baseline_runs[mode]]
         for kind in VARIANTS:
             out = work / f"drift-{kind}-{mode}"
@@ -127,11 +131,12 @@ def drift_stage(work: Path, threads: int, quantize: Path, baseline_runs: dict[st
 def summary(bias: dict, drift: dict | None) -> dict:
     line: dict = {"position_top_share": {}, "pride_gain": {}, "consistency": {}, "drift_flips": {}, "kl_mean": {}}
     for row in bias["bias"]:
-        line["position_top_share"][f"{row['model']}|{row['task']}"] = [row["top"], round(row["top_share"], 3)]
+        share = row["top_share"]
+        line["position_top_share"][f"{row['model']}|{row['task']}"] = [row["top"], None if share is None else round(share, 3)]
     for row in bias["rotations"]:
         key = f"{row['model']}|{row['task']}"
         line["consistency"][key] = round(row["consistency"], 3)
-        if row["pride_gain"] is not None and row["pride_items"]:
+        if row["pride_gain"] is not None and row["pride_items"]:  # loglik mode only
             line["pride_gain"][key] = round(row["pride_gain"], 3)
     for row in (drift or {}).get("drift", []):
         variant = row["pair"].split(" vs ")[-1].split("-")[1] if "drift-" in row["pair"] else row["pair"]
@@ -142,26 +147,47 @@ def summary(bias: dict, drift: dict | None) -> dict:
     return line
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "edgeeval-robustness")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llama-quantize", type=Path, help="llama.cpp's llama-quantize (without it: no drift stage)")
     parser.add_argument("--skip-qwen", action="store_true", help="the demo pair only (no `make models-extra`)")
+    parser.add_argument("--stages", default="bias,drift", help="bias, drift or both (a stage left out keeps its "
+                        "figures from the results.json already there; drift reads the demo pair's bias runs in --work)")
+    parser.add_argument("--qwen-generate-limit", type=int, help="generate mode of the Qwen pair: the first N items "
+                        "of each task only")
+    parser.add_argument("--drift-modes", default=",".join(MODES), help="the modes the drift stage runs")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    stages = set(args.stages.split(","))
+    target = HERE / "results.json"
+    previous = json.loads(target.read_text()) if target.exists() else {}
     started = time.perf_counter()
     pairs = ["demo"] + ([] if args.skip_qwen else ["qwen-speed"])
-    bias = bias_stage(args.work, args.threads, pairs)
-    drift = None
-    if args.llama_quantize:
-        baseline = {mode: args.work / f"bias-demo-{mode}" for mode in MODES}
-        drift = drift_stage(args.work, args.threads, args.llama_quantize, baseline)
-    results = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                           "threads": args.threads}, "seconds": round(time.perf_counter() - started, 1),
+    limits = {("qwen-speed", "generate"): args.qwen_generate_limit} if args.qwen_generate_limit else {}
+    bias = bias_stage(args.work, args.threads, pairs, limits) if "bias" in stages else previous.get("bias")
+    drift = previous.get("drift")
+    if "drift" in stages and args.llama_quantize:
+        modes = tuple(m for m in args.drift_modes.split(",") if m)
+        baseline = {mode: args.work / f"bias-demo-{mode}" for mode in modes}
+        drift = drift_stage(args.work, args.threads, args.llama_quantize, baseline, modes)
+    results = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads},
+               "seconds": {**(previous.get("seconds") or {} if isinstance(previous.get("seconds"), dict) else {}),
+                           args.stages: round(time.perf_counter() - started, 1)},
                "tasks": list(TASKS), "modes": list(MODES), "pairs": pairs, "summary": summary(bias, drift),
                "bias": bias, "drift": drift}
-    (HERE / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    target.write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(json.dumps(results["summary"]))
     return 0
 

@@ -77,8 +77,8 @@ def _robustness(study: Study) -> list[str]:
     found, lines = study.robustness, []
     if not found.empty:
         lines += ["", "## Option order and drift", "", INTRO, ""] + _table(
-            ["model", "task", "readable answers", "most chosen", "its share", "gold's share there", "chi-square", "p",
-             "choices", "share at each position (gold's)"],
+            ["model", "task", "readable answers", "most chosen", "its share of readable answers", "gold's share there",
+             "chi-square", "p", "choices", "share of all answers at each position (gold's)"],
             [[r["model"], r["task"], str(r["answers"]), r["top"] or "–", fmt(r["top_share"]), fmt(r["gold_top_share"]),
               fmt(r["chi_square"], 2), fmt_p(r["p_value"]), flag_text(r), distribution_text(found.positions, r["model"], r["task"])]
              for r in found.bias.iter_rows(named=True)])

@@ -52,9 +52,9 @@ def robustness_section(study: Study) -> str:
     if not found.empty:
         parts.append(f"<p>{escape(INTRO)}</p>")
         parts.append(table(
-            [("model", False), ("task", False), ("readable answers", True), ("most chosen", False), ("its share", True),
-             ("gold's share there", True), ("chi-square", True), ("p", True), ("choices", False),
-             ("share at each position (gold's)", False)],
+            [("model", False), ("task", False), ("readable answers", True), ("most chosen", False),
+             ("its share of readable answers", True), ("gold's share there", True), ("chi-square", True), ("p", True), ("choices", False),
+             ("share of all answers at each position (gold's)", False)],
             [[td(r["model"]), td(r["task"]), num(r["answers"], str(r["answers"])), td(r["top"] or "–"),
               num(r["top_share"]), num(r["gold_top_share"]), num(r["chi_square"], fmt(r["chi_square"], 2)),
               num(r["p_value"], fmt_p(r["p_value"])), td(flag_text(r), "flagged" if r["flagged"] else ""),
