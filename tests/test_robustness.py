@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgeeval.data.example import Example
 from edgeeval.data.permute import Permutation, original_key, rotate_examples, rotations
@@ -327,3 +329,27 @@ def test_compare_shows_drift_per_model_and_whether_each_verdict_holds(tmp_path, 
     capsys.readouterr()
     assert run_cli(project, "compare", str(first), str(other), "--out", str(tmp_path / "x"), "--match", "nobody=bio-small") != 0
     assert "has no model 'nobody'" in capsys.readouterr().err
+
+
+# --- properties --------------------------------------------------------------------------------------------
+
+@given(n=st.integers(2, 10), gold=st.integers(0, 9), count=st.one_of(st.none(), st.integers(2, 12)),
+       answers=st.lists(st.integers(0, 9), min_size=12, max_size=12))
+def test_any_rotation_maps_every_answer_back_to_the_option_it_names(n, gold, count, answers):
+    letters = "ABCDEFGHIJ"[:n]
+    original = Example(id="q", fields={"options": {l: f"text {l}" for l in letters}}, gold=letters[gold % n], source="s")
+    rotated = rotate_examples([original], Permutation(count))
+    assert len(rotated) == min(count or n, n)
+    for example, answer in zip(rotated, answers):
+        shown = list(example.fields["options"])
+        assert shown == list(letters) and example.fields["options"][example.gold] == f"text {original.gold}"
+        letter = shown[answer % n]
+        # The letter answered names the option whose text stands there; mapped back, it is that option's letter.
+        assert f"text {original_key(letter, shown, example.option_order)}" == example.fields["options"][letter]
+
+
+@given(first=st.lists(st.integers(0, 4), min_size=1, max_size=40), second=st.lists(st.integers(0, 4), min_size=1, max_size=40))
+def test_the_chosen_letter_test_gives_a_p_value_and_is_symmetric(first, second):
+    chi2, p = homogeneity_test(first, second, 5, n_resamples=200)
+    assert chi2 >= 0 and 1 / 201 <= p <= 1
+    assert homogeneity_test(second, first, 5, n_resamples=200)[0] == pytest.approx(chi2)
