@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from edgeeval.config.tasks import load_task, task_hash
 from edgeeval.data.longhealth import DocumentSelection, load_longhealth
 from edgeeval.run.store import read_records
 from edgeeval.scoring.metrics import compare_pair, per_item_means, repetition_spread, summarize
@@ -125,3 +126,64 @@ def test_with_fewer_orders_than_repetitions_some_repeat(tmp_path):
     path.write_text(json.dumps({key: {"texts": first_two, "questions": questions}}))
     reps = load_longhealth(path, DocumentSelection("patient"), repeats=5)
     assert len({tuple(d["text"] for d in r.fields["documents"]) for r in reps}) == 2
+
+
+def shown(example) -> tuple[str, ...]:
+    return tuple(d["text"] for d in example.fields["documents"])
+
+
+@pytest.mark.parametrize("documents", ["patient", "answer_and_distractors", "distractors_only"])
+def test_patient_order_shows_a_patients_questions_the_same_documents_in_each_repetition(documents):
+    """document_order = "patient": one seeded order, with one set of distractors, per patient and repetition, so a
+    patient's questions share their documents as a prompt prefix; the repetitions still differ."""
+    unanswerable = "None of the above" if documents == "distractors_only" else None
+    selection = DocumentSelection(documents, 3, unanswerable, order="patient")
+    examples = load_longhealth(SAMPLE, selection, repeats=5)
+    patients: dict[tuple[str, int], set] = {}
+    for example in examples:
+        patient = example.id.rsplit("-q", 1)[0]
+        patients.setdefault((patient, example.repeat), set()).add(
+            shown(example) if documents != "answer_and_distractors" else
+            tuple(d["text"] for d in example.fields["documents"] if d["rank"] >= 1))  # the distractors (and order)
+    if documents != "answer_and_distractors":
+        assert all(len(orders) == 1 for orders in patients.values())  # every question of the patient: the same
+    per_patient: dict[str, set] = {}
+    for (patient, _), orders in patients.items():
+        per_patient.setdefault(patient, set()).update(orders)
+    assert all(len(orders) > 1 for orders in per_patient.values())  # the repetitions differ
+
+
+def test_question_order_stays_clue_s_and_the_task_hash_stays_where_it_was():
+    by_question = load_longhealth(SAMPLE, DocumentSelection("patient"), repeats=5)
+    explicit = load_longhealth(SAMPLE, DocumentSelection("patient", order="question"), repeats=5)
+    assert [shown(e) for e in by_question] == [shown(e) for e in explicit]
+    first = [e for e in by_question if e.repeat == 0]
+    same_patient = [e for e in first if e.id.startswith(first[0].id.rsplit("-q", 1)[0] + "-q")]
+    assert len({shown(e) for e in same_patient}) > 1  # CLUE: each question its own order
+    spec = load_task(ROOT / "benchmarks" / "clinical" / "longhealth_t1.toml")
+    default = task_hash(spec, "t", "d")
+
+    def ordered(order: str) -> str:
+        return task_hash(spec.model_copy(update={"data": spec.data.model_copy(update={"document_order": order})}), "t", "d")
+    # The default leaves the hash as it was before the key existed (recorded runs stay current); "patient" is new.
+    assert ordered("question") == default and ordered("patient") != default
+
+
+def test_patient_order_is_a_task_setting_recorded_in_the_manifest(tmp_path):
+    project = make_project(tmp_path)
+    toml = project / "benchmarks" / "clinical" / "longhealth_t1.toml"
+    toml.write_text(toml.read_text().replace('documents = "patient"', 'documents = "patient"\ndocument_order = "patient"'))
+    out = tmp_path / "run"
+    assert fake_run(project, out, "--limit", "2") == 0
+    entry = json.loads((out / "manifest.json").read_text())["tasks"]["longhealth_t1"]
+    assert entry["document_order"] == "patient"
+    records = read_records(out / "records" / "bio-small" / "longhealth_t1.jsonl")
+    for repeat in range(5):  # both questions of the patient: the same documents before the question
+        prompts = [r.prompt for r in records if r.repeat == repeat]
+        assert len(prompts) == 2 and prompts[0].split("END DOCUMENTS")[0] == prompts[1].split("END DOCUMENTS")[0]
+    assert "documents ordered per patient" in (out / "report.md").read_text()
+    (project / "benchmarks" / "clinical" / "medqa.toml").write_text(
+        (project / "benchmarks" / "clinical" / "medqa.toml").read_text().replace('format = "multiple_choice"',
+                                                                                  'format = "multiple_choice"\ndocument_order = "patient"'))
+    with pytest.raises(Exception, match="document_order"):
+        load_task(project / "benchmarks" / "clinical" / "medqa.toml")

@@ -193,5 +193,9 @@ def task_hash(spec: TaskSpec, template_text: str, data_sha256: str) -> str:
     # The retrieval query shapes only retrieval prompts, whose prompt hashes cover the passages it finds.
     # Where the task stands in the published study is for reports only; how many repetitions there are adds or
     # drops units (each has its repetition in its id), the recorded ones stay valid.
-    payload = spec.model_dump_json(exclude={"loglik", "retrieval", "published", "repeats"}) + "\0" + template_text + "\0" + data_sha256
+    # A data key added later leaves the hash of every task that keeps its default as it was (their records stay).
+    defaults = {"document_order": "question"}
+    unset = {key: True for key, value in defaults.items() if getattr(spec.data, key) == value}
+    exclude: dict = {"loglik": True, "retrieval": True, "published": True, "repeats": True, "data": unset}
+    payload = spec.model_dump_json(exclude=exclude) + "\0" + template_text + "\0" + data_sha256
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -13,7 +13,7 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeeval.data.example import Example, check_unique_ids
-from edgeeval.data.longhealth import Documents, DocumentSelection, load_longhealth
+from edgeeval.data.longhealth import DocumentOrder, Documents, DocumentSelection, load_longhealth
 from edgeeval.data.multiple_choice import load_multiple_choice
 from edgeeval.data.readers import (TABLE_EXTENSIONS, brief, kind_name, optional_text, read_json, required_text, row_id,
                                    show, table_rows, text_cell)
@@ -61,6 +61,11 @@ class DataSpec(BaseModel):
     """longhealth: how many other patients' documents to add, chosen deterministically per question."""
     unanswerable_option: str | None = None
     """longhealth: text of an extra last option saying the documents do not answer the question."""
+    document_order: DocumentOrder = "question"
+    """longhealth: how the documents' order (and task 2's and 3's distractors) is drawn. 'question': afresh for
+    every question and repetition, as CLUE does. 'patient': once per patient and repetition, so a patient's
+    questions show the same documents in the same order (a shared prompt prefix), the question after them: the
+    same randomisation, at the patient level instead of the question level."""
     letter_field: str = CLUE_LETTER
     """medisumqa: the field holding the letter the model reads. CLUE's is 'without_discharge_summary' (the letter
     without the discharge instructions its questions were written from); a file without it is refused unless
@@ -313,7 +318,7 @@ def _icd_codes(record: dict[str, Any], source: str) -> tuple[list[str], list[str
 
 
 def load_longhealth_questions(path: Path, data: DataSpec, repeats: int = 1) -> list[Example]:
-    selection = DocumentSelection(data.documents, data.distractors, data.unanswerable_option)
+    selection = DocumentSelection(data.documents, data.distractors, data.unanswerable_option, data.document_order)
     return load_longhealth(path, selection, repeats)
 
 
@@ -338,6 +343,7 @@ FORMATS: dict[str, Format] = {
     "problem_summary": Format(load_problem_summary),
     "medisumqa": Format(load_medisumqa, keys=("letter_field",)),
     "medisumcode": Format(load_medisumcode),
-    "longhealth": Format(load_longhealth_questions, keys=("documents", "distractors", "unanswerable_option"),
+    "longhealth": Format(load_longhealth_questions, keys=("documents", "distractors", "unanswerable_option",
+                                                         "document_order"),
                          load_repeated=load_longhealth_questions),
 }

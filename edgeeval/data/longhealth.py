@@ -16,6 +16,7 @@ LONGHEALTH = (
     "answer_a, ..., answer_e, correct, answer_location}, ...]}, ...}"
 )
 Documents = Literal["patient", "answer_and_distractors", "distractors_only"]
+DocumentOrder = Literal["question", "patient"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class DocumentSelection:
     documents: Documents = "patient"
     distractors: int = 10
     unanswerable_option: str | None = None
+    order: DocumentOrder = "question"
+    """'question': each question's documents drawn and ordered from its own seed (CLUE); 'patient': from the
+    patient's, so all of a patient's questions in a repetition show the same documents in the same order."""
 
 
 REDRAWS = 64
@@ -98,7 +102,8 @@ def _example(path: Path, key: str, number: int, question: Any, texts: dict[str, 
         gold = letter if selection.documents == "distractors_only" else gold
     example_id = f"{key}-q{_number(question, number, source)}"
     answer_ids = _answer_ids(question, texts, source)
-    seed = example_id if repeat is None else f"{example_id}#{repeat}"
+    unit = example_id if selection.order == "question" else f"{key}-patient"
+    seed = unit if repeat is None else f"{unit}#{repeat}"
     documents = _documents(seed, key, texts, answer_ids, library, selection, source)
     for draw in range(1, REDRAWS + 1):
         if _shown(documents) not in shown:

@@ -22,7 +22,7 @@ from edgeeval.report.robustness import robustness_section
 from edgeeval.report.study import ArmPair, Study
 from edgeeval.report.svg import (ARM_COLOURS, FAVOURS_BASELINE, FAVOURS_CANDIDATE, NO_DIFFERENCE, Bar, ForestRow,
                                  bar_chart, forest_plot)
-from edgeeval.report.views import (arm_with_family, arms_with_results, confusion_table, disagreements, fmt, fmt_ci,
+from edgeeval.report.views import (arm_with_family, arms_with_results, arrangement, confusion_table, disagreements, fmt, fmt_ci,
                                    fmt_p, metric_label, model_facts, pair_rows, plain_results, repetition_note, run_facts,
                                    side_names, task_scoring, tasks_in)
 
@@ -271,7 +271,7 @@ def _task_sections(study: Study) -> str:
         shown += _repetitions(study, task) + "".join(_confusion(study, arm, task) for arm in arms)
         parts.append(f'<article id="{slug("task", task)}"><h3>{escape(task)}</h3>'
                      f'<p class="task-meta">{escape(meta.get("kind", "–"))}, {escape(str(meta.get("examples", "–")))} '
-                     f'examples, task hash <span class="mono">{escape(str(meta.get("hash", "–")))}</span></p>'
+                     f'examples{escape(arrangement(meta))}, task hash <span class="mono">{escape(str(meta.get("hash", "–")))}</span></p>'
                      f"{shown}{_task_pairs(study, task)}</article>")
     return section("tasks", "Per task", "\n".join(parts) or "<p>No tasks.</p>")
 

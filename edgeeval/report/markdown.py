@@ -12,7 +12,7 @@ from edgeeval.report.retrieval import retrieval_rows, sources_text
 from edgeeval.report.robustness import (DRIFT_INTRO, INTRO, ROTATION_INTRO, distribution_text, flag_text,
                                         verdict_summary, verdict_text)
 from edgeeval.report.study import Study
-from edgeeval.report.views import (arm_with_family, repetition_note, arms_with_results, confusion_table, disagreements,
+from edgeeval.report.views import (arm_with_family, arrangement, repetition_note, arms_with_results, confusion_table, disagreements,
                                    discordant_counts, fmt, fmt_ci, fmt_p, model_facts, pair_rows, plain_results,
                                    run_facts, side_names, task_scoring, tasks_in)
 
@@ -134,7 +134,7 @@ def _models(study: Study) -> list[str]:
 
 
 def _tasks(study: Study) -> list[str]:
-    rows = [[name, t.get("kind", "–"), task_scoring(t), t.get("examples", "–"),
+    rows = [[name, t.get("kind", "–"), task_scoring(t), f"{t.get('examples', '–')}{arrangement(t)}",
              f"`{str(t.get('data', '')).rsplit('/', 1)[-1]}`", f"`{t.get('hash', '–')}`"] for name, t in study.tasks.items()]
     return ["", "## Tasks", ""] + _table(["task", "kind", "answers", "examples", "data", "task hash"], rows)
 

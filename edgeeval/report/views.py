@@ -267,3 +267,11 @@ def repetition_note(study, task: str, repeats: int) -> str:
              else f"{repeats} times")
     return (f"Each item was asked {asked}; the figures above are per-item means. Across the "
             f"{'rotations' if permute else 'repetitions'}, each computed on its own:")
+
+
+def arrangement(meta: dict) -> str:
+    """How a task's items were arranged, where the run chose it (', options rotated (cyclic)', ', documents
+    ordered per patient'); '' otherwise."""
+    parts = [f"options rotated ({meta['permute']})" if meta.get("permute") else "",
+             f"documents ordered per {meta['document_order']}" if meta.get("document_order") else ""]
+    return "".join(f", {part}" for part in parts if part)

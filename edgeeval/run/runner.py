@@ -93,6 +93,7 @@ def task_manifest(task: PreparedTask) -> TaskEntry:
         format=spec.data.format, examples=len({e.id for e in task.examples}), kind=spec.kind,
         repeats=spec.repeats if spec.repeats > 1 else None,
         permute=task.permute, units=len(task.examples) if task.permute is not None else None,
+        document_order=spec.data.document_order if spec.data.format == "longhealth" else None,
         labels=spec.labels, metrics=spec.metrics, rouge_stemmer=spec.rouge_stemmer,
         max_tokens=spec.max_tokens, stop=spec.stop, prompt=task.template, few_shot=few_shot,
         context=spec.context.model_dump(), mode=cast(Mode, task.mode), name=spec.name,

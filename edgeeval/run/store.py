@@ -150,6 +150,8 @@ class TaskEntry(_Entry):
     repeats: int | None = None
     permute: str | None = None
     """'cyclic' or 'cyclic:K' when every item was asked under rotations of its options (--permute)."""
+    document_order: str | None = None
+    """LongHealth: 'question' or 'patient', how the documents' order and distractors were drawn."""
     units: int | None = None
     """Examples asked in all (items times their repetitions or rotations), where that is not examples × repeats."""
     data: str | None = None
