@@ -18,7 +18,7 @@ from edgeeval.report.published import INTRO as PUBLISHED_INTRO
 from edgeeval.report.published import direction_rows, direction_text, inside_text, no_rows_note, published_rows
 from edgeeval.report.retrieval import INTRO as RETRIEVAL_INTRO
 from edgeeval.report.retrieval import retrieval_rows, sources_text
-from edgeeval.report.robustness import robustness_section
+from edgeeval.report.robustness import has_robustness, robustness_section
 from edgeeval.report.study import ArmPair, Study
 from edgeeval.report.svg import (ARM_COLOURS, FAVOURS_BASELINE, FAVOURS_CANDIDATE, NO_DIFFERENCE, Bar, ForestRow,
                                  bar_chart, forest_plot)
@@ -50,7 +50,7 @@ def _page(study: Study, body: str) -> str:
     nav = "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label in (
         ("findings", "Findings"), ("forest", "Forest plot"), ("comparison", "Paired comparison"),
         ("models", "Per model"), ("tasks", "Per task"), ("published", "Published"),
-        *((("robustness", "Option order"),) if robustness_section(study) else ()),
+        *((("robustness", "Option order"),) if has_robustness(study) else ()),
         *((("retrieval", "Retrieval"),) if retrieval_rows(study) else ()),
         ("disagreements", "Disagreements"), ("run", "Run"),
         ("method", "Method")))

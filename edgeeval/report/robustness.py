@@ -46,6 +46,11 @@ def verdict_text(row: dict) -> str:
     return "holds" if row["holds"] else "CHANGES"
 
 
+def has_robustness(study: Study) -> bool:
+    """Whether the report has the section (for the page's navigation, without drawing it)."""
+    return not study.robustness.empty or bool(study.drift.height) or bool(study.verdicts.height)
+
+
 def robustness_section(study: Study) -> str:
     found = study.robustness
     parts = []

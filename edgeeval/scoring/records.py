@@ -45,7 +45,8 @@ def load_current_records(run_dir: Path) -> tuple[Manifest, pl.DataFrame]:
                         for record in current_records(run_dir, manifest, model, task))
     if not rows:
         return manifest, pl.DataFrame(schema={c: pl.Utf8 for c in ("model", "task", "example_id", "gold")})
-    typed: dict[str, pl.DataType | type[pl.DataType]] = {**TASK_COLUMNS, **PARSED_COLUMNS, **POSITION_COLUMNS, **RETRIEVAL_COLUMNS, **BERTSCORE_COLUMNS}
+    typed: dict[str, pl.DataType | type[pl.DataType]] = {**TASK_COLUMNS, **PARSED_COLUMNS, **POSITION_COLUMNS,
+                                                         **RETRIEVAL_COLUMNS, **BERTSCORE_COLUMNS}
     schema = {**{c: None for c in RECORD_COLUMNS if c != "options"}, **typed}
     frame = pl.DataFrame([{c: r.get(c) for c in schema} for r in rows], schema_overrides=typed)
     return manifest, frame

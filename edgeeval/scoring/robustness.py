@@ -65,10 +65,12 @@ def robustness(scored: pl.DataFrame, seed: int = 0, calibration_share: float = C
     positions, bias, rotations = [], [], []
     for (model, task), group in rows.group_by(["model", "task"], maintain_order=True):
         names = position_names(group)
-        positions += _position_rows(model, task, group, names)
+        rows_here = _position_rows(model, task, group, names)
+        positions += rows_here
         bias.append(_bias_row(model, task, group, names, seed))
         if "rotation" in group.columns and group["rotation"].is_not_null().any():
-            rotations.append(_rotation_row(model, task, group, names, seed, calibration_share))
+            recalls = [r[6] for r in rows_here if not math.isnan(r[6])]
+            rotations.append(_rotation_row(model, task, group, recalls, seed, calibration_share))
     return Robustness(pl.DataFrame(positions, schema=POSITION_SCHEMA, orient="row"),
                       pl.DataFrame(bias, schema=BIAS_SCHEMA, orient="row"),
                       pl.DataFrame(rotations, schema=ROTATION_SCHEMA, orient="row"))
@@ -83,7 +85,7 @@ def position_names(group: pl.DataFrame) -> list[str]:
         return list(string.ascii_uppercase[:count])
     rotated = "rotation" in group.columns and group["rotation"].is_not_null().any()
     keys = group["option_keys"].drop_nulls() if "option_keys" in group.columns else pl.Series([])
-    if not rotated and keys.len() and all(len(k) == count for k in keys.to_list()[:1]):
+    if not rotated and keys.len() and len(keys[0]) == count:
         return [str(k) for k in keys[0]]
     return [f"#{i + 1}" for i in range(count)]
 
@@ -119,7 +121,8 @@ def _bias_row(model: str, task: str, group: pl.DataFrame, names: list[str], seed
             bool(not math.isnan(p) and p < SIGNIFICANCE))
 
 
-def _rotation_row(model: str, task: str, group: pl.DataFrame, names: list[str], seed: int, share: float) -> tuple:
+def _rotation_row(model: str, task: str, group: pl.DataFrame, recalls: list[float], seed: int, share: float) -> tuple:
+    """`recalls`: the accuracy at each position where gold stands (the position rows'), for RStd."""
     frame = group.filter(pl.col("rotation").is_not_null())
     correct = pl.col("correct").cast(pl.Float64).fill_null(0.0)
     items = frame.group_by("example_id", maintain_order=True).agg(
@@ -128,8 +131,7 @@ def _rotation_row(model: str, task: str, group: pl.DataFrame, names: list[str], 
                     & pl.col("error").is_null().all() & (pl.len() > 1)),
     )
     original = frame.filter(pl.col("rotation") == 0)
-    recalls = [r for r in _position_rows(model, task, frame, names) if not math.isnan(r[6])]
-    rstd = float(np.std([r[6] for r in recalls])) if recalls else math.nan
+    rstd = float(np.std(recalls)) if recalls else math.nan
     first_order = _mean(original["correct"]) if original.height else math.nan
     rotations = int(frame["rotation"].cast(pl.Int64).to_numpy().max()) + 1
     return (model, task, rotations, items.height, _mean(items["accuracy"]), first_order, _mean(items["consistent"]),
@@ -149,9 +151,9 @@ def log_softmax(values: np.ndarray) -> np.ndarray:
 def pride_debias(frame: pl.DataFrame, share: float = CALIBRATION_SHARE,
                  seed: int = 0) -> tuple[int, float, float, float, str | None, str | None]:
     """PriDe (Zheng et al., 2024): the model's prior for each position, estimated from the rotations of a seeded
-    `share` of the items (at least one of each number of options; the log-probabilities of each position averaged over an item's rotations
-    cancel the options' contents, softmax gives the item's prior, and the items' priors are averaged), then taken
-    out of every other item's answers: the answer is argmax(log P(position) - log prior(position)).
+    `share` of the items (at least one of each number of options; the log-probabilities of each position averaged
+    over an item's rotations cancel the options' contents, softmax gives the item's prior, and the items' priors are
+    averaged), then taken out of every other item's answers: the answer is argmax(log P(position) - log prior(position)).
 
     Returns (held-out items scored, raw accuracy on them, debiased accuracy on them, gain, the calibration items'
     ids, the prior per option count); NaNs and None where loglik scores or items are lacking. Raw and debiased
