@@ -80,6 +80,7 @@ def cmd_run(args, pairs: list[str] | None = None, tasks: list[str] | None = None
     out = Path(args.out) if args.out else Path("runs") / "+".join(pairs)
     settings = EngineSettings(n_threads=args.threads, seed=args.seed, backend=args.engine,
                               speculative=args.speculative, draft_model=draft, use_extra_bufts=REPACK[args.repack],
+                              share_prefixes=args.share_prefixes == "on",
                               fake_delay_s=float(os.environ.get("EDGEEVAL_FAKE_DELAY_S", "0")))
     shard, executor = scale_out(args, project)
     warn_if_busy(args.engine)
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "(where it crashes llama_decode), on elsewhere. It trades prompt speed against generation speed "
                               "differently on each CPU and quantization (measured cases: docs/performance.md); "
                               "compare with llama-bench --repack 0,1 on your machine")
+    running.add_argument("--share-prefixes", choices=["on", "off"], default="on",
+                         help="batched generation decodes a prompt prefix that several prompts share (system prompt, "
+                              "shots, a patient's documents) once (default on); off decodes every prompt whole")
     running.add_argument("--seed", type=int, default=0, help="seed for the bootstrap (decoding is greedy)")
     running.add_argument("--mode", choices=["generate", "loglik"], default="generate",
                          help="generate: answers are generated and parsed (default); loglik: multiple-choice and "

@@ -61,6 +61,42 @@ def test_tiny_model_batched_answers_equal_one_at_a_time_exactly(tiny_f32_path):
         model.close()
 
 
+@pytest.mark.parametrize("layout", ["streams", "unified"])
+def test_shared_prefixes_are_decoded_once_and_change_no_answer(tiny_f32_path, layout):
+    """Two groups of prompts, each sharing a long prefix (a task's shots, a patient's documents): the holder is
+    set for the first group, kept across calls, cut back and extended for the second; every answer equals the
+    one-at-a-time answer (float32 weights: exactly) and the shared tokens are decoded once per group."""
+    model = LlamaModel(str(tiny_f32_path), EngineSettings(n_ctx=2048, n_batch=64, n_ubatch=64, n_threads=1).resolved())
+    model.streams.layout = layout
+    try:
+        shots = "Example: fever and cough means pneumonia. " * 6
+        documents = shots + "Document: the patient had a rash for three weeks after the new drug. " * 5
+        first = [shots + f"Case {i}: " + "chest pain " * i for i in range(5)]
+        second = [documents + f"Question {i}: which drug?" + " why" * i for i in range(4)]
+        single = [model.generate(p, 12, []).text for p in first + second]
+        before = dict(model.counters)
+        batched = model.generate_many(first[:3], 12, [], n_parallel=2)
+        batched += model.generate_many(first[3:], 12, [], n_parallel=2)  # the holder kept from the last call
+        shared = [g.notes["prefix_tokens_reused"] for g in batched]
+        batched += model.generate_many(second, 12, [], n_parallel=3)
+        assert [g.text for g in batched] == single
+        n_shots = len(model.vocabulary.tokenize(shots)) - 1  # the shots' last token may merge with what follows
+        assert all(n >= n_shots for n in shared)
+        reused = [g.notes["prefix_tokens_reused"] for g in batched[5:]]
+        assert all(n > len(model.vocabulary.tokenize(documents)) - 3 for n in reused)
+        decoded = model.counters["prompt_tokens_decoded"] - before["prompt_tokens_decoded"]
+        total = model.counters["prompt_tokens"] - before["prompt_tokens"]
+        assert total == sum(len(model.vocabulary.tokenize(p)) for p in first + second)
+        # Each group's prefix once (the second's only past the shots it shares with the first), the rest per prompt.
+        assert decoded <= total - sum(shared[1:]) - sum(reused[1:]) + 8
+        model.streams.share = False  # off: every prompt decoded whole, the same answers
+        before = model.counters["prompt_tokens_decoded"]
+        assert [g.text for g in model.generate_many(second, 12, [], n_parallel=3)] == single[5:]
+        assert model.counters["prompt_tokens_decoded"] - before == sum(len(model.vocabulary.tokenize(p)) for p in second)
+    finally:
+        model.close()
+
+
 def test_each_answer_ends_like_a_single_one(real_models):
     model = LlamaModel(str(real_models["gemma"]), EngineSettings(n_ctx=512, n_threads=1).resolved())
     try:

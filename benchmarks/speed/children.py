@@ -44,6 +44,8 @@ class ChildSpec(TypedDict, total=False):
     stop: list[str]
     method: str
     chunk: int
+    order: list[int]
+    prefixes: list[int]
 
 
 class Settings(TypedDict):
@@ -360,9 +362,15 @@ def child_divergence(model, spec: ChildSpec) -> DivergenceRun:
     return {"prompts": out}
 
 
+def _suite_kinds() -> dict[str, Callable[[Any, ChildSpec], Any]]:
+    from .suite import child_layouts, child_suite
+
+    return {"suite": child_suite, "layouts": child_layouts}
+
+
 CHILD_KINDS: dict[str, Callable[[Any, ChildSpec], Any]] = {
     "loglik": child_loglik, "letters": child_letters, "tg": child_tg, "batched": child_batched,
-    "match": child_match, "speculative": child_speculative, "divergence": child_divergence}
+    "match": child_match, "speculative": child_speculative, "divergence": child_divergence, **_suite_kinds()}
 
 
 # --- the parent side -----------------------------------------------------------------------------

@@ -116,3 +116,28 @@ def print_divergence(rows: list[Divergence]) -> None:
         for flip in row.flips[:12]:
             print(f"   {flip.task} {flip.id} @{flip.position}: margin {flip.at['margin']:.3f}, "
                   f"gap moved {flip.at['gap_moved']:.3f}, max |delta| {flip.at['max_abs_delta']:.3f}")
+
+
+def print_suite(section) -> None:
+    """The suite section's tables: per model and task, prompt tokens decoded per example and seconds, before
+    (batched, every prompt whole), after (batched, shared prefixes once) and one at a time; then the layouts."""
+    print(f"{'model':36s} {'task':28s} {'n':>4s} {'P':>3s} {'tokens/ex':>9s} {'before':>8s} {'after':>8s} "
+          f"{'one':>8s} {'reuse':>6s} {'s before':>8s} {'s after':>8s} {'s one':>8s} {'same':>5s}")
+    for r in section.tasks:
+        d, s = r.decoded_per_example, r.seconds
+        print(f"{r.model[:36]:36s} {r.task[:28]:28s} {r.examples:4d} {r.parallel:3d} {r.prompt_tokens_per_example:9.0f} "
+              f"{d['before']:8.0f} {d['after']:8.0f} {d['one']:8.0f} {r.reuse_factor:6.2f} {s['before']:8.1f} "
+              f"{s['after']:8.1f} {s['one']:8.1f} {r.same_as_one:3d}/{r.examples}")
+    if section.layouts:
+        print(f"cache layouts ({section.layout_model}): seconds for n sequences, each a shared prefix + 32 own "
+              "tokens + 16 generated")
+        for layout in ("streams", "unified"):
+            for prefix in sorted({c.prefix for c in section.layouts}):
+                row = [c for c in section.layouts if c.layout == layout and c.prefix == prefix]
+                print(f"  {layout:8s} prefix {prefix:5d}: " + "  ".join(f"{c.n_seq:2d}: {c.seconds:6.2f}s" for c in row))
+    projection = section.projection
+    if projection:
+        print(f"suite reuse factor (the study's sizes, CLUE's repetitions): {projection['suite_reuse_factor']:.2f}")
+        if "hours_parallel_auto_with_sharing" in projection:
+            print(f"8B pair, --parallel auto: {projection['hours_parallel_auto_without_sharing']:.0f} h without sharing, "
+                  f"{projection['hours_parallel_auto_with_sharing']:.0f} h with")

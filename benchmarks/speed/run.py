@@ -35,6 +35,7 @@ from benchmarks.speed.report import (  # noqa: E402
     fields_line,
     print_divergence,
     print_misses,
+    print_suite,
     print_table,
     read_results,
     summary_line,
@@ -67,6 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--flash-attn", action="store_true",
                         help="with --divergence: both paths with flash attention on (edgeeval leaves it off)")
     parser.add_argument("--rounds", type=int, default=5, help="with --misses: interleaved rounds")
+    parser.add_argument("--suite", action="store_true",
+                        help="only the 'suite' section: shared prompt prefixes on every generation task's sample "
+                        "(merged into results.json; see suite.py)")
+    parser.add_argument("--suite-limit", type=int, default=8, help="with --suite: examples per task (sample order)")
+    parser.add_argument("--suite-max-tokens", type=int, default=32, help="with --suite: cap on the tasks' max_tokens")
+    parser.add_argument("--suite-no-qwen", action="store_true", help="with --suite: the demo models only")
+    parser.add_argument("--skip-layouts", action="store_true", help="with --suite: leave out the cache layout table")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -87,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_profile(args, "misses", profile_misses, print_misses)
     if args.realistic_only:
         return run_realistic(args)
+    if args.suite:
+        return run_suite(args)
     return run_full(args)
 
 
@@ -112,6 +122,28 @@ def run_realistic(args) -> int:
         results["realistic"].update({"machine": to_json(ended), "threads": args.threads, "quick": args.quick})
     results["summary"] = {**results.get("summary", {}), **fields}
     write_results(args.out, results)
+    print(fields_line(fields))
+    return 0
+
+
+def run_suite(args) -> int:
+    """The 'suite' section, merged into the results of the last full run, with its keys in the summary line."""
+    from benchmarks.speed.children import run_child
+    from benchmarks.speed.inputs import extra_models
+    from benchmarks.speed.suite import measure_suite, projection_with_sharing, suite_fields
+
+    results = read_results(args.out)
+    pair = None if args.suite_no_qwen else extra_models()
+    qwen = pair[0] if pair else None
+    started = machine()
+    section = measure_suite(args, args.model or default_models(), qwen, run_child)
+    section.projection = projection_with_sharing(section, results.get("realistic", {}).get("projection_8b", {}))
+    fields = suite_fields(section, qwen, section.projection)
+    results["suite"] = {**to_json(section), "machine": to_json(dataclasses.replace(
+        started, load_average_end=os.getloadavg())), "threads": args.threads}
+    results["summary"] = {**results.get("summary", {}), **fields}
+    write_results(args.out, results)
+    print_suite(section)
     print(fields_line(fields))
     return 0
 

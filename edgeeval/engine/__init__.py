@@ -40,6 +40,9 @@ class EngineSettings:
     """-1 offloads every layer when llama.cpp was built with a GPU backend."""
     use_extra_bufts: bool | None = None
     """Weight repacking; None decides per CPU (off on Intel AMX, where it crashes llama_decode)."""
+    share_prefixes: bool = True
+    """Batched generation decodes a prefix that prompts share once and starts each of them from a copy of it
+    (engine/sharing.py); False decodes every prompt whole (the speed benchmark's "before")."""
     unit_timeout_s: float = 3600.0
     """A single generation taking longer than this is stopped and recorded as an error."""
     speculative: Speculative = "none"

@@ -64,7 +64,7 @@ class LlamaModel:
         self.n_batch = self.cache.n_batch
         self.scorer = LoglikScorer(self.vocabulary, self.cache)
         self.draft = self._load_draft(path, settings) if settings.draft_model else None
-        self.streams = Streams(self.model, self.vocabulary, self.cache)
+        self.streams = Streams(self.model, self.vocabulary, self.cache, share=settings.share_prefixes)
         self.generator = Generator(self.vocabulary, self.cache, self.streams, self.draft)
 
     def _load_draft(self, path: str, settings: EngineSettings) -> LlamaModel:

@@ -10,7 +10,8 @@ import numpy as np
 
 from edgeeval.engine import EngineError, OptionScore
 from edgeeval.engine.prefix_cache import PrefixCache
-from edgeeval.engine.tokens import Vocabulary, common_prefix_all, too_long
+from edgeeval.engine.sharing import common_prefix_all
+from edgeeval.engine.tokens import Vocabulary, too_long
 from edgeeval.types import ErrorKind
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgeeval.engine import EngineSettings
 from edgeeval.engine.llama_context import Batch, Counters, checked_decode, logits_row, new_context
-from edgeeval.engine.tokens import common_prefix
+from edgeeval.engine.sharing import common_prefix
 
 PREFIX_SEQ = 0
 

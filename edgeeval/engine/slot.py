@@ -42,6 +42,8 @@ class Slot:
     rejected at its first token, so a sequence whose drafts keep failing stops paying for them."""
     pause: int = 0
     """Steps to go without drafting, after a one-token draft failed."""
+    shared: int = 0
+    """Prompt tokens that came from a shared prefix instead of being decoded for this answer."""
 
     def accept(self, token: int, vocabulary: Vocabulary, max_tokens: int, stop: list[str]) -> bool:
         """Take the next greedy token; returns whether the answer is complete (`reason` says why: end of

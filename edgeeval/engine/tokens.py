@@ -88,23 +88,6 @@ class Vocabulary:
         return own + self.tokenize(continuation, add_special=False), len(own)
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def common_prefix_all(seqs: list[list[int]]) -> list[int]:
-    if not seqs:
-        return []
-    first = seqs[0]
-    n = len(first)
-    for seq in seqs[1:]:
-        n = min(n, common_prefix(first[:n], seq))
-    return first[:n]
 
 
 def too_long(n_tokens: int, n_ctx: int) -> str:

@@ -116,7 +116,7 @@ def _worker_main(conn: Connection[Any, Any], model_path: str, settings: dict[str
         except Exception as exc:  # noqa: BLE001
             failure = _as_engine_error(exc)
             result = Generation.failed(failure.kind, failure.detail)
-        conn.send({"generation": result.to_wire()})
+        conn.send({"generation": result.to_wire(), "tokens": dict(model.counters)})
     model.close()
 
 

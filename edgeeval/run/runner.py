@@ -17,6 +17,7 @@ import edgeeval
 from edgeeval import kinds
 from edgeeval.config.models import Project
 from edgeeval.engine import Engine, EngineSettings
+from edgeeval.engine.sharing import share_order
 from edgeeval.engine.machine import machine_info
 from edgeeval.prompting.token_budget import TokenCounter, needs_tokenizer
 from edgeeval.run.answering import answer, engine_calls, parallel_for, speculative_for
@@ -180,14 +181,15 @@ def plan_model(model: PreparedModel, tasks: list[PreparedTask], settings: Engine
 
 def pending_units(store: RunStore, model: PreparedModel, plans, summary: RunSummary,
                   retry_errors: bool = False) -> list[tuple[PreparedTask, Unit]]:
-    """The planned units of a model with no record yet (with `retry_errors`, or whose last one is an error)."""
+    """The planned units of a model with no record yet (with `retry_errors`, or whose last one is an error), each
+    task's in the order that keeps prompts sharing a prefix together (engine/sharing.py)."""
     pending: list[tuple[PreparedTask, Unit]] = []
     for task, units, _ in plans:
         latest = {r.key(): r for r in store.load(model.name, task.run_name)}  # the last record of a unit wins
         done = {key for key, r in latest.items() if not (retry_errors and r.error is not None)}
         todo = [u for u in units if (model.sha256, task.hash, u.example.unit_id, u.prompt_hash) not in done]
         summary.skipped += len(units) - len(todo)
-        pending.extend((task, unit) for unit in todo)
+        pending.extend((task, todo[i]) for i in share_order([u.prompt for u in todo]))
     return pending
 
 
