@@ -121,6 +121,12 @@ def test_demo_pipeline_killed_then_resumed(tmp_path, real_models):
     assert manifest["models"]["smollm2-135m-instruct"]["chat_template"] == "gguf"
     assert manifest["models"]["gemma3-270m"]["chat_template"] == "prompts/chat/gemma.j2"
     assert "AVX" in manifest["engine"]["smollm2-135m-instruct"]["system_info"] or manifest["engine"]
+    assert manifest["engine"]  # the models that did work on resuming
+    for model in manifest["engine"]:  # --repack auto: measured (or AMX), chosen, recorded
+        repack = manifest["engine"][model]["repack"]
+        assert repack["mode"] == "auto" and repack["use_extra_bufts"] in (True, False)
+        assert "why" in repack or all(repack["calibration"][way]["prompt_tokens_per_s"] > 0 for way in ("on", "off"))
+        assert repack["use_extra_bufts"] == manifest["engine"][model]["settings"]["use_extra_bufts"]
     report = (out / "report.md").read_text()
     assert "accuracy" in report and "McNemar" in report
 

@@ -135,6 +135,9 @@ def print_suite(section) -> None:
             for prefix in sorted({c.prefix for c in section.layouts}):
                 row = [c for c in section.layouts if c.layout == layout and c.prefix == prefix]
                 print(f"  {layout:8s} prefix {prefix:5d}: " + "  ".join(f"{c.n_seq:2d}: {c.seconds:6.2f}s" for c in row))
+    for name, run in section.runs.items():
+        print(f"demo pair, MedNLI + MeQSum, {name:10s} ({' '.join(run.options) or 'defaults'}): "
+              + ", ".join(f"{m} {s:.1f}s" for m, s in run.seconds.items()) + f"; {run.reused}")
     projection = section.projection
     if projection:
         print(f"suite reuse factor (the study's sizes, CLUE's repetitions): {projection['suite_reuse_factor']:.2f}")

@@ -71,10 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--suite", action="store_true",
                         help="only the 'suite' section: shared prompt prefixes on every generation task's sample "
                         "(merged into results.json; see suite.py)")
-    parser.add_argument("--suite-limit", type=int, default=8, help="with --suite: examples per task (sample order)")
-    parser.add_argument("--suite-max-tokens", type=int, default=32, help="with --suite: cap on the tasks' max_tokens")
+    parser.add_argument("--suite-limit", type=int, default=6, help="with --suite: examples per task (sample order)")
+    parser.add_argument("--suite-max-tokens", type=int, default=24, help="with --suite: cap on the tasks' max_tokens")
+    parser.add_argument("--suite-longhealth-all", action="store_true",
+                        help="with --suite: LongHealth tasks 2 and 3 too (task 1 only by default)")
     parser.add_argument("--suite-no-qwen", action="store_true", help="with --suite: the demo models only")
     parser.add_argument("--skip-layouts", action="store_true", help="with --suite: leave out the cache layout table")
+    parser.add_argument("--skip-runs", action="store_true",
+                        help="with --suite: leave out the demo pair's CLI runs (--repack auto and --parallel checks)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

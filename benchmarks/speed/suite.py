@@ -36,6 +36,9 @@ STUDY_SHAPE = "longhealth_study_shape"
 """A LongHealth task written by the benchmark: one patient, 20 questions (as LongHealth's patients have), the
 documents as long as the context allows; asked once (the repetitions only repeat the same structure)."""
 CLUE_REPEATS = {"longhealth_t1": 5, "longhealth_t2": 5, "longhealth_t3": 5}
+QWEN_TASKS = ("mednli", "meqsum")
+LONGHEALTH_LIMIT = 4
+"""LongHealth questions per task (each asked 5 times): the first patient's four, so patient order has a group to share."""
 LAYOUT_SEQS = (1, 2, 4, 8, 16)
 LAYOUT_PREFIXES = (0, 512, 2048, 6144)
 
@@ -81,10 +84,23 @@ class LayoutCell:
 
 
 @dataclass(kw_only=True)
+class RunVariant:
+    """One `edgeeval run` of the demo pair on RUN_TASKS: its options and each model's seconds answering (the
+    engine's own timing, from the manifest) and what --repack it loaded with."""
+
+    options: list[str]
+    seconds: dict[str, float]
+    repack: dict[str, Any]
+    wall_seconds: float
+    reused: str
+
+
+@dataclass(kw_only=True)
 class SuiteSection:
     tasks: list[TaskSuite]
     layouts: list[LayoutCell] = field(default_factory=list)
     layout_model: str | None = optional()
+    runs: dict[str, RunVariant] = field(default_factory=dict)
     projection: dict[str, Any] = field(default_factory=dict)
     max_tokens_cap: int = 0
     limit: int = 0
@@ -152,7 +168,7 @@ def child_layouts(model, spec) -> dict[str, Any]:
 
 # --- the parent side -----------------------------------------------------------------------------------------
 
-def study_shape_project(dest: Path, n_questions: int = 20, doc_chars: int = 9000) -> Path:
+def study_shape_project(dest: Path, n_questions: int = 20, doc_chars: int = 8000) -> Path:
     """A copy of the repository's project (models.toml, prompts, tasks) where LongHealth is asked in patient order,
     plus the study-shaped patient's task (synthetic text: no real patient)."""
     for name in ("prompts", "benchmarks/clinical"):
@@ -216,7 +232,7 @@ def measure_task(model: str, project_root: Path, task: str, args, run_child) -> 
     from edgeeval.engine.memory import kv_cache_bytes
     from edgeeval.engine.sharing import share_order
 
-    limit = None if task == STUDY_SHAPE else args.suite_limit
+    limit = None if task == STUDY_SHAPE else LONGHEALTH_LIMIT if task.startswith("longhealth") else args.suite_limit
     prompts, ids = project_prompts(project_root, model, task, limit)
     spec = task_max_tokens(project_root, task)
     max_tokens = min(spec[0], args.suite_max_tokens)
@@ -251,24 +267,67 @@ def task_max_tokens(project_root: Path, task: str) -> tuple[int, list[str]]:
 
 
 def measure_suite(args, models: list[str], qwen: str | None, run_child) -> SuiteSection:
-    """Every generation task (and LongHealth in patient order, and the study-shaped patient) on the demo models;
-    the few-shot tasks and LongHealth in patient order on Qwen 1.5B when it is assembled."""
+    """Every generation task on the demo models (LongHealth: task 1 in both orders, LONGHEALTH_LIMIT questions of the
+    first patient with their repetitions; tasks 2 and 3 with --suite-longhealth-all), the study-shaped patient on
+    the first demo model; MedNLI and MeQSum on Qwen 1.5B when it is assembled; the layout table on the first demo
+    model."""
     section = SuiteSection(tasks=[], max_tokens_cap=args.suite_max_tokens, limit=args.suite_limit)
+    longhealth = LONGHEALTH if args.suite_longhealth_all else LONGHEALTH[:1]
+    tasks = [t for t in GENERATION_TASKS if t not in LONGHEALTH] + [
+        t for lh in longhealth for t in (lh, f"{lh}_patient")]
+    plan = [(m, t) for m in models for t in tasks] + [(models[0], STUDY_SHAPE)]
+    if qwen:
+        plan += [(qwen, t) for t in QWEN_TASKS]
     with tempfile.TemporaryDirectory(prefix="edgeeval-suite-") as tmp:
         project = study_shape_project(Path(tmp))
-        plan = [(m, t) for m in models for t in (*GENERATION_TASKS, *(f"{t}_patient" for t in LONGHEALTH), STUDY_SHAPE)]
-        if qwen:
-            plan += [(qwen, t) for t in (*FEW_SHOT_TASKS, "longhealth_t1", "longhealth_t1_patient", STUDY_SHAPE)]
         for model, task in plan:
             section.tasks.append(measure_task(model, project, task, args, run_child))
+    if not args.skip_runs:
+        section.runs = measure_runs(args)
     if not args.skip_layouts:
-        layout_model = models[-1] if not qwen else qwen
-        say(Path(layout_model).name, "suite: cache layouts")
-        res = run_child({"model": layout_model, "threads": args.threads, "n_ctx": 8192, "kind": "layouts",
+        say(Path(models[0]).name, "suite: cache layouts")
+        res = run_child({"model": models[0], "threads": args.threads, "n_ctx": 8192, "kind": "layouts",
                          "prefixes": list(LAYOUT_PREFIXES), "sizes": list(LAYOUT_SEQS), "n_seq_max": 32})
         section.layouts = [LayoutCell(**cell) for cell in res["cells"]]
-        section.layout_model = Path(layout_model).name
+        section.layout_model = Path(models[0]).name
     return section
+
+
+RUN_TASKS = ("mednli", "meqsum")
+RUN_VARIANTS = {"parallel_1": ["--parallel", "1", "--repack", "auto"],
+                "repack_on": ["--repack", "on"], "repack_off": ["--repack", "off"], "auto": []}
+"""The CLI runs: the default (`auto`: --parallel auto, --repack auto, measured in a fresh cache so the calibration is
+paid), the same with repacking forced on and off, and --parallel 1."""
+
+
+def measure_runs(args) -> dict[str, RunVariant]:
+    """The demo pair on the bundled MedNLI and MeQSum samples (whole, the tasks' own max_tokens), as a user runs it."""
+    import subprocess
+    import sys
+
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="edgeeval-suite-runs-") as tmp:
+        for name, options in RUN_VARIANTS.items():
+            out, cache = Path(tmp) / name, Path(tmp) / f"cache-{name}"
+            cmd = [sys.executable, "-m", "edgeeval.cli", "run", "--pair", "demo", *[a for t in RUN_TASKS for a in ("--task", t)],
+                   "--threads", str(args.threads), "--quiet", "--out", str(out), *options]
+            say("demo pair", f"suite: edgeeval run {' '.join(cmd[4:])} (load {os.getloadavg()[0]:.1f})")
+            began = time.perf_counter()
+            subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "EDGEEVAL_CACHE_DIR": str(cache)},
+                           stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - began
+            engine = json.loads((out / "manifest.json").read_text())["engine"]
+            runs[name] = RunVariant(options=options, seconds={m: e["seconds"] for m, e in engine.items()},
+                                    repack={m: e.get("repack") for m, e in engine.items()}, wall_seconds=wall,
+                                    reused=reused_share(list(engine.values())))
+    return runs
+
+
+def reused_share(engines: list[dict[str, Any]]) -> str:
+    """As the report's run table says it: prompt tokens decoded of those in the prompts."""
+    tokens = [e.get("tokens") or {} for e in engines]
+    total, decoded = sum(t.get("prompt_tokens", 0) for t in tokens), sum(t.get("prompt_tokens_decoded", 0) for t in tokens)
+    return f"{decoded:,} decoded of {total:,} prompt tokens ({100 * (1 - decoded / max(1, total)):.0f}% reused)"
 
 
 def suite_fields(section: SuiteSection, qwen: str | None, projection: dict[str, Any]) -> dict[str, float]:
@@ -288,9 +347,16 @@ def suite_fields(section: SuiteSection, qwen: str | None, projection: dict[str, 
     qwen_name = Path(qwen).name if qwen else None
     mednli = [r for r in rows if r.task == "mednli" and (qwen_name is None or r.model == qwen_name)]
     equal = sum(r.same_as_one for r in rows) / max(1, sum(r.examples for r in rows))
-    return {"fewshot_reuse_factor": fewshot, "longhealth_patient_reuse_factor": min(r.reuse_factor for r in study),
-            "suite_reuse_factor": projection["suite_reuse_factor"],
-            "fewshot_speedup": min(r.speedup for r in mednli), "answers_equal_share": equal}
+    fields = {"fewshot_reuse_factor": fewshot, "longhealth_patient_reuse_factor": min(r.reuse_factor for r in study),
+              "suite_reuse_factor": projection["suite_reuse_factor"],
+              "fewshot_speedup": min(r.speedup for r in mednli), "answers_equal_share": equal}
+    runs = section.runs
+    if runs:
+        models = list(runs["auto"].seconds)
+        fields["repack_auto_vs_best"] = min(
+            min(runs["repack_on"].seconds[m], runs["repack_off"].seconds[m]) / runs["auto"].seconds[m] for m in models)
+        fields["parallel_auto_vs_1"] = min(runs["parallel_1"].seconds[m] / runs["auto"].seconds[m] for m in models)
+    return fields
 
 
 def projection_with_sharing(section: SuiteSection, projection: dict[str, Any]) -> dict[str, Any]:

@@ -218,6 +218,10 @@ class Engine(Protocol):
         the last layer)}: what BERTScore matches. Raises EngineError."""
         ...
 
+    def calibrate(self, n_prompt: int, n_gen: int) -> dict[str, float]:
+        """{prompt_tokens_per_s, gen_tokens_per_s, chars_per_token, ...} as the model is loaded (--repack auto)."""
+        ...
+
     def count_tokens(self, texts: list[str]) -> list[int]:
         """How many tokens each text is to this model, its start token included where it adds one (as the study's
         `tokenizer.encode` counted them)."""

@@ -35,6 +35,13 @@ class FakeModel:
         return {"backend": "fake", "system_info": "fake engine (no model)", "gpu_offload": False,
                 "n_ctx": self.settings.n_ctx, "settings": self.settings.__dict__, "tokens": dict(self.counters)}
 
+    def calibrate(self, n_prompt: int, n_gen: int) -> dict[str, float]:
+        """Made-up speeds in the shape of the real ones: repacking reads prompts faster and generates slower here
+        (the trade measured on an AMD EPYC, exaggerated), so a test sees --repack auto follow the run's mix."""
+        on = bool(self.settings.use_extra_bufts)
+        return {"prompt_tokens": n_prompt, "prompt_tokens_per_s": 300.0 if on else 100.0,
+                "generated_tokens": n_gen, "gen_tokens_per_s": 10.0 if on else 20.0, "chars_per_token": 4.0}
+
     def generate(self, prompt: str, max_tokens: int, stop: list[str], speculative: str | None = None) -> Generation:
         """A hashed answer; with `speculative` the notes say so, as the real engine's do (the answer is the same)."""
         if self.delay_s:

@@ -10,6 +10,8 @@ attention is off and how far the batched and one-at-a-time numbers may differ.
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import replace
 from typing import Any
 
@@ -29,6 +31,11 @@ from edgeeval.engine.tokens import Vocabulary
 _LOGITS_BUDGET_BYTES = 64 << 20
 """At most this much memory for the logits of one llama_decode: it bounds the rows asked for
 per call (64 rows of Gemma 3's 262k vocabulary), which bounds llama.cpp's output buffer too."""
+
+
+CALIBRATION_TEXT = ("The patient, a 64-year-old man with diabetes and hypertension, presented with three days of fever, "
+                    "productive cough and shortness of breath; the chest film showed a right lower lobe infiltrate. ")
+"""What `calibrate` decodes: clinical prose, tokenized as the prompts of a run are."""
 
 
 class LlamaModel:
@@ -136,6 +143,31 @@ class LlamaModel:
         """Append tokens to the prefix sequence in one decode keeping every row's logits (how a draft
         is verified)."""
         self.cache.append_every_row(tokens)
+
+    def calibrate(self, n_prompt: int, n_gen: int) -> dict[str, float]:
+        """Prompt and generation speed of this model as loaded (repacked or not): `n_prompt` tokens decoded in
+        batches as a prompt is, then `n_gen` tokens one per decode as greedy generation does (after a short
+        warm-up that pages the weights in). The counters are left as they were."""
+        counters = dict(self.counters)
+        text = CALIBRATION_TEXT * (1 + 8 * n_prompt // len(CALIBRATION_TEXT))
+        tokens = self.vocabulary.tokenize(text)[:n_prompt]
+        try:
+            self.cache.set_prefix(tokens[:16], decode_last=True)
+            self.cache.set_prefix([])
+            began = time.perf_counter()
+            self.cache.set_prefix(tokens, decode_last=True)
+            prompt_seconds = time.perf_counter() - began
+            began = time.perf_counter()
+            for _ in range(n_gen):
+                self.cache.append_tokens([int(np.argmax(self.cache.logits(-1)))])
+            gen_seconds = time.perf_counter() - began
+            self.cache.set_prefix([])
+        finally:
+            self.counters.clear()
+            self.counters.update(counters)
+        return {"prompt_tokens": len(tokens), "prompt_tokens_per_s": len(tokens) / prompt_seconds,
+                "generated_tokens": n_gen, "gen_tokens_per_s": n_gen / gen_seconds,
+                "chars_per_token": len(self.vocabulary.detokenize(tokens)) / max(1, len(tokens))}
 
     # --- units of work ---------------------------------------------------------------------------
 

@@ -182,8 +182,13 @@ def _op_token_slice(model: Model, request: dict[str, Any]) -> dict[str, Any]:
     return _answered(lambda: {"text": model.token_slice(request["text"], request["start"], request["end"])})
 
 
+def _op_calibrate(model: Model, request: dict[str, Any]) -> dict[str, Any]:
+    return _answered(lambda: {"rates": model.calibrate(request["n_prompt"], request["n_gen"])})
+
+
 # Operations besides `generate`: each takes the request and returns the reply to send.
 _OPS = {
+    "calibrate": _op_calibrate,
     "count_tokens": _op_count_tokens,
     "token_embeddings": _op_token_embeddings,
     "token_slice": _op_token_slice,
@@ -309,6 +314,14 @@ class WorkerEngine:
             raise _reply_error(reply)
         embedded: list[dict[str, Any]] = reply["texts"]
         return embedded
+
+    def calibrate(self, n_prompt: int, n_gen: int) -> dict[str, float]:
+        """Prompt and generation tokens per second as this model is loaded (--repack auto); raises EngineError."""
+        reply = self._request_with_retry({"op": "calibrate", "n_prompt": n_prompt, "n_gen": n_gen}, "calibrating")
+        if "error" in reply:
+            raise _reply_error(reply)
+        rates: dict[str, float] = reply["rates"]
+        return rates
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """The model's own token counts (the planner's tokenizer); raises EngineError."""

@@ -22,6 +22,7 @@ from edgeeval.engine.machine import machine_info
 from edgeeval.prompting.token_budget import TokenCounter, needs_tokenizer
 from edgeeval.run.answering import answer, engine_calls, parallel_for, speculative_for
 from edgeeval.run.planning import PreparedModel, PreparedTask, Unit, plan_units, prepare_model
+from edgeeval.run.repack import choose_repack
 from edgeeval.run.shard import Shard, write_status
 from edgeeval.run.store import Manifest, ModelEntry, PairEntry, RunStore, TaskEntry, load_manifest, now_iso
 
@@ -204,6 +205,11 @@ def local_executor(engine_factory: EngineFactory) -> Executor:
 def _run_model(store: RunStore, model: PreparedModel, pending: list[tuple[PreparedTask, Unit]],
                settings: EngineSettings, engine_factory: EngineFactory, summary: RunSummary, progress: bool,
                parallel: int | str = 1) -> dict:
+    repack = None
+    if settings.backend == "llama":  # --repack auto measures (once per model file and machine), then chooses
+        if progress and settings.use_extra_bufts is None:
+            tqdm.write(f"{model.name}: choosing weight repacking (--repack auto; measured once per model and machine)")
+        settings, repack = choose_repack(model, settings, pending, engine_factory)
     engine = engine_factory(model.path, replace(settings, n_ctx=model.n_ctx))
     parallel = parallel_for(model, settings) if parallel == "auto" else parallel
     assert isinstance(parallel, int)  # an int or 'auto' (the CLI's --parallel)
@@ -223,6 +229,7 @@ def _run_model(store: RunStore, model: PreparedModel, pending: list[tuple[Prepar
     elapsed = time.perf_counter() - started
     summary.per_model[model.name] = {"examples": len(pending), "seconds": round(elapsed, 2),
                                      "examples_per_s": round(len(pending) / elapsed, 3) if elapsed else None}
-    return {**info, **summary.per_model[model.name], "parallel": parallel}
+    return {**info, **summary.per_model[model.name], "parallel": parallel,
+            **({"repack": repack} if repack is not None else {})}
 
 
