@@ -97,6 +97,28 @@ def test_shared_prefixes_are_decoded_once_and_change_no_answer(tiny_f32_path, la
         model.close()
 
 
+def test_the_holder_cut_back_to_what_the_next_group_shares(tiny_f32_path):
+    """The holder holds the system prompt and the first patient's documents; the next patient's prompts share only
+    the system prompt: the holder is cut back to it and extended by the second patient's documents, and the
+    answers stay the one-at-a-time ones."""
+    model = LlamaModel(str(tiny_f32_path), EngineSettings(n_ctx=2048, n_batch=64, n_ubatch=64, n_threads=1).resolved())
+    try:
+        system = "You answer questions about a patient's documents. " * 4
+        patients = [system + f"Documents of patient {p}: " + f"the {p} report says fever and a rash. " * 8
+                    for p in ("first", "second", "third")]
+        prompts = [docs + f" Question {q}: " + "what happened? " * q for docs in patients for q in range(1, 4)]
+        single = [model.generate(p, 10, []).text for p in prompts]
+        held = []
+        for start in range(0, len(prompts), 4):  # engine calls of 4: a group split across calls
+            gens = model.generate_many(prompts[start : start + 4], 10, [], n_parallel=2)
+            assert [g.text for g in gens] == single[start : start + 4]
+            held.append(list(model.streams.held))
+        docs = [model.vocabulary.tokenize(d) for d in patients]
+        assert held[-1][: len(docs[2]) - 2] == docs[2][: len(docs[2]) - 2]  # the last patient's documents
+    finally:
+        model.close()
+
+
 def test_each_answer_ends_like_a_single_one(real_models):
     model = LlamaModel(str(real_models["gemma"]), EngineSettings(n_ctx=512, n_threads=1).resolved())
     try:

@@ -136,7 +136,32 @@ def child_suite(model, spec) -> dict[str, Any]:
         out[name] = {"seconds": seconds, "texts": [texts[i] for i in range(len(prompts))],
                      **{key: int(model.counters[key] - before[key])
                         for key in ("prompt_tokens", "prompt_tokens_decoded", "generated_tokens")}}
+    out["near_ties"] = {str(i): near_tie(model, prompts[i], out["after"]["texts"][i] or "", max_tokens)
+                        for i in range(len(prompts)) if out["one"]["texts"][i] != out["after"]["texts"][i]}
     return out
+
+
+def near_tie(model, prompt: str, other: str, max_tokens: int) -> dict[str, Any]:
+    """Where one-at-a-time greedy parts from `other` (the shared batched answer): the step, the one-at-a-time logits'
+    margin between its top two tokens there, and whether its second token is the one `other` went on with."""
+    import numpy as np
+
+    want = other.encode()
+    model.feed_prompt(model.tokenize(prompt))
+    text = b""
+    for step in range(max_tokens):
+        row = model.logits(-1)
+        first, second = (int(t) for t in np.argsort(row)[-2:][::-1])
+        ended = model.is_end(first)
+        if (ended and want == text) or (not ended and want.startswith(text + model.piece(first))):
+            if ended:
+                break
+            text += model.piece(first)
+            model.append_tokens([first])
+            continue
+        goes_on = want == text if model.is_end(second) else want.startswith(text + model.piece(second))
+        return {"step": step, "margin": float(row[first] - row[second]), "second_is_other": bool(goes_on)}
+    return {"step": None, "margin": None, "second_is_other": None}
 
 
 def child_layouts(model, spec) -> dict[str, Any]:
@@ -248,8 +273,8 @@ def measure_task(model: str, project_root: Path, task: str, args, run_child) -> 
                               decoded=res[name]["prompt_tokens_decoded"], generated=res[name]["generated_tokens"],
                               texts=res[name]["texts"]) for name in ("one", "before", "after")}
     one, before, after = variants["one"], variants["before"], variants["after"]
-    differ = [{"unit": ids[i], "first_difference": first_difference(a or "", b or ""), "one": a, "after": b}
-              for i, (a, b) in enumerate(zip(one.texts, after.texts)) if a != b]
+    differ = [{"unit": ids[i], "first_difference": first_difference(a or "", b or ""), "one": a, "after": b,
+               **res["near_ties"].get(str(i), {})} for i, (a, b) in enumerate(zip(one.texts, after.texts)) if a != b]
     return TaskSuite(model=Path(model).name, task=task, examples=len(prompts), parallel=parallel, max_tokens=max_tokens,
                      prompt_tokens_per_example=before.prompt_tokens / max(1, len(prompts)),
                      decoded_per_example={k: v.decoded_per_example for k, v in variants.items()},

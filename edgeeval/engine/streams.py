@@ -92,9 +92,12 @@ class Streams:
         share = plan_share(self.held, toks, following)
         if share.changes_holder:
             memory = L.llama_get_memory(ctx)
-            if share.keep < len(self.held) and not L.llama_memory_seq_rm(memory, holder, share.keep, -1):
-                L.llama_memory_seq_rm(memory, holder, -1, -1)
-                self.held, share = [], plan_share([], toks, following)
+            if share.keep < len(self.held):
+                if L.llama_memory_seq_rm(memory, holder, share.keep, -1):
+                    self.held = self.held[: share.keep]
+                else:  # a cache that cannot drop a tail: the holder starts again, empty
+                    L.llama_memory_seq_rm(memory, holder, -1, -1)
+                    self.held, share = [], plan_share([], toks, following)
             self._extend_holder(ctx, holder, share.extend)
         if share.use:
             memory = L.llama_get_memory(ctx)
